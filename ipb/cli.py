@@ -1,0 +1,166 @@
+"""The `ipb` command. `ipb --help` lists subcommands; each has its own `--help`.
+
+    ipb run                      # the main job on embedded defaults (local Ray, synthetic data)
+    ipb synth --out wells/ --wells 8
+    ipb segment img.tif --out seg/
+    ipb ingest wells/ --out table/ --labels wells/labels.csv
+    ipb splits table/ --fold 0
+    ipb config --profile paper train.epochs=10
+
+Every command takes `--profile smoke|paper|study|FILE.yaml` and `key.sub=value` overrides.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _common(p: argparse.ArgumentParser, overrides: bool = True) -> None:
+    p.add_argument("--profile", default="smoke",
+                   help="smoke (CPU minutes, default), paper (the paper's setting), study, "
+                        "or a YAML file")
+    if overrides:
+        p.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                       help="config overrides, e.g. train.epochs=3 model.arch=vgg19")
+
+
+def _config(args, extra: dict | None = None):
+    from ipb.config import load_config, parse_overrides
+    ov = parse_overrides(getattr(args, "overrides", []) or [])
+    return load_config(args.profile, {**(extra or {}), **ov})
+
+
+def cmd_config(args) -> int:
+    from ipb.config import to_yaml
+    print(to_yaml(_config(args)), end="")
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from ipb.data.synth import synthesize, write_class_folders
+    extra = {k: v for k, v in {"synth.wells": args.wells, "synth.seed": args.seed,
+                               "synth.size": args.size, "synth.bit_depth": args.bit_depth,
+                               "synth.time_points": args.time_points,
+                               "synth.difficulty": args.difficulty}.items() if v is not None}
+    cfg = _config(args, extra)
+    if args.layout == "folders":
+        summary = write_class_folders(args.out, cfg.synth)
+    else:
+        summary = synthesize(args.out, cfg.synth)
+    print(f"SYNTHETIC data written to {args.out}: "
+          + ", ".join(f"{k}={v}" for k, v in summary.items() if k not in ("config",)))
+    return 0
+
+
+def cmd_segment(args) -> int:
+    from ipb.data.segment import segment_files
+    cfg = _config(args)
+    n = segment_files(args.images, args.out, cfg.segmentation)
+    print(f"segmented {len(args.images)} images, {n} colonies -> {args.out}")
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    from ipb.data.ingest import ingest
+    from ipb.runtime import init_ray
+    cfg = _config(args)
+    init_ray(num_cpus=args.num_cpus)
+    manifest = ingest(args.source, args.out, cfg, labels=args.labels, layout=args.layout)
+    tag = " (SYNTHETIC)" if manifest["synthetic"] else ""
+    print(f"colony table{tag} {args.out}: {manifest['n_colonies']} colonies, "
+          f"classes {manifest['classes']}, {manifest['multi_label']} multi-label, "
+          f"{manifest['unlabeled']} unlabeled, {len(manifest['rejected'])} rejected")
+    return 0
+
+
+def cmd_splits(args) -> int:
+    from ipb.data.splits import make_split
+    from ipb.data.table import META_COLUMNS, load_colonies, read_manifest
+    cfg = _config(args)
+    manifest = read_manifest(args.table)
+    meta = load_colonies(args.table, columns=META_COLUMNS)
+    folds = [args.fold] if args.fold is not None else list(range(cfg.split.folds))
+    tag = "SYNTHETIC " if manifest.get("synthetic") else ""
+    for f in folds:
+        split = make_split(meta, cfg.split, fold=f, multi_label=cfg.method.multi_label)
+        print(f"{tag}fold {f}: " + ", ".join(
+            f"{part} {sum(c.values())} {dict(c)}" for part, c in split.summary()["counts"].items()))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from ipb.pipeline import main_job
+    return main_job(_config(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ipb", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="the main job on embedded defaults (synthetic data)")
+    _common(p)
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("config", help="print the resolved configuration as YAML")
+    _common(p)
+    p.set_defaults(fn=cmd_config)
+
+    p = sub.add_parser("synth", help="write SYNTHETIC phase-contrast wells with labels and masks")
+    p.add_argument("--out", required=True, help="output directory (new or an earlier synth)")
+    p.add_argument("--wells", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--size", type=int, help="image side in px")
+    p.add_argument("--bit-depth", type=int, choices=(8, 16))
+    p.add_argument("--time-points", type=int, help=">1 writes time-lapse series")
+    p.add_argument("--difficulty", type=float, help="0 clean .. 1 hard (default 0.5)")
+    p.add_argument("--layout", choices=("wells", "folders"), default="wells",
+                   help="wells (default) or paper-style colony crops in class folders")
+    _common(p)
+    p.set_defaults(fn=cmd_synth)
+
+    p = sub.add_parser("segment", help="segment colonies: one mask PNG per image + colonies.csv")
+    p.add_argument("images", nargs="+", help="image files (TIFF 8/16-bit, PNG, JPEG)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--profile", default="smoke")
+    p.set_defaults(fn=cmd_segment, overrides=[])
+
+    p = sub.add_parser("ingest", help="Ray Data ingest of images into a colony table")
+    p.add_argument("source", help="directory of images (wells/fields or class folders)")
+    p.add_argument("--out", required=True, help="colony table directory")
+    p.add_argument("--labels", help="CSV: image,x0,y0,x1,y1,label or image,label")
+    p.add_argument("--layout", choices=("auto", "wells", "folders"), default="auto")
+    p.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray")
+    _common(p)
+    p.set_defaults(fn=cmd_ingest)
+
+    p = sub.add_parser("splits", help="print the U/L/val/T split of each fold of a table")
+    p.add_argument("table")
+    p.add_argument("--fold", type=int)
+    _common(p)
+    p.set_defaults(fn=cmd_splits)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ipb.config import ConfigError
+    try:
+        return args.fn(args) or 0
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"ipb {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:   # IngestError, TableError, split errors: already say what to do
+        print(f"ipb {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from ipb.data.ingest import TableExistsError
+        if isinstance(e, TableExistsError):
+            print(f"ipb {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

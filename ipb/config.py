@@ -1,0 +1,385 @@
+"""Configuration: frozen dataclasses, profiles, YAML files and `key.sub=value` overrides.
+
+    ipb config --profile smoke model.arch=hrnet_w18 train.epochs=3   # print the resolved config
+
+Every switch named in shared/PAPER.md is a field here with the default named there. A config is
+built by `load_config(profile, overrides)`: profile defaults (or a YAML file), then overrides,
+each checked against the field's type; an unknown key or a bad value raises `ConfigError` naming
+the key and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PAPER_CLASSES = ("Debris", "Dense", "Differentiated", "Spread")
+
+
+class ConfigError(ValueError):
+    """A bad configuration key or value; the message names the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Synthetic phase-contrast wells (PAPER.md section 1 imbalance by default)."""
+    wells: int = 24
+    size: int = 1024                  # px, square images
+    bit_depth: Literal[8, 16] = 8
+    time_points: int = 1              # >1: time-lapse series, colonies grow and may change class
+    colonies_per_well: int = 14
+    # fractions of ALL colonies; the four single-class ones are renormalised over the rest
+    class_mix: tuple[tuple[str, float], ...] = (
+        ("Spread", 0.56), ("Dense", 0.21), ("Debris", 0.19), ("Differentiated", 0.035))
+    multi_label_frac: float = 0.12
+    difficulty: float = 0.5           # 0 = clean and separable, 1 = noisy, blurred, overlapping
+    pixel_size_um: float = 0.8
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SegmentationConfig:
+    """Colony segmentation (PAPER.md section 2); lengths in um, scaled by `pixel_size_um`."""
+    order: Literal["paper", "code"] = "paper"
+    pixel_size_um: float = 0.8
+    blur_px: int = 3                  # Gaussian kernel, px (the paper's 3x3)
+    entropy_radius_um: float = 2.4    # disk radius 3 px at 0.8 um/px
+    opening_radius_um: float = 2.4
+    min_area_um2: float = 1280.0      # 2000 px at 0.8 um/px
+    well_mask: Literal["auto", "on", "off"] = "auto"
+    split_touching: bool = True       # watershed on the distance map to cut merged colonies
+    max_merge_area_um2: float = 250000.0  # objects larger than this are candidates for splitting
+    pad_px: int = 8                   # margin added around each colony box
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data live. Empty `table` = the synthetic data set cached under `cache_dir`."""
+    table: str = ""
+    cache_dir: str = "~/.cache/ipb"
+    min_colony_px: int = 32           # crops with a side shorter than this are rejected at ingest
+    ingest_workers: int = 2
+    shard_size: int = 8               # images per ingest shard (unit of resume)
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Folds: U 80% / L 10% / T 10% per class (PAPER.md section 1)."""
+    folds: int = 10
+    labeled_fraction: float = 0.10
+    test_fraction: float = 0.10
+    val_fraction: float = 0.20        # of L, for model selection
+    group_by: Literal["none", "source", "group"] = "none"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """Patch sampling (PAPER.md section 3)."""
+    size: int = 128                   # single-scale patch side
+    ms_size: int = 224                # multi-scale (ms_* archs): this patch + its centre half
+    min_cover: float = 0.25
+    max_tries: int = 10               # the reference code: 2 (and accepts the 2nd draw anyway)
+    test_patches: int = 1             # >1: average the softmax of K patches inside the mask
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation (PAPER.md section 4). chain=paper: the paper's chain on all training patches."""
+    chain: Literal["paper", "code"] = "paper"
+    p: float = 0.25
+    strong_p: float = 0.5
+    rotate_deg: float = 180.0
+    brightness: float = 0.2
+    contrast: float = 0.2
+    strong_brightness: float = 0.4
+    strong_contrast: float = 0.4
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    weak: Literal["flips", "none"] = "flips"
+    normalize: bool = True
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "vgg19"               # any name in ipb.models registry
+    width: float = 1.0                # channel multiplier; 1.0 = the paper's network
+    dropout: float = 0.5
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Method hyper-parameters (PAPER.md section 6); each method reads the ones it uses."""
+    name: str = "ipb"                 # any name in ipb.methods registry
+    threshold: float = 0.65
+    temperature: float = 1.0          # UDA softmax temperature on the weak view
+    lambda_u: float = 1.0
+    uda_steps: int = 1000
+    student_mask: bool = True
+    soft_targets: bool = False
+    h_sign: Literal["new_minus_old", "old_minus_new"] = "new_minus_old"
+    h_baseline_ema: float = 0.0
+    student_warmup_epochs: int = 10
+    student_warmup_lr_scale: float = 0.1
+    multi_label: bool = False
+    teacher_pretrain_epochs: int = 0  # supervised teacher epochs before MPL/IPB starts
+    simclr_temperature: float = 0.5
+    simclr_epochs: int = 100
+    simclr_proj_dim: int = 64
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 32
+    unlabeled_batch_size: int = 32
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.005
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_step_epoch: int = 100          # lr / 10 here
+    steps_per_epoch: int = 0          # 0 = len(U) / unlabeled_batch_size
+    num_workers: int = 2
+    cpus_per_worker: int = 1
+    use_gpu: bool = False
+    amp: bool = True                  # only used on GPU
+    select_on: Literal["val", "test"] = "val"
+    eval_every: int = 1
+    finetune_epochs: int = 0          # optional fine-tune of the selected student on L
+    max_failures: int = 2
+    seed: int = 0
+    fold: int = 0
+    storage: str = "~/ray_results"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    folds: tuple[int, ...] = (0, 1)
+    seeds: tuple[int, ...] = (0,)
+    max_concurrent: int = 1
+    num_samples: int = 20             # Optuna trials in sweeps/search.py
+    cpus_per_trial: int = 2
+    gpus_per_trial: float = 0.0
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str = "sqlite:///mlflow.db"  # MLFLOW_TRACKING_URI wins when set
+    experiment: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    profile: str = "smoke"
+    synthetic: bool = True
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    patch: PatchConfig = field(default_factory=PatchConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+# Profiles are override lists on top of the dataclass defaults (= the paper's numbers).
+PROFILES: dict[str, dict[str, Any]] = {
+    "paper": {"profile": "paper", "split.folds": 10, "sweep.folds": list(range(10)),
+              "train.use_gpu": True, "sweep.gpus_per_trial": 1.0, "sweep.cpus_per_trial": 8,
+              "sweep.max_concurrent": 8, "train.num_workers": 1, "train.cpus_per_worker": 8},
+    "smoke": {"profile": "smoke", "synth.wells": 16, "synth.size": 768,
+              "synth.colonies_per_well": 14, "split.folds": 5, "split.labeled_fraction": 0.2,
+              "patch.size": 48, "patch.ms_size": 64, "model.width": 0.125,
+              "train.epochs": 3, "train.batch_size": 16, "train.unlabeled_batch_size": 16,
+              "train.steps_per_epoch": 8, "train.lr_step_epoch": 1000, "train.num_workers": 1,
+              "train.optimizer": "adam", "train.lr": 0.001,
+              "method.student_warmup_epochs": 1, "method.uda_steps": 10,
+              "method.teacher_pretrain_epochs": 1, "method.simclr_epochs": 2,
+              "sweep.folds": [0, 1], "sweep.max_concurrent": 1, "sweep.cpus_per_trial": 1},
+    # sized for a 2-core CPU in about an hour: 3 folds, small widths and patches
+    "study": {"profile": "study", "synth.wells": 48, "synth.size": 1024,
+              "split.folds": 5, "split.labeled_fraction": 0.15,
+              "patch.size": 64, "patch.ms_size": 96, "model.width": 0.125,
+              "train.epochs": 12, "train.batch_size": 32, "train.unlabeled_batch_size": 32,
+              "train.steps_per_epoch": 25, "train.lr_step_epoch": 1000, "train.num_workers": 1,
+              "train.optimizer": "adam", "train.lr": 0.001,
+              "method.student_warmup_epochs": 2, "method.uda_steps": 100,
+              "method.teacher_pretrain_epochs": 4, "method.simclr_epochs": 6,
+              "sweep.folds": [0, 1, 2], "sweep.max_concurrent": 2, "sweep.cpus_per_trial": 1},
+}
+
+
+def _allowed(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check/convert `value` to the annotated type `tp`; raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"config key {key!r}: bad value {value!r}; allowed: {_allowed(tp)}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin in (tuple,):
+        args = typing.get_args(tp)
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith(("[", "(")) else [value]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(key, v, args[0]) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"config key {key!r}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(key, v, a) for v, a in zip(value, args))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise bad
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+        if f != int(f):
+            raise bad
+        return int(f)
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+    if tp is str:
+        return str(value)
+    return value
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls, globalns=globals(), localns=globals())
+
+
+def _set(obj: Any, path: list[str], value: Any, full: str) -> Any:
+    name = path[0]
+    names = [f.name for f in fields(obj)]
+    if name not in names:
+        raise ConfigError(f"unknown config key {full!r}; allowed here: {', '.join(names)}")
+    current = getattr(obj, name)
+    if len(path) == 1:
+        if is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {full!r} is a section; give a mapping")
+            for k, v in value.items():
+                current = _set(current, [k], v, f"{full}.{k}")
+            return replace(obj, **{name: current})
+        return replace(obj, **{name: _coerce(full, value, _hints(type(obj))[name])})
+    if not is_dataclass(current):
+        raise ConfigError(f"unknown config key {full!r}: {name!r} is not a section")
+    return replace(obj, **{name: _set(current, path[1:], value, full)})
+
+
+def apply(cfg: Config, updates: dict[str, Any]) -> Config:
+    """Apply dotted-key (or nested) updates, validating every key and value."""
+    for key, value in updates.items():
+        cfg = _set(cfg, key.split("."), value, key)
+    return cfg
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`["train.epochs=3", "model.arch=vgg19"]` -> dict; values parsed as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. train.epochs=3)")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def load_config(profile: str = "smoke", overrides: list[str] | dict | None = None) -> Config:
+    """A profile name (smoke, paper, study) or a YAML file path, then key=value overrides."""
+    cfg = Config()
+    if profile in PROFILES:
+        cfg = apply(cfg, PROFILES[profile])
+    elif profile.endswith((".yaml", ".yml")) or os.path.exists(profile):
+        path = Path(profile)
+        if not path.is_file():
+            raise ConfigError(f"profile file {profile!r} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"profile file {profile!r} must hold a mapping")
+        base = data.pop("base_profile", "smoke")
+        cfg = load_config(base)
+        cfg = apply(cfg, {"profile": data.pop("profile", path.stem)})
+        cfg = apply(cfg, data)
+    else:
+        raise ConfigError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILES)} "
+                          "or a path to a YAML file")
+    if overrides:
+        if not isinstance(overrides, dict):
+            overrides = parse_overrides(list(overrides))
+        cfg = apply(cfg, overrides)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"train.epochs": 3, ...} (MLflow params, trial hashes)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def to_yaml(cfg: Config) -> str:
+    def plain(x):
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+    return yaml.safe_dump(plain(to_dict(cfg)), sort_keys=False)
+
+
+def config_hash(cfg: Config | dict, *extra: Any) -> str:
+    """Stable short hash of a resolved config (+ fold, seed, ...) used to identify trials."""
+    d = to_dict(cfg) if is_dataclass(cfg) else cfg
+    blob = json.dumps([flatten(d), [str(e) for e in extra]], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """Inverse of `to_dict` (used to ship configs to Ray workers as plain dicts)."""
+    return apply(Config(), {k: v for k, v in flatten(d).items()})
+
+
+def expand_path(p: str) -> Path:
+    return Path(os.path.expandvars(os.path.expanduser(p)))
+
+
+__all__ = [n for n in dir() if not n.startswith("_") and n not in ("annotations", "types")]

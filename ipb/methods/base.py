@@ -1,0 +1,144 @@
+"""The method contract shared by every algorithm (USB-style: one short file per method).
+
+    python -c "from ipb.methods import create_method; help(create_method)"
+
+The engine (ipb/engine.py) asks a method which `phase` an epoch is, feeds `train_step` the
+batch that phase needs, and evaluates `eval_model()`. Methods never see Ray or MLflow: the
+distributed wrapper comes in as `wrap` (DDP under Ray Train, identity in unit tests).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ipb.config import Config
+from ipb.models import create_model
+
+_REGISTRY: dict[str, type["Method"]] = {}
+
+# batch keys per phase: what the engine must put in the batch dict
+PHASE_INPUTS = {
+    "supervised": ("x_l", "y_l"),           # labeled patches, GT-balanced sampler
+    "mpl": ("x_l", "y_l", "x_uw", "x_us"),  # + weak and strong views of unlabeled patches
+    "contrastive": ("x_1", "x_2"),          # two strong views of U+L patches
+}
+
+
+def register_method(cls: type["Method"]) -> type["Method"]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def list_methods() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_method(name: str, cfg: Config, num_classes: int, device: str | torch.device = "cpu",
+                  wrap: Callable[[nn.Module], nn.Module] | None = None) -> "Method":
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; registered: {', '.join(list_methods())}")
+    return _REGISTRY[name](cfg, num_classes, torch.device(device), wrap or (lambda m: m))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def make_optimizer(cfg: Config, params, lr_scale: float = 1.0) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr * lr_scale, weight_decay=t.weight_decay)
+    return torch.optim.SGD(params, lr=t.lr * lr_scale, momentum=t.momentum,
+                           weight_decay=t.weight_decay, nesterov=False)
+
+
+def set_lr(opt: torch.optim.Optimizer, epoch: int, cfg: Config, scale: float = 1.0) -> None:
+    """The paper's step schedule: lr / 10 from `train.lr_step_epoch` on."""
+    lr = cfg.train.lr * scale * (0.1 if epoch >= cfg.train.lr_step_epoch else 1.0)
+    for g in opt.param_groups:
+        g["lr"] = lr
+
+
+class Method:
+    """Base: owns models and optimizers; subclasses implement `phase` and `train_step`."""
+    name = "base"
+    uses_unlabeled = False
+
+    def __init__(self, cfg: Config, num_classes: int, device: torch.device,
+                 wrap: Callable[[nn.Module], nn.Module]):
+        self.cfg, self.num_classes, self.device, self.wrap = cfg, num_classes, device, wrap
+        self.step_count = 0
+        self.amp = cfg.train.amp and device.type == "cuda"
+
+    # -- building blocks -------------------------------------------------------------------
+    def new_model(self) -> nn.Module:
+        m = self.cfg.model
+        model = create_model(m.arch, num_classes=self.num_classes, width=m.width,
+                             dropout=m.dropout).to(self.device)
+        return self.wrap(model)
+
+    def autocast(self):
+        # bf16 needs no GradScaler; CPU runs stay in fp32
+        if self.amp:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), y)
+
+    # -- the contract ----------------------------------------------------------------------
+    def phase(self, epoch: int) -> str:
+        """Which batch this epoch's steps need (a key of PHASE_INPUTS)."""
+        raise NotImplementedError
+
+    def num_epochs(self) -> int:
+        """All epochs of the run, pre-training stages included."""
+        return self.cfg.train.epochs
+
+    def start_epoch(self, epoch: int) -> None:
+        """Learning-rate schedules and warm-ups; called before the epoch's first step."""
+
+    def train_step(self, batch: dict[str, torch.Tensor], epoch: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def eval_model(self) -> nn.Module:
+        """The network whose predictions are evaluated and saved (the student for MPL/IPB)."""
+        raise NotImplementedError
+
+    def pseudo_model(self) -> nn.Module | None:
+        """The network whose predictions steer unlabeled resampling (IPB's teacher), if any."""
+        return None
+
+    def balance(self, epoch: int) -> str | None:
+        """How this unlabeled epoch is resampled: None = uniform shuffle, "pseudo" = by the
+        pseudo_model's classes (IPB), "true" = by the true classes of U (oracle)."""
+        return None
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def modules(self) -> dict[str, Any]:
+        """Everything with a state_dict that a checkpoint must hold."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        out = {k: (unwrap(v).state_dict() if isinstance(v, nn.Module) else v.state_dict())
+               for k, v in self.modules().items()}
+        out["step_count"] = self.step_count
+        out.update(self.extra_state())
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, v in self.modules().items():
+            (unwrap(v) if isinstance(v, nn.Module) else v).load_state_dict(state[k])
+        self.step_count = state.get("step_count", 0)
+        self.load_extra_state(state)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass

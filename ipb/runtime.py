@@ -1,0 +1,27 @@
+"""Ray start-up shared by the CLI, sweeps and tests: never joins a stray cluster by accident.
+
+    python -c "from ipb.runtime import init_ray; init_ray()"
+"""
+from __future__ import annotations
+
+import os
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True):
+    """Connect to RAY_ADDRESS / `address` when given (a cluster, e.g. inside `ray job submit`),
+    else start an embedded local Ray (`address="local"`) that stops with this process."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    kw = dict(address=address, ignore_reinit_error=True, log_to_driver=not quiet,
+              configure_logging=True, logging_level="WARNING")
+    if address == "local":
+        kw.update(num_cpus=num_cpus, include_dashboard=False)
+    ray.init(**kw)
+    try:  # progress bars are useful interactively, noise in logs
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    except Exception:
+        pass
+    return ray

@@ -1,0 +1,45 @@
+"""Shared fixtures: one local Ray cluster per test session, the real images, small tables."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data_dir() -> Path | None:
+    """shared/data/real beside the checkout (CI and developers), else None."""
+    for cand in (REPO.parent / "shared" / "data" / "real", Path("/work/shared/data/real")):
+        if cand.is_dir():
+            return cand
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_dir() -> Path:
+    d = real_data_dir()
+    if d is None:
+        pytest.skip("shared/data/real is not beside this checkout")
+    return d
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded local Ray for every Ray test (address='local': never a stray cluster)."""
+    import ray
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 logging_level="WARNING", object_store_memory=300 * 1024 * 1024)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_mlflow(tmp_path, monkeypatch):
+    """Tests never write ./mlflow.db in the repo: each gets its own SQLite store."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    yield

@@ -1,0 +1,167 @@
+"""Every registered method: a few steps on a tiny table, finite losses that fall on a fixed batch;
+IPB's resampling balances a skewed teacher; the MPL feedback sign follows `h_sign`."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ipb.config import load_config
+from ipb.engine import Batches, Part, plan_unlabeled_epoch, run_trial
+from ipb.methods import PHASE_INPUTS, create_method, list_methods
+from ipb.methods.ipb import balanced_draw
+from tiny import tiny_rows
+
+CLASSES = ["A", "B", "C"]
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def parts():
+    return {"labeled": Part.from_rows(tiny_rows((12, 8, 6), seed=0), CLASSES, SIZE),
+            "val": Part.from_rows(tiny_rows((3, 3, 3), seed=1), CLASSES, SIZE),
+            "test": Part.from_rows(tiny_rows((3, 3, 3), seed=2), CLASSES, SIZE),
+            "unlabeled": Part.from_rows(tiny_rows((30, 12, 4), seed=3), CLASSES, SIZE)}
+
+
+def cfg_for(method, *extra):
+    return load_config("smoke", [f"method.name={method}", f"patch.size={SIZE}",
+                                 "model.arch=vgg19", "model.dropout=0.0", "train.lr=0.003",
+                                 "train.batch_size=12", "train.unlabeled_batch_size=12",
+                                 "method.threshold=0.0", *extra])
+
+
+def test_registry_lists_the_paper_methods():
+    assert {"supervised", "mpl", "ipb", "mpl_balanced", "simclr"} <= set(list_methods())
+    with pytest.raises(ValueError, match="registered: "):
+        create_method("nosuch", cfg_for("mpl"), 3)
+
+
+MAIN_LOSS = {"supervised": ("train.loss", "train.teacher_sup"), "mpl": ("train.teacher_sup",),
+             "contrastive": ("train.nt_xent",)}
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_method_losses_fall_on_a_fixed_batch(method, parts):
+    torch.manual_seed(0)
+    cfg = cfg_for(method)
+    m = create_method(method, cfg, len(CLASSES))
+    batches = Batches(cfg, parts, np.random.default_rng(0), torch.Generator().manual_seed(0),
+                      torch.device("cpu"))
+    batches.set_unlabeled_epoch(np.arange(len(parts["unlabeled"])),
+                                parts["unlabeled"].bank.center_positions(
+                                    np.arange(len(parts["unlabeled"]))))
+    phases = sorted({m.phase(e) for e in range(m.num_epochs())})
+    assert set(phases) <= set(PHASE_INPUTS)
+    for phase in phases:
+        epoch = next(e for e in range(m.num_epochs()) if m.phase(e) == phase)
+        m.start_epoch(epoch)
+        batch = batches.batch(phase)
+        assert set(PHASE_INPUTS[phase]) <= set(batch)
+        losses = [m.train_step(batch, epoch) for _ in range(12)]
+        for step in losses:
+            assert all(np.isfinite(v) for v in step.values()), step
+        key = next(k for k in MAIN_LOSS[phase] if k in losses[0])
+        first, last = np.mean([s[key] for s in losses[:3]]), np.mean([s[key] for s in losses[-3:]])
+        assert last < first, f"{method}/{phase}: {key} {first:.4f} -> {last:.4f}"
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_run_trial_end_to_end(method, parts):
+    cfg = cfg_for(method, "train.steps_per_epoch=2", "train.epochs=2")
+    reports = []
+    out = run_trial(cfg, parts, CLASSES, report=lambda m, s: reports.append((m, s)),
+                    log=lambda s: None)
+    m = out["metrics"]
+    for c in CLASSES:
+        for k in ("tpr", "precision", "f1"):
+            assert 0.0 <= m[f"test.{k}.{c}"] <= 1.0
+    assert {"test.tpr.mean", "test.f1.mean", "best.val.tpr.mean"} <= set(m)
+    assert out["cm_test"].sum() == len(parts["test"])
+    assert len(reports) == create_method(method, cfg, 3).num_epochs()
+    assert all("val.tpr.mean" in r[0] for r in reports)
+    state = reports[-1][1]()
+    assert state["epoch"] == len(reports) - 1 and "method" in state
+    if method == "ipb":
+        fr = [r[0] for r in reports if "ipb.pseudo_frac.A" in r[0]]
+        assert fr and abs(sum(fr[0][f"ipb.pseudo_frac.{c}"] for c in CLASSES) - 1) < 1e-6
+
+
+def test_resume_continues_from_checkpoint(parts):
+    cfg = cfg_for("ipb", "train.steps_per_epoch=1", "train.epochs=2")
+    states = []
+    run_trial(cfg, parts, CLASSES, report=lambda m, s: states.append(s()), log=lambda s: None)
+    seen = []
+    run_trial(cfg, parts, CLASSES, resume=states[0], log=lambda s: None,
+              report=lambda m, s: seen.append(m["epoch"]))
+    assert seen == list(range(1, len(states)))
+
+
+def test_balanced_draw_is_uniform_for_a_skewed_teacher():
+    gen = torch.Generator().manual_seed(0)
+    classes = torch.tensor([0] * 800 + [1] * 150 + [2] * 40 + [3] * 10)
+    out = balanced_draw(classes, 4, 4000, gen)
+    drawn = out["drawn"].double() / 4000
+    assert torch.allclose(drawn, torch.full((4,), 0.25, dtype=torch.float64), atol=0.03)
+    assert torch.allclose(out["fractions"], torch.tensor([.8, .15, .04, .01], dtype=torch.float64))
+
+
+class SkewedTeacher(torch.nn.Module):
+    """Predicts class 0 for most patches: the resampled epoch must still be balanced."""
+
+    def forward(self, x):
+        score = x.flatten(1).mean(1)
+        logits = torch.stack([torch.full_like(score, 2.0), (score > 0.5).float() * 3,
+                              (score > 0.8).float() * 3], dim=1)
+        return logits, logits
+
+
+def test_ipb_epoch_histogram_near_uniform(parts):
+    cfg = cfg_for("ipb", "augment.normalize=false")
+    m = create_method("ipb", cfg, 3)
+    m.teacher = SkewedTeacher()
+    epoch = m.num_epochs() - 1
+    u = parts["unlabeled"]
+    rng = np.random.default_rng(0)
+    plan = plan_unlabeled_epoch(m, epoch, u, CLASSES, cfg, "cpu", rng,
+                                torch.Generator().manual_seed(0))
+    pseudo = np.array([plan["stats"][f"ipb.pseudo_frac.{c}"] for c in CLASSES])
+    drawn = np.array([plan["stats"][f"ipb.drawn_frac.{c}"] for c in CLASSES])
+    present = pseudo > 0
+    assert pseudo.max() > 0.5            # the teacher is skewed
+    assert np.all(np.abs(drawn[present] - 1 / present.sum()) < 0.2)
+    assert len(plan["order"]) == len(u) and len(plan["positions"]) == len(u)
+
+
+@pytest.mark.parametrize("sign, expected", [("new_minus_old", 0.3), ("old_minus_new", -0.3)])
+def test_mpl_feedback_sign(sign, expected):
+    m = create_method("mpl", cfg_for("mpl", f"method.h_sign={sign}"), 3)
+    h = m.feedback(torch.tensor(1.0), torch.tensor(1.3))
+    assert h == pytest.approx(expected, abs=1e-6)
+
+
+def test_mpl_h_baseline_ema_subtracts_moving_average():
+    m = create_method("mpl", cfg_for("mpl", "method.h_baseline_ema=0.5"), 3)
+    assert m.feedback(torch.tensor(1.0), torch.tensor(2.0)) == pytest.approx(0.5)
+    assert m.feedback(torch.tensor(1.0), torch.tensor(2.0)) == pytest.approx(0.25)
+
+
+def test_student_mask_and_soft_targets():
+    p = torch.tensor([[0.9, 0.05, 0.05], [0.4, 0.3, 0.3]])
+    m = create_method("mpl", cfg_for("mpl", "method.threshold=0.65"), 3)
+    t, w, mask = m.student_targets(p)
+    assert t.tolist() == [0, 0] and w.tolist() == [1.0, 0.0] and mask.tolist() == [1.0, 0.0]
+    m = create_method("mpl", cfg_for("mpl", "method.student_mask=false",
+                                     "method.soft_targets=true"), 3)
+    t, w, _ = m.student_targets(p)
+    assert torch.equal(t, p) and w.tolist() == [1.0, 1.0]
+
+
+def test_empty_confidence_mask_still_updates_every_teacher_parameter(parts):
+    cfg = cfg_for("mpl", "method.threshold=1.01", "method.teacher_pretrain_epochs=0")
+    m = create_method("mpl", cfg, 3)
+    b = Batches(cfg, parts, np.random.default_rng(0), torch.Generator().manual_seed(0), "cpu")
+    b.set_unlabeled_epoch(np.arange(10), parts["unlabeled"].bank.center_positions(np.arange(10)))
+    out = m.train_step(b.batch("mpl"), 0)
+    assert out["train.mask_rate"] == 0.0 and np.isfinite(out["train.teacher"])
+    assert all(p.grad is not None for p in m.teacher.parameters())
