@@ -89,6 +89,23 @@ def cmd_splits(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from ipb.runtime import init_ray
+    from ipb.train import fit
+    extra = {k: v for k, v in {"data.table": args.table, "method.name": args.method,
+                               "model.arch": args.arch, "train.fold": args.fold,
+                               "train.seed": args.seed, "train.num_workers": args.workers,
+                               "tracking.uri": args.tracking_uri}.items() if v is not None}
+    cfg = _config(args, extra)
+    init_ray(quiet=False)
+    out = fit(cfg)
+    m = out["metrics"]
+    print(f"{out['name']}: test TPR mean {m['test.tpr.mean']:.4f}, F1 mean {m['test.f1.mean']:.4f} "
+          f"(selected on {cfg.train.select_on} at epoch {m['best.epoch']}); MLflow run "
+          f"{out['run_id']}")
+    return 0
+
+
 def cmd_run(args) -> int:
     from ipb.pipeline import main_job
     return main_job(_config(args))
@@ -134,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray")
     _common(p)
     p.set_defaults(fn=cmd_ingest)
+
+    p = sub.add_parser("train", help="one trial (method, arch, fold) on Ray Train -> MLflow run")
+    p.add_argument("--table", help="colony table (default: the cached SYNTHETIC table)")
+    p.add_argument("--method", help="supervised | mpl | mpl_balanced | ipb | simclr")
+    p.add_argument("--arch", help="vgg19 | ms_vgg19 | hrnet_w18 | ms_hrnet_w18")
+    p.add_argument("--fold", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--workers", type=int, help="Ray Train workers (data parallel)")
+    p.add_argument("--tracking-uri", help="MLflow URI (default sqlite:///mlflow.db)")
+    _common(p)
+    p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("splits", help="print the U/L/val/T split of each fold of a table")
     p.add_argument("table")

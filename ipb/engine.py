@@ -241,7 +241,6 @@ def run_trial(cfg: Config, parts: dict[str, Part], classes: list[str], *,
     if resume:
         method.load_state_dict(resume["method"])
         start, history, best = resume["epoch"] + 1, resume["history"], resume["best"]
-        rng.bit_generator.state = resume["rng"][rank] if isinstance(resume["rng"], list) else resume["rng"]
         log(f"resumed from the checkpoint of epoch {resume['epoch']}")
     select = "test" if cfg.train.select_on == "test" else "val"
     sel_part = parts[select] if len(parts[select]) or select == "test" else parts["test"]
@@ -249,6 +248,9 @@ def run_trial(cfg: Config, parts: dict[str, Part], classes: list[str], *,
     n_epochs = method.num_epochs()
     for epoch in range(start, n_epochs):
         t0 = time.time()
+        # per-epoch streams: a resumed run draws exactly what an uninterrupted one would
+        rng = batches.rng = np.random.default_rng([seed, rank, epoch])
+        gen.manual_seed(seed * 7919 + rank * 1_000_003 + epoch)
         method.start_epoch(epoch)
         phase = method.phase(epoch)
         metrics: dict[str, float] = {"epoch": epoch}
@@ -285,7 +287,7 @@ def run_trial(cfg: Config, parts: dict[str, Part], classes: list[str], *,
         if report:
             def state_fn(epoch=epoch):
                 return {"method": method.state_dict(), "epoch": epoch, "history": history,
-                        "best": best, "rng": rng.bit_generator.state}
+                        "best": best}
             report(metrics, state_fn)
     # test with the selected student (or a fine-tuned copy of it)
     model = unwrap(method.eval_model())

@@ -18,7 +18,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     kw = dict(address=address, ignore_reinit_error=True, log_to_driver=not quiet,
               configure_logging=True, logging_level="WARNING")
     if address == "local":
-        kw.update(num_cpus=num_cpus, include_dashboard=False)
+        # the dashboard process also serves the State API that Ray Train's cleanup polls
+        kw.update(num_cpus=num_cpus)
     ray.init(**kw)
     try:  # progress bars are useful interactively, noise in logs
         ray.data.DataContext.get_current().enable_progress_bars = False

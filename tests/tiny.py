@@ -31,3 +31,34 @@ def tiny_rows(n_per_class=(12, 8, 4), size=32, seed=0, classes=("A", "B", "C"),
                      "group": f"img{k % 5}", "label": None if cls is None else classes[cls],
                      "multi_label": False, "crop": encode_png(crop), "mask": encode_png(mask)})
     return pd.DataFrame(rows)
+
+
+def write_tiny_table(path, n_per_class=(24, 16, 10), n_unlabeled=20, size=32, seed=0):
+    """A complete colony table on disk (schema, shards, manifest), marked synthetic."""
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ipb.data.table import SCHEMA, decode_png, write_json_atomic
+    path = Path(path)
+    (path / "colonies").mkdir(parents=True, exist_ok=True)
+    df = tiny_rows(n_per_class, size=size, seed=seed, n_unlabeled=n_unlabeled)
+    rows = []
+    for r in df.to_dict("records"):
+        crop = decode_png(r["crop"])
+        h, w = crop.shape
+        r["label"] = r["label"] if isinstance(r["label"], str) else None
+        rows.append({**r, "time": -1, "x0": 0, "y0": 0, "x1": w, "y1": h, "labels": r["label"],
+                     "height": h, "width": w, "area": int((decode_png(r["mask"]) > 0).sum()),
+                     "border": False, "bit_depth": 8, "synthetic": True})
+    half = len(rows) // 2
+    for k, chunk in enumerate((rows[:half], rows[half:])):
+        pq.write_table(pa.Table.from_pylist(chunk, schema=SCHEMA),
+                       path / "colonies" / f"shard-{k:05d}.parquet")
+    classes = df["label"].dropna().value_counts().sort_index().to_dict()
+    write_json_atomic(path / "manifest.json", {
+        "format": "ipb-colony-table/1", "synthetic": True, "n_images": 5,
+        "n_colonies": len(rows), "classes": classes, "multi_label": 0,
+        "unlabeled": n_unlabeled, "rejected": []})
+    return path

@@ -1,0 +1,78 @@
+"""Figures shared by run artifacts and reports (matplotlib, headless). No Ray, no MLflow.
+
+    python -c "from ipb.plots import confusion_png; help(confusion_png)"
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def confusion_png(cm: np.ndarray, classes: list[str], path: Path, title: str) -> Path:
+    """Rows = true class, columns = predicted; cells show counts and row-normalised recall."""
+    cm = np.asarray(cm)
+    rec = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.1 * len(classes) + 1.5))
+    ax.imshow(rec, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{cm[i, j]}\n{rec[i, j]:.2f}", ha="center", va="center",
+                    color="white" if rec[i, j] > 0.6 else "black", fontsize=8)
+    ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def curves_png(history: list[dict], keys: list[str], path: Path, title: str,
+               ylabel: str = "") -> Path | None:
+    """One line per metric key over epochs (keys missing from an epoch are skipped)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    drawn = 0
+    for k in keys:
+        pts = [(h["epoch"], h[k]) for h in history if k in h]
+        if pts:
+            ax.plot(*zip(*pts), marker=".", label=k.split(".", 1)[-1])
+            drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def pseudo_fractions_png(history: list[dict], classes: list[str], path: Path,
+                         title: str) -> Path | None:
+    """The teacher's pseudo-class proportions per epoch (paper Figs. 6/7), true ones dashed."""
+    rows = [h for h in history if f"ipb.pseudo_frac.{classes[0]}" in h]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for i, c in enumerate(classes):
+        color = f"C{i}"
+        ax.plot([h["epoch"] for h in rows], [h[f"ipb.pseudo_frac.{c}"] for h in rows],
+                marker=".", color=color, label=c)
+        if f"ipb.true_frac.{c}" in rows[-1]:
+            ax.axhline(rows[-1][f"ipb.true_frac.{c}"], color=color, ls="--", lw=0.8)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("pseudo-class fraction of U")
+    ax.set_title(title + " (dashed: true fractions)", fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)

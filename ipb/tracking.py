@@ -1,0 +1,149 @@
+"""MLflow: experiments, parent/child runs, tags, per-epoch metrics and artifacts.
+
+    MLFLOW_TRACKING_URI=sqlite:///mlflow.db ipb train --method ipb   # then: mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+The tracking URI is `MLFLOW_TRACKING_URI` when set, else `tracking.uri` (sqlite:///mlflow.db).
+A plain path / file: store is refused (MLflow 3 deprecates it and many writers corrupt it).
+Uses MlflowClient with explicit run ids (no fluent global state), so Ray workers and the driver
+can log to the same run.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ipb.config import Config, config_hash, flatten, to_dict, to_yaml
+
+TAG_KEYS = ("ipb.method", "ipb.arch", "ipb.scales", "ipb.multi_label", "ipb.labeled_fraction",
+            "ipb.fold", "ipb.seed", "ipb.sweep")
+
+
+def tracking_uri(cfg: Config | None = None) -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or (cfg.tracking.uri if cfg else "sqlite:///mlflow.db")
+    if "://" not in uri or uri.startswith("file:"):
+        raise ValueError(f"tracking URI {uri!r} is a file store; use sqlite:///mlflow.db or an "
+                         "http(s):// MLflow server (tracking.uri=... or MLFLOW_TRACKING_URI)")
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # Ray workers run in another directory: pin a relative SQLite path to ours
+        uri = "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
+    return uri
+
+
+def client(uri: str | None = None):
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(tracking_uri=uri or tracking_uri())
+
+
+def experiment_id(name: str, uri: str | None = None) -> str:
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return c.create_experiment(name)
+    except Exception:   # created concurrently by another trial
+        return c.get_experiment_by_name(name).experiment_id
+
+
+def trial_tags(cfg: Config, synthetic: bool, sweep: str = "") -> dict[str, str]:
+    from ipb.models import model_info
+    ms = model_info(cfg.model.arch)["multi_scale"]
+    tags = {"ipb.method": cfg.method.name, "ipb.arch": cfg.model.arch,
+            "ipb.scales": "ms" if ms else "single",
+            "ipb.multi_label": str(cfg.method.multi_label).lower(),
+            "ipb.labeled_fraction": str(cfg.split.labeled_fraction),
+            "ipb.fold": str(cfg.train.fold), "ipb.seed": str(cfg.train.seed),
+            "ipb.sweep": sweep or "none", "ipb.profile": cfg.profile,
+            "ipb.synthetic": str(bool(synthetic)).lower(),
+            "ipb.selected_on": cfg.train.select_on,
+            "ipb.trial_hash": config_hash(cfg, cfg.train.fold, cfg.train.seed)}
+    if cfg.train.select_on == "test":
+        tags["ipb.note"] = "model selected on the TEST split (reproduction of the reference code)"
+    return tags
+
+
+def start_trial_run(cfg: Config, split, manifest: dict, *, name: str,
+                    parent_run_id: str | None = None, sweep: str = "",
+                    experiment: str | None = None, table: str = "") -> str:
+    """Create the run (RUNNING) with tags and flattened params; returns its id."""
+    from mlflow.entities import Param, RunTag
+    c = client(tracking_uri(cfg))
+    exp = experiment or cfg.tracking.experiment or ("ipb-" + (sweep or "train"))
+    synthetic = bool(manifest.get("synthetic"))
+    tags = trial_tags(cfg, synthetic, sweep)
+    tags["mlflow.runName"] = ("SYNTHETIC " if synthetic else "") + name
+    tags["ipb.table"] = table
+    tags["ipb.classes"] = ",".join(split.classes)
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = c.create_run(experiment_id(exp, tracking_uri(cfg)), tags=tags)
+    params = {k: str(v)[:500] for k, v in flatten(to_dict(cfg)).items()}
+    for p in ("labeled", "val", "unlabeled", "test"):
+        params[f"split.n_{p}"] = str(len(getattr(split, p)))
+    items = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        c.log_batch(run.info.run_id, params=items[i:i + 100])
+    c.log_batch(run.info.run_id, tags=[RunTag("ipb.n_params", str(len(items)))])
+    return run.info.run_id
+
+
+class EpochLogger:
+    """Per-epoch metrics from the rank-0 worker, one batched write per epoch."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.client, self.run_id = client(uri), run_id
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and k != "epoch"]
+        for i in range(0, len(items), 500):
+            self.client.log_batch(self.run_id, metrics=items[i:i + 500])
+
+
+def log_trial_result(run_id: str, cfg: Config, out: dict[str, Any], model_file: Path) -> None:
+    """Final metrics + artifacts: confusion matrices, curves, pseudo-class plot, config, model."""
+    import json
+
+    import numpy as np
+
+    from mlflow.entities import Metric
+
+    from ipb import plots
+    c = client(tracking_uri(cfg))
+    classes = out["classes"]
+    synthetic = c.get_run(run_id).data.tags.get("ipb.synthetic") == "true"
+    title = ("SYNTHETIC data - " if synthetic else "") + c.get_run(run_id).info.run_name
+    metrics = [Metric(k, float(v), 0, 0) for k, v in out["metrics"].items()
+               if isinstance(v, (int, float))]
+    c.log_batch(run_id, metrics=metrics)
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        plots.confusion_png(np.array(out["cm_test"]), classes, d / "confusion_test.png",
+                            f"{title}\ntest confusion (rows: true)")
+        plots.confusion_png(np.array(out["cm_val"]), classes, d / "confusion_val.png",
+                            f"{title}\nval confusion (rows: true)")
+        hist = out["history"]
+        loss_keys = sorted({k for h in hist for k in h if k.startswith("train.")
+                            and k not in ("train.h", "train.mask_rate")})
+        plots.curves_png(hist, loss_keys, d / "loss_curves.png", title, "loss")
+        plots.curves_png(hist, [f"val.tpr.{c_}" for c_ in classes] + ["val.tpr.mean"],
+                         d / "val_tpr.png", title, "val TPR (recall)")
+        plots.pseudo_fractions_png(hist, classes, d / "pseudo_class_fractions.png", title)
+        (d / "config.yaml").write_text(to_yaml(cfg))
+        (d / "result.json").write_text(json.dumps(out, default=float, indent=1))
+        for f in d.iterdir():
+            c.log_artifact(run_id, str(f))
+        c.log_artifact(run_id, str(model_file), artifact_path="model")
+
+
+def end_run(cfg: Config, run_id: str, status: str, error: str | None = None) -> None:
+    c = client(tracking_uri(cfg))
+    if error:
+        c.set_tag(run_id, "ipb.error", error[:5000])
+    c.set_terminated(run_id, status=status)

@@ -1,0 +1,184 @@
+"""One trial, data-parallel on Ray Train, logged to MLflow.
+
+    ipb train --method ipb --arch ms_hrnet_w18 --fold 0 [--table TABLE] [--profile smoke] [k=v ...]
+
+The driver splits the colony table (fold, labeled fraction), hands the parts to a TorchTrainer
+as Ray Data datasets (unlabeled / val / test sharded over workers, labeled to every worker),
+and each worker materialises its shard once, then runs `ipb.engine.run_trial` under DDP
+(gloo on CPU, NCCL on GPU). Rank 0 checkpoints every epoch; `FailureConfig(max_failures)`
+restarts a crashed worker group from the last checkpoint, and so does re-running the same
+command (same `train.storage` / run name).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ipb.config import Config, config_hash, expand_path, from_dict, to_dict
+
+STATE_FILE = "state.pt"
+RESULT_FILE = "result.json"
+MODEL_FILE = "student.pt"
+
+
+def _rows_of(shard) -> "Any":
+    import pandas as pd
+    frames = list(shard.iter_batches(batch_format="pandas", batch_size=4096))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["colony_id", "label", "crop", "mask"])
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from ipb.engine import Part, patch_size, run_trial
+
+    import logging
+    logging.getLogger("ray.train").setLevel(logging.WARNING)   # one line per epoch is ours
+    cfg = from_dict(config["cfg"])
+    classes = config["classes"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
+    torch.set_num_threads(max(1, cfg.train.cpus_per_worker))
+    size = patch_size(cfg)
+    parts = {name: Part.from_rows(_rows_of(ray.train.get_dataset_shard(name)), classes, size)
+             for name in ("labeled", "val", "test", "unlabeled")}
+    resume = None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            resume = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
+
+    def wrap(model):
+        if world == 1:
+            return model.to(device)
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={
+            "find_unused_parameters": False})
+
+    tracker = None
+    if rank == 0 and config.get("run_id"):
+        from ipb.tracking import EpochLogger
+        tracker = EpochLogger(config["tracking_uri"], config["run_id"])
+
+    def report(metrics: dict[str, float], state_fn) -> None:
+        if tracker:
+            tracker.log(metrics, step=int(metrics["epoch"]))
+        if rank == 0 and state_fn is not None:
+            with tempfile.TemporaryDirectory() as d:
+                torch.save(state_fn(), Path(d) / STATE_FILE)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+
+    log = (lambda s: print(f"[{config['name']}] {s}", flush=True)) if rank == 0 else (lambda s: None)
+    log(f"worker 0/{world}: {', '.join(f'{k} {len(v)}' for k, v in parts.items())} colonies "
+        f"on this worker, patch {size}px, device {device}")
+    out = run_trial(cfg, parts, classes, device=device, wrap=wrap, rank=rank, world=world,
+                    resume=resume, report=report, log=log)
+    final = {k: v for k, v in out["metrics"].items() if isinstance(v, (int, float))}
+    final["final"] = 1.0
+    if rank == 0:
+        with tempfile.TemporaryDirectory() as d:
+            torch.save({"state_dict": out["model"].state_dict(), "arch": cfg.model.arch,
+                        "width": cfg.model.width, "classes": classes,
+                        "patch_size": size, "config": to_dict(cfg)}, Path(d) / MODEL_FILE)
+            (Path(d) / RESULT_FILE).write_text(json.dumps({
+                "metrics": out["metrics"], "cm_test": out["cm_test"].tolist(),
+                "cm_val": out["cm_val"].tolist(), "history": out["history"],
+                "classes": classes}, default=float))
+            ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(d))
+    else:
+        ray.train.report(final)
+
+
+def prepare_datasets(cfg: Config, table: Path):
+    """Split the table for (fold, seed) and build one Ray dataset per part."""
+    import ray
+
+    from ipb.data.splits import make_split
+    from ipb.data.table import META_COLUMNS, load_colonies, read_manifest, shard_files
+
+    manifest = read_manifest(table)
+    meta = load_colonies(table, columns=META_COLUMNS)
+    split = make_split(meta, cfg.split, fold=cfg.train.fold, multi_label=cfg.method.multi_label)
+    files = [str(f) for f in shard_files(table)]
+    datasets = {}
+    for part in ("labeled", "val", "test", "unlabeled"):
+        ids = set(meta["colony_id"].iloc[getattr(split, part)])
+        # materialised on the driver: the workers then hold every CPU without starving
+        # Ray Data of the CPUs its read tasks need (a deadlock on a 2-core machine otherwise)
+        datasets[part] = ray.data.read_parquet(files).map_batches(
+            _keep_ids, fn_kwargs={"ids": ids}, batch_format="pandas").materialize()
+    return datasets, split, manifest
+
+
+def _keep_ids(batch, ids):
+    return batch[batch["colony_id"].isin(ids)]
+
+
+def run_name(cfg: Config) -> str:
+    return (f"{cfg.method.name}-{cfg.model.arch}-f{cfg.train.fold}-s{cfg.train.seed}-"
+            f"{config_hash(cfg)[:8]}")
+
+
+def fit(cfg: Config, table: Path | None = None, *, parent_run_id: str | None = None,
+        sweep: str = "", experiment: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train one (config, fold, seed) on Ray Train and log it as one MLflow run.
+
+    Returns {"run_id", "metrics", "result", "checkpoint"}. The MLflow run is FINISHED on success
+    and FAILED (with the error as a tag) on any exception, which is re-raised.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from ipb import tracking
+    from ipb.pipeline import resolve_table
+
+    table = Path(table) if table else resolve_table(cfg)
+    datasets, split, manifest = prepare_datasets(cfg, table)
+    name = run_name(cfg)
+    uri = tracking.tracking_uri(cfg)
+    run_id = tracking.start_trial_run(cfg, split, manifest, name=name, parent_run_id=parent_run_id,
+                                      sweep=sweep, experiment=experiment, table=str(table))
+    if progress:
+        print(f"[{name}] MLflow run {run_id} at {uri}; split " + "; ".join(
+            f"{p} {len(getattr(split, p))}" for p in ("labeled", "val", "unlabeled", "test")),
+            file=sys.stderr, flush=True)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": to_dict(cfg), "classes": split.classes, "run_id": run_id,
+                           "tracking_uri": uri, "name": name},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker,
+                                  **({"GPU": 1} if cfg.train.use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=str(expand_path(cfg.train.storage)),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["unlabeled", "val", "test"]),
+    )
+    try:
+        result = trainer.fit()
+        if result.error:
+            raise result.error
+        with result.checkpoint.as_directory() as d:
+            out = json.loads((Path(d) / RESULT_FILE).read_text())
+            tracking.log_trial_result(run_id, cfg, out, Path(d) / MODEL_FILE)
+        tracking.end_run(cfg, run_id, "FINISHED")
+    except BaseException as e:
+        tracking.end_run(cfg, run_id, "FAILED", error=f"{type(e).__name__}: {e}")
+        raise
+    return {"run_id": run_id, "metrics": out["metrics"], "result": out,
+            "checkpoint": result.checkpoint.path, "name": name}

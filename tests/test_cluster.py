@@ -1,0 +1,428 @@
+"""Cluster configs and cluster behaviour that can be checked without a cloud account.
+
+    .venv/bin/pytest -q tests/test_cluster.py          # about 2-3 minutes on 2 cores
+
+Offline checks of cluster/ (launcher YAMLs through Ray's own defaults filling and schema,
+KubeRay manifests, the image's Dockerfile), then two real local clusters, each driven by a
+script in a subprocess so that it never meets a Ray session of the pytest process:
+- autoscaling with Ray's fake multi-node provider: trials that need more CPUs than the head has
+  make the autoscaler add a worker node, which it removes again after the idle timeout;
+- a head and a worker started with `ray start --address`, and a DDP TorchTrainer spanning both.
+Both clusters get their own temp dir, ports and auth token, and are stopped by process id.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+import socket
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = REPO / "cluster"
+LAUNCHERS = ["aws.yaml", "gcp.yaml"]
+RAY_VERSION = ray.__version__
+
+
+def _no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args!r}")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def _pyproject_deps() -> list[str]:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+
+
+def _ray_pin() -> str:
+    """'2.60' from the pyproject pin ray[...]==2.60.*"""
+    pin = next(d for d in _pyproject_deps() if re.match(r"ray\[", d))
+    m = re.search(r"==\s*(\d+\.\d+)\.\*", pin)
+    assert m, f"pyproject.toml: ray pin {pin!r} is not of the form ==X.Y.*"
+    return m.group(1)
+
+
+# ---------------------------------------------------------------- launcher YAMLs (ray up)
+
+@pytest.mark.parametrize("name", LAUNCHERS)
+def test_launcher_config_passes_ray_schema_offline(name, monkeypatch):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+    raw = yaml.safe_load((CLUSTER / name).read_text())
+    # prepare_config only reads the provider's defaults.yaml shipped in the wheel; the steps of
+    # `ray up` that need a cloud SDK and credentials (bootstrap_aws/gcp) come after it.
+    _no_network(monkeypatch)
+    config = prepare_config(copy.deepcopy(raw))
+    validate_config(config)
+
+    # Every key of the file survives defaults filling (no shallow-merge surprise).
+    for key in ("setup_commands", "head_start_ray_commands", "worker_start_ray_commands"):
+        assert key in raw, f"cluster/{name}: set {key!r} explicitly (defaults install nightly Ray)"
+    assert config["setup_commands"] == [] and config["worker_setup_commands"] == [], \
+        f"cluster/{name}: nothing may be installed at node start; put it in the image"
+    assert 0 < config["idle_timeout_minutes"] <= 30
+    assert config["docker"]["image"].endswith(f":ray{RAY_VERSION}-py311-gpu")
+
+    types = config["available_node_types"]
+    head = types[config["head_node_type"]]
+    workers = {k: v for k, v in types.items() if k != config["head_node_type"]}
+    assert head["resources"].get("GPU", 0) == 0 and head["max_workers"] == 0
+    gpus = sorted(w["resources"].get("GPU", 0) for w in workers.values())
+    assert gpus == [1, 8], f"cluster/{name}: want a 1-GPU and an 8-GPU worker type, got {gpus}"
+    for wname, w in workers.items():
+        assert w["min_workers"] == 0 and w["max_workers"] >= 1, wname
+    node_cfgs = {k: json.dumps(v["node_config"]) for k, v in types.items()}
+    spot = ('"MarketType": "spot"' if config["provider"]["type"] == "aws"
+            else '"preemptible": true')
+    assert spot not in node_cfgs[config["head_node_type"]], "the head must be on-demand"
+    assert all(spot in node_cfgs[w] for w in workers), "GPU workers must be spot/preemptible"
+
+    head_cmds = " ".join(config["head_start_ray_commands"])
+    store = "s3://" if config["provider"]["type"] == "aws" else "gs://"
+    assert re.search(r"mlflow server .*--backend-store-uri sqlite:////\S+ "
+                     rf".*--artifacts-destination {store}", head_cmds)
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = next(c for c in config[key] if "ray start" in c)
+        assert "export MLFLOW_TRACKING_URI=http://" in start.split("ray start")[0], \
+            f"cluster/{name}: {key} must export MLFLOW_TRACKING_URI before `ray start`"
+    assert "$RAY_HEAD_IP:5000" in " ".join(config["worker_start_ray_commands"])
+
+
+# ---------------------------------------------------------------- KubeRay manifests
+
+def _kuberay(name):
+    docs = [d for d in yaml.safe_load_all((CLUSTER / "kuberay" / name).read_text()) if d]
+    assert docs, f"cluster/kuberay/{name} is empty"
+    return docs
+
+
+def _containers(pod_template):
+    return pod_template["spec"]["containers"]
+
+
+def test_raycluster_manifest():
+    (rc,) = _kuberay("raycluster.yaml")
+    assert (rc["apiVersion"], rc["kind"]) == ("ray.io/v1", "RayCluster")
+    spec = rc["spec"]
+    assert spec["rayVersion"] == RAY_VERSION
+    assert spec["enableInTreeAutoscaling"] is True
+    head = _containers(spec["headGroupSpec"]["template"])
+    groups = spec["workerGroupSpecs"]
+    for c in head + [c for g in groups for c in _containers(g["template"])]:
+        assert c["image"].rsplit(":", 1)[1] == f"ray{RAY_VERSION}-py311-gpu", c["image"]
+        env = {e["name"]: e for e in c.get("env", [])}
+        assert env["MLFLOW_TRACKING_URI"]["value"].startswith("http://mlflow"), c["name"]
+    for c in head:
+        res = c.get("resources", {})
+        assert "nvidia.com/gpu" not in res.get("limits", {}) | res.get("requests", {})
+    assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    gpus = []
+    for g in groups:
+        assert g["minReplicas"] == 0 and g["maxReplicas"] >= 1, g["groupName"]
+        (c,) = _containers(g["template"])
+        lim, req = c["resources"]["limits"], c["resources"]["requests"]
+        assert lim["nvidia.com/gpu"] == req["nvidia.com/gpu"] >= 1, g["groupName"]
+        gpus.append(lim["nvidia.com/gpu"])
+    assert sorted(gpus) == [1, 8]
+
+
+def test_rayjob_manifest_runs_an_existing_sweep_script():
+    (job,) = _kuberay("rayjob.yaml")
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    (rc,) = _kuberay("raycluster.yaml")
+    assert job["spec"]["clusterSelector"]["ray.io/cluster"] == rc["metadata"]["name"]
+    entry = job["spec"]["entrypoint"]
+    m = re.search(r"python (\S*?)(sweeps/\w+\.py)", entry)
+    assert m, f"rayjob entrypoint {entry!r} does not run a sweeps/*.py script"
+    assert m.group(2) == "sweeps/ablation.py"
+    assert (REPO / m.group(2)).is_file(), f"rayjob runs {m.group(2)}, which is not in the repo"
+    assert "--profile paper" in entry and "--data s3://" in entry
+    runtime_env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
+    assert runtime_env["env_vars"]["MLFLOW_TRACKING_URI"].startswith("http://mlflow")
+
+
+def test_mlflow_manifest():
+    docs = {d["kind"]: d for d in _kuberay("mlflow.yaml")}
+    assert {"PersistentVolumeClaim", "Deployment", "Service"} <= set(docs)
+    dep = docs["Deployment"]
+    assert dep["apiVersion"] == "apps/v1" and dep["spec"]["replicas"] == 1
+    assert dep["spec"]["strategy"]["type"] == "Recreate"
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    args = " ".join(c["command"] + c["args"])
+    assert "mlflow server" in args and "--backend-store-uri=sqlite:////mlflow/" in args
+    claim = dep["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+    assert claim == docs["PersistentVolumeClaim"]["metadata"]["name"]
+    svc = docs["Service"]
+    assert svc["metadata"]["name"] == "mlflow" and svc["spec"]["ports"][0]["port"] == 5000
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+
+
+# ---------------------------------------------------------------- image
+
+def test_dockerfile_installs_the_pinned_package():
+    text = (CLUSTER / "image" / "Dockerfile").read_text()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    base = next(ln for ln in lines if ln.startswith("FROM "))
+    m = re.fullmatch(r"FROM rayproject/ray:(\d+\.\d+\.\d+)-py311-gpu", base)
+    assert m, f"Dockerfile base {base!r} is not rayproject/ray:X.Y.Z-py311-gpu"
+    assert m.group(1).startswith(_ray_pin() + "."), (m.group(1), _ray_pin())
+    assert m.group(1) == RAY_VERSION
+    # `pip install .` after copying pyproject.toml installs every dependency with its pin.
+    assert re.search(r"COPY\s.*\bpyproject\.toml\b", text)
+    assert re.search(r"COPY\s.*\bipb\b", text)
+    assert re.search(r"pip install [^\n]*\s\.\s", text), "Dockerfile must `pip install .`"
+    # torch comes from the CUDA index first; its pins must equal pyproject's.
+    for dep in _pyproject_deps():
+        if dep.startswith(("torch==", "torchvision==")):
+            assert f'"{dep}"' in text, f"Dockerfile does not pin {dep} like pyproject.toml"
+    ignore = (CLUSTER / "image" / "Dockerfile.dockerignore").read_text().split()
+    for pattern in (".git", ".venv", "mlflow.db", "**/__pycache__"):
+        assert pattern in ignore, f"Dockerfile.dockerignore must exclude {pattern}"
+
+
+# ---------------------------------------------------------------- local clusters
+
+# Shared by both scripts: a private temp dir, auth token and ports; cleanup by process id.
+PRELUDE = r'''
+import json, os, secrets, shutil, signal, socket, subprocess, sys, tempfile, threading, time
+ROOT = tempfile.mkdtemp(prefix="ipbrc", dir="/tmp")   # short: Ray's socket paths have a limit
+with open(os.path.join(ROOT, "auth_token"), "w") as f:
+    f.write(secrets.token_hex(32))
+os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=os.path.join(ROOT, "auth_token"),
+                  RAY_TMPDIR=ROOT)
+os.environ.pop("RAY_ADDRESS", None)
+import ray
+
+T0 = time.monotonic()
+RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+COMMON = ["--block", "--dashboard-agent-listen-port=0", "--min-worker-port=0",
+          "--max-worker-port=0", "--object-store-memory=100000000", "--disable-usage-stats"]
+PROCS = []
+
+def stamp():
+    return f"+{time.monotonic() - T0:5.1f}s"
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+def start(args, name, env=None):
+    log = open(os.path.join(ROOT, name + ".log"), "w")
+    PROCS.append(subprocess.Popen([RAY, "start", *args, *COMMON], env=env or os.environ,
+                                  start_new_session=True, stdout=log, stderr=subprocess.STDOUT))
+
+def connect(address):
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            return ray.init(address=address, log_to_driver=False)
+        except Exception:
+            if time.monotonic() > deadline or PROCS[0].poll() is not None:
+                raise
+            time.sleep(1)
+
+def pids_mentioning(marker):
+    found = []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and int(d) != os.getpid():
+            try:
+                cmd = open(f"/proc/{d}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if marker in cmd:
+                found.append(int(d))
+    return found
+
+def stop_all():
+    ray.shutdown()
+    for p in reversed(PROCS):
+        p.send_signal(signal.SIGTERM)
+    for p in PROCS:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for pid in pids_mentioning(ROOT):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    time.sleep(0.5)
+    left = pids_mentioning(ROOT)
+    if not left:
+        shutil.rmtree(ROOT, ignore_errors=True)
+    print(f"{stamp()} stopped; processes left: {left}", flush=True)
+'''
+
+AUTOSCALE = PRELUDE + r'''
+from ray import tune
+port = free_port()
+ip = ray._private.services.get_node_ip_address()
+config = {  # the fake provider's example.yaml, which the 2.60 wheel does not ship
+    "cluster_name": "ipb-fake", "max_workers": 1, "upscaling_speed": 1.0,
+    "idle_timeout_minutes": 0.1,
+    "provider": {"type": "fake_multinode", "use_node_id_as_ip": True,
+                 "disable_node_updaters": True, "disable_launch_config_check": True,
+                 "gcs_address": f"{ip}:{port}"},
+    "available_node_types": {
+        "ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
+        "ray.worker.cpu2": {"resources": {"CPU": 2, "object_store_memory": 100 * 2**20},
+                            "node_config": {}, "min_workers": 0, "max_workers": 1}},
+    "head_node_type": "ray.head.default", "auth": {}, "docker": {},
+    "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
+    "worker_setup_commands": [], "head_start_ray_commands": [],
+    "worker_start_ray_commands": [], "file_mounts": {}, "cluster_synced_files": [],
+    "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": []}
+cfg = os.path.join(ROOT, "autoscaling.json")
+json.dump(config, open(cfg, "w"))
+events, done = [], threading.Event()
+try:
+    # AutoscalingCluster.start() would run `ray stop --force` (every Ray on the machine), so
+    # the head is started here the way it does, minus that.
+    start(["--head", f"--port={port}", "--num-cpus=1", f"--temp-dir={ROOT}",
+           f"--autoscaling-config={cfg}", "--include-dashboard=false",
+           f"--ray-client-server-port={free_port()}"], "head",
+          env=dict(os.environ, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1"))
+    connect(f"{ip}:{port}")
+    print(f"{stamp()} head up: {len(ray.nodes())} node, {ray.cluster_resources()['CPU']} CPU",
+          flush=True)
+
+    def watch():
+        seen = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        while not done.is_set():
+            alive = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
+            for nid in alive.keys() - seen:
+                events.append(["added", nid, round(time.monotonic() - T0, 1)])
+                print(f"{stamp()} AUTOSCALER node added   {nid[-5:]} "
+                      f"CPU={alive[nid]['Resources'].get('CPU')}", flush=True)
+            for nid in seen - alive.keys():
+                events.append(["removed", nid, round(time.monotonic() - T0, 1)])
+                print(f"{stamp()} AUTOSCALER node removed {nid[-5:]}", flush=True)
+            seen = set(alive)
+            time.sleep(0.5)
+    threading.Thread(target=watch, daemon=True).start()
+
+    def trial(config):
+        time.sleep(3)
+        tune.report({"score": config["x"] * 2,
+                     "node": ray.get_runtime_context().get_node_id()})
+
+    results = tune.Tuner(
+        tune.with_resources(trial, {"CPU": 2}),   # the head has 1 CPU: needs a new node
+        param_space={"x": tune.grid_search([1, 2])},
+        run_config=tune.RunConfig(storage_path=os.path.join(ROOT, "tune"), name="fake",
+                                  verbose=0)).fit()
+    print(f"{stamp()} trials finished, errors={results.num_errors}", flush=True)
+    deadline = time.monotonic() + 90
+    while not any(e[0] == "removed" for e in events) and time.monotonic() < deadline:
+        time.sleep(1)
+    done.set()
+    print("RESULT " + json.dumps({
+        "errors": results.num_errors, "scores": sorted(r.metrics["score"] for r in results),
+        "trial_nodes": sorted({r.metrics["node"] for r in results}),
+        "head": ray.get_runtime_context().get_node_id(), "events": events}), flush=True)
+finally:
+    done.set()
+    stop_all()
+'''
+
+TWO_NODES = PRELUDE + r'''
+port = free_port()
+ip = ray._private.services.get_node_ip_address()
+try:
+    start(["--head", f"--port={port}", "--num-cpus=1", f"--temp-dir={ROOT}/head",
+           "--include-dashboard=false", f"--ray-client-server-port={free_port()}"], "head")
+    connect(f"{ip}:{port}")
+    start([f"--address={ip}:{port}", "--num-cpus=1", f"--temp-dir={ROOT}/worker"], "worker")
+    deadline = time.monotonic() + 90
+    while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+        assert time.monotonic() < deadline and all(p.poll() is None for p in PROCS), ROOT
+        time.sleep(0.5)
+    nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+    print(f"{stamp()} two nodes up", flush=True)
+
+    from ray import train
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    def loop(config):
+        import torch
+        import torch.distributed as dist
+        model = train.torch.prepare_model(torch.nn.Linear(4, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        rank = train.get_context().get_world_rank()
+        g = torch.Generator().manual_seed(rank)   # different data per rank
+        for _ in range(3):
+            loss = model(torch.randn(8, 4, generator=g)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        w = next(model.parameters()).detach().clone()
+        ws = [torch.zeros_like(w) for _ in range(dist.get_world_size())]
+        dist.all_gather(ws, w)
+        with open(os.path.join(config["out"], f"rank{rank}.json"), "w") as f:
+            json.dump({"rank": rank, "node": ray.get_runtime_context().get_node_id(),
+                       "replicas_equal": all(torch.equal(ws[0], v) for v in ws)}, f)
+        train.report({"loss": float(loss)})
+
+    out = os.path.join(ROOT, "ranks")
+    os.makedirs(out)
+    TorchTrainer(loop, train_loop_config={"out": out},
+                 scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1},
+                                              placement_strategy="STRICT_SPREAD"),
+                 run_config=RunConfig(storage_path=os.path.join(ROOT, "train"), name="ddp")
+                 ).fit()
+    ranks = [json.load(open(os.path.join(out, f))) for f in sorted(os.listdir(out))]
+    print(f"{stamp()} DDP done", flush=True)
+    print("RESULT " + json.dumps({"nodes": nodes, "ranks": ranks}), flush=True)
+finally:
+    stop_all()
+'''
+
+
+def _run_script(tmp_path, name, source, timeout):
+    script = tmp_path / f"{name}.py"
+    script.write_text(source)
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=timeout)
+    lines = proc.stdout.splitlines()
+    for line in lines:
+        if line.startswith("+"):
+            print(f"[{name}] {line}")
+    results = [json.loads(ln[7:]) for ln in lines if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and results, \
+        f"{name} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert lines[-1].endswith("processes left: []"), lines[-1]
+    return results[0]
+
+
+@pytest.mark.slow
+def test_autoscaler_adds_and_removes_a_node(tmp_path):
+    res = _run_script(tmp_path, "autoscale", AUTOSCALE, timeout=240)
+    assert res["errors"] == 0 and res["scores"] == [2, 4]
+    added = [e for e in res["events"] if e[0] == "added"]
+    removed = [e for e in res["events"] if e[0] == "removed"]
+    assert len(added) == 1, res["events"]
+    assert res["trial_nodes"] == [added[0][1]] != [res["head"]]
+    assert removed and removed[0][1] == added[0][1] and removed[0][2] > added[0][2]
+
+
+@pytest.mark.slow
+def test_ddp_trial_spans_head_and_worker_node(tmp_path):
+    res = _run_script(tmp_path, "two_nodes", TWO_NODES, timeout=240)
+    assert len(res["nodes"]) == 2
+    assert sorted(r["node"] for r in res["ranks"]) == res["nodes"]
+    assert all(r["replicas_equal"] for r in res["ranks"])

@@ -1,0 +1,193 @@
+"""pytest tests/test_segment.py -q
+
+Colony segmentation: exact fast entropy, agreement with the scikit-image reference, synthetic
+ground truth, bit depths, the whole-well case, merged colonies, both orders, bad input.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from skimage.filters import rank, threshold_otsu
+from skimage.morphology import disk
+
+from ipb.config import SegmentationConfig, SynthConfig
+from ipb.data.entropy import local_entropy
+from ipb.data.segment import (_fill_holes, mask_iou, otsu_threshold, reference_segment, segment,
+                              to_gray, to_uint8)
+
+CFG = SegmentationConfig()
+
+
+def _real_root() -> Path | None:
+    for p in (Path(__file__).resolve().parents[2] / "shared" / "data" / "real",
+              Path("/work/shared/data/real")):
+        if (p / "allen-hipsc").is_dir():
+            return p / "allen-hipsc"
+    return None
+
+
+REAL = _real_root()
+needs_real = pytest.mark.skipif(REAL is None, reason="real images (shared/data/real/allen-hipsc) "
+                                "not found next to the repository or at /work/shared")
+
+
+def _read(sub: str, i: int = 0) -> np.ndarray:
+    import tifffile
+    return tifffile.imread(str(sorted((REAL / sub).glob("*.tif*"))[i]))
+
+
+def _well(size=512, colonies=5, seed=0):
+    from ipb.data.synth import render_well
+    img, inst, _ = render_well(SynthConfig(size=size, colonies_per_well=colonies, seed=seed),
+                               np.random.default_rng(seed))[0]
+    return img, inst.astype(np.int32)
+
+
+def _blobs(size, centres, radius, seed=0):
+    """Flat grey background with textured discs (a colony has a high local entropy)."""
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size), 120.0) + rng.normal(0, 0.6, (size, size))
+    yy, xx = np.mgrid[:size, :size]
+    for cy, cx in centres:
+        m = (yy - cy) ** 2 + (xx - cx) ** 2 < radius ** 2
+        img[m] += rng.normal(0, 12, m.sum())
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3, 4])
+def test_local_entropy_equals_skimage(radius):
+    rng = np.random.default_rng(radius)
+    for shape in ((7, 5), (70, 91)):
+        img = (100 + rng.integers(0, 9, shape)).astype(np.uint8)
+        ref = rank.entropy(img, disk(radius))
+        assert np.abs(local_entropy(img, radius) - ref).max() < 1e-5
+
+
+def test_local_entropy_all_grey_levels_used():
+    img = np.random.default_rng(0).integers(0, 256, (60, 64)).astype(np.uint8)
+    img[0, :2] = (0, 255)
+    assert np.abs(local_entropy(img, 3) - rank.entropy(img, disk(3))).max() < 1e-5
+
+
+def test_otsu_and_fill_holes_match_reference():
+    rng = np.random.default_rng(1)
+    v = np.concatenate([rng.normal(1, 0.3, 5000), rng.normal(3, 0.5, 3000)]).astype(np.float32)
+    v = v.reshape(80, 100)
+    assert otsu_threshold(v) == pytest.approx(threshold_otsu(v), abs=1e-4)
+    m = rng.random((120, 130)) > 0.55
+    assert (_fill_holes(m.astype(np.uint8)).astype(bool) == ndi.binary_fill_holes(m)).all()
+
+
+def test_synthetic_recall_and_iou():
+    found = total = 0
+    for seed in (0, 1):
+        img, inst = _well(seed=seed)
+        seg = segment(img, CFG)
+        ids = np.unique(inst)[1:]
+        for i in ids:
+            cover = np.bincount(seg.labels[inst == i]).astype(float)
+            cover[0] = 0
+            found += cover.max() >= 0.5 * (inst == i).sum()
+        total += ids.size
+        assert mask_iou(seg.mask, inst > 0) > 0.8
+        assert mask_iou(seg.mask, reference_segment(img, CFG)) >= 0.97
+    assert found / total >= 0.9
+
+
+def test_colony_boxes_areas_and_border():
+    img = _blobs(300, [(150, 150), (40, 260)], 45)
+    seg = segment(img, CFG)
+    assert len(seg.colonies) == 2 and seg.labels.dtype == np.int32
+    assert (seg.mask == (seg.labels > 0)).all()
+    for c in seg.colonies:
+        m = seg.labels == c["id"]
+        ys, xs = np.nonzero(m)
+        assert c["area"] == m.sum()
+        assert c["x0"] == max(xs.min() - CFG.pad_px, 0) and c["y1"] == min(ys.max() + 1 + CFG.pad_px, 300)
+    centre = next(c for c in seg.colonies if c["x0"] < 150 < c["x1"] and c["y0"] < 150 < c["y1"])
+    edge = next(c for c in seg.colonies if c is not centre)
+    assert not centre["border"] and edge["border"]      # the second blob is cut by the top edge
+
+
+def test_bit_depths_and_rgb_give_the_same_mask():
+    img, _ = _well(size=384, colonies=4)
+    m8 = segment(img, CFG).mask
+    assert m8.any()
+    assert (segment(img.astype(np.uint16) * 257, CFG).mask == m8).all()
+    assert (segment(np.dstack([img] * 3), CFG).mask == m8).all()
+    assert (segment(np.dstack([img] * 3 + [np.full_like(img, 255)]), CFG).mask == m8).all()
+    assert (segment(img / 255.0, CFG).mask == m8).all()
+    # a 12-bit camera image in uint16 keeps 256 levels
+    twelve = img.astype(np.uint16) * 16
+    assert (to_uint8(twelve) == img).all()
+
+
+def test_touching_colonies_are_split():
+    img = _blobs(320, [(160, 100), (160, 215)], 62)      # two discs overlapping in a neck
+    seg = segment(img, CFG)
+    assert seg.info["n_merged_split"] == 1 and len(seg.colonies) == 2
+    for c in seg.colonies:                               # pieces get their own box and area
+        ys, xs = np.nonzero(seg.labels == c["id"])
+        assert c["area"] == xs.size > CFG.min_area_um2 / CFG.pixel_size_um ** 2
+        assert (c["x0"], c["x1"]) == (xs.min() - CFG.pad_px, xs.max() + 1 + CFG.pad_px)
+    whole = segment(img, replace(CFG, split_touching=False))
+    assert len(whole.colonies) == 1
+    assert (whole.mask == seg.mask).all()                # a cut changes instances, not the mask
+    assert segment(_blobs(320, [(160, 160)], 80), CFG).info["n_merged_split"] == 0
+
+
+def test_code_order_differs_but_runs():
+    img, inst = _well(size=384, colonies=4, seed=2)
+    paper = segment(img, CFG)
+    code = segment(img, replace(CFG, order="code"))
+    assert paper.mask.any() and code.mask.any()
+    assert not (paper.mask == code.mask).all()
+    assert mask_iou(code.mask, reference_segment(img, replace(CFG, order="code"))) >= 0.97
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(TypeError, match="dtype bool"):
+        segment(np.zeros((32, 32), bool), CFG)
+    with pytest.raises(ValueError, match="shape"):
+        segment(np.zeros(32, np.uint8), CFG)
+    with pytest.raises(ValueError, match="empty"):
+        segment(np.zeros((0, 5), np.uint8), CFG)
+    with pytest.raises(ValueError, match="shape"):
+        to_gray(np.zeros((8, 8, 2), np.uint8))
+    with pytest.raises(TypeError, match="int32"):
+        to_gray(np.zeros((8, 8), np.int32))
+    with pytest.raises(TypeError, match="numpy array"):
+        to_gray([[1, 2], [3, 4]])
+    with pytest.raises(ValueError, match="NaN"):
+        to_uint8(np.full((8, 8), np.nan))
+    with pytest.raises(ValueError, match="pixel_size_um"):
+        segment(np.zeros((32, 32), np.uint8), replace(CFG, pixel_size_um=0.0))
+
+
+@needs_real
+def test_real_tile_crop_matches_reference():
+    tile = _read("six-well-tiles", 0)[700:1212, 700:1212]
+    seg = segment(tile, CFG)
+    assert seg.well is None and seg.mask.any()
+    assert mask_iou(seg.mask, reference_segment(tile, CFG)) >= 0.95
+
+
+@needs_real
+def test_whole_well_gives_many_colonies_not_one():
+    img = _read("96-well-whole", 1)
+    small = cv2.resize(img, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    cfg = replace(CFG, pixel_size_um=2 * CFG.pixel_size_um)     # same physical sizes
+    seg = segment(small, cfg)
+    assert seg.well is not None and seg.info["well"]
+    assert len(seg.colonies) >= 10
+    assert any(c["border"] for c in seg.colonies)             # colonies cut by the rim
+    big = max(c["area"] for c in seg.colonies)
+    assert big < 0.2 * seg.well.sum()
+    off = segment(small, replace(cfg, well_mask="off", split_touching=False))
+    assert max(c["area"] for c in off.colonies) > 0.5 * seg.well.sum()   # the paper's failure
+    assert mask_iou(seg.mask, reference_segment(small, cfg, well=seg.well)) >= 0.97
