@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python sweeps/main.py
+	$(BIN)/ipb run
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

@@ -6,6 +6,7 @@
     ipb ingest wells/ --out table/ --labels wells/labels.csv
     ipb splits table/ --fold 0
     ipb config --profile paper train.epochs=10
+    ipb predict RUN_ID_OR_student.pt images/ --out pred/
 
 Every command takes `--profile smoke|paper|study|FILE.yaml` and `key.sub=value` overrides.
 """
@@ -106,6 +107,43 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    import re
+
+    from ipb.config import parse_overrides
+    from ipb.predict import DEFAULT_TEST_PATCHES, config_for, load_student, predict_images
+    # IMAGES and key=value overrides share the positional tail: a dotted key=value that is not
+    # an existing file is an override
+    is_ov = [bool(re.match(r"^\w+(\.\w+)+=", a)) and not Path(a).exists() for a in args.images]
+    images = [a for a, o in zip(args.images, is_ov) if not o]
+    ov = parse_overrides([a for a, o in zip(args.images, is_ov) if o])
+    if not images:
+        raise FileNotFoundError("no IMAGES given (files or directories of images)")
+    model, meta = load_student(args.model, tracking_uri=args.tracking_uri)
+    cfg = config_for(meta, args.profile, ov)
+    k = args.test_patches if args.test_patches is not None else int(
+        ov.get("patch.test_patches", DEFAULT_TEST_PATCHES))
+    out = predict_images(model, meta, images, args.out, cfg, test_patches=k)
+    print(f"{out['n_images']} images, {out['n_colonies']} colonies ("
+          + ", ".join(f"{c} {n}" for c, n in out["counts"].items())
+          + f"), {out['n_skipped']} skipped, {out['seconds']:.1f}s -> {args.out}/colonies.csv, "
+          "counts.csv" + (", counts_over_time.png" if "counts_over_time" in out["files"] else ""))
+    if meta.get("synthetic"):
+        print("NOTE: the model was trained on SYNTHETIC data.")
+    return 0 if out["n_images"] else 1
+
+
+def cmd_report(args) -> int:
+    from ipb.report import make_report
+    from ipb.tracking import tracking_uri
+    cfg = _config(args, {"tracking.uri": args.tracking_uri} if args.tracking_uri else None)
+    out = make_report(args.experiment, Path(args.out), uri=tracking_uri(cfg),
+                      parent_run_id=args.parent, reference=args.reference)
+    print(out["markdown"])
+    print(f"\nreport files in {out['dir']}")
+    return 0
+
+
 def cmd_run(args) -> int:
     from ipb.pipeline import main_job
     return main_job(_config(args))
@@ -163,6 +201,31 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(fn=cmd_train)
 
+    p = sub.add_parser("predict", help="segment and classify the colonies of new images with a "
+                                      "trained student -> CSVs and counts over time")
+    p.add_argument("model", metavar="MODEL",
+                   help="student.pt, a directory holding it, or an MLflow run id / runs:/<id>")
+    p.add_argument("images", nargs="+", metavar="IMAGES",
+                   help="image files or directories, then optional key.sub=value overrides "
+                        "(e.g. segmentation.pixel_size_um=1.0)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--test-patches", type=int,
+                   help="patches averaged per colony (default 5; 1 = the paper's centre patch)")
+    p.add_argument("--tracking-uri", help="MLflow URI for a run id (default MLFLOW_TRACKING_URI "
+                                          "or sqlite:///mlflow.db)")
+    p.add_argument("--profile", default=None,
+                   help="use this profile instead of the config saved with the model")
+    p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("report", help="paper-style tables/figures from a sweep's MLflow runs")
+    p.add_argument("--experiment", required=True, help="e.g. ipb-main, ipb-ablation")
+    p.add_argument("--out", default="report", help="directory for report.md, CSVs, PNGs")
+    p.add_argument("--parent", help="only the trials of this parent (sweep) run")
+    p.add_argument("--reference", help="configuration the t-tests compare against")
+    p.add_argument("--tracking-uri")
+    _common(p)
+    p.set_defaults(fn=cmd_report)
+
     p = sub.add_parser("splits", help="print the U/L/val/T split of each fold of a table")
     p.add_argument("table")
     p.add_argument("--fold", type=int)
@@ -172,7 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    ap = build_parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra:   # argparse leaves positionals after options over: predict's trailing k=v
+        if getattr(args, "fn", None) is not cmd_predict or any(e.startswith("-") for e in extra):
+            ap.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.images += extra
     from ipb.config import ConfigError
     try:
         return args.fn(args) or 0

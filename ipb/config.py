@@ -149,6 +149,7 @@ class TrainConfig:
     num_workers: int = 2
     cpus_per_worker: int = 1
     use_gpu: bool = False
+    gpus_per_worker: float = 1.0      # < 1 packs several small trials onto one GPU
     amp: bool = True                  # only used on GPU
     select_on: Literal["val", "test"] = "val"
     eval_every: int = 1
@@ -165,9 +166,8 @@ class SweepConfig:
     seeds: tuple[int, ...] = (0,)
     max_concurrent: int = 1
     num_samples: int = 20             # Optuna trials in sweeps/search.py
-    cpus_per_trial: int = 2
-    gpus_per_trial: float = 0.0
-    name: str = ""
+    archs: tuple[str, ...] = ()       # empty = every arch of the sweep script
+    fractions: tuple[float, ...] = ()  # empty = the paper's labeled fractions
 
 
 @dataclass(frozen=True)
@@ -196,8 +196,8 @@ class Config:
 # Profiles are override lists on top of the dataclass defaults (= the paper's numbers).
 PROFILES: dict[str, dict[str, Any]] = {
     "paper": {"profile": "paper", "split.folds": 10, "sweep.folds": list(range(10)),
-              "train.use_gpu": True, "sweep.gpus_per_trial": 1.0, "sweep.cpus_per_trial": 8,
-              "sweep.max_concurrent": 8, "train.num_workers": 1, "train.cpus_per_worker": 8},
+              "train.use_gpu": True, "sweep.max_concurrent": 8, "train.num_workers": 1,
+              "train.cpus_per_worker": 6},
     "smoke": {"profile": "smoke", "synth.wells": 16, "synth.size": 768,
               "synth.colonies_per_well": 14, "split.folds": 5, "split.labeled_fraction": 0.2,
               "patch.size": 48, "patch.ms_size": 64, "model.width": 0.125,
@@ -206,7 +206,7 @@ PROFILES: dict[str, dict[str, Any]] = {
               "train.optimizer": "adam", "train.lr": 0.001,
               "method.student_warmup_epochs": 1, "method.uda_steps": 10,
               "method.teacher_pretrain_epochs": 1, "method.simclr_epochs": 2,
-              "sweep.folds": [0, 1], "sweep.max_concurrent": 1, "sweep.cpus_per_trial": 1},
+              "sweep.folds": [0, 1], "sweep.max_concurrent": 1},
     # sized for a 2-core CPU in about an hour: 3 folds, small widths and patches
     "study": {"profile": "study", "synth.wells": 48, "synth.size": 1024,
               "split.folds": 5, "split.labeled_fraction": 0.15,
@@ -216,7 +216,7 @@ PROFILES: dict[str, dict[str, Any]] = {
               "train.optimizer": "adam", "train.lr": 0.001,
               "method.student_warmup_epochs": 2, "method.uda_steps": 100,
               "method.teacher_pretrain_epochs": 4, "method.simclr_epochs": 6,
-              "sweep.folds": [0, 1, 2], "sweep.max_concurrent": 2, "sweep.cpus_per_trial": 1},
+              "sweep.folds": [0, 1, 2], "sweep.max_concurrent": 2},
 }
 
 
@@ -371,6 +371,19 @@ def config_hash(cfg: Config | dict, *extra: Any) -> str:
     d = to_dict(cfg) if is_dataclass(cfg) else cfg
     blob = json.dumps([flatten(d), [str(e) for e in extra]], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# settings that say where/how a trial runs, not what it computes
+_NOT_IN_TRIAL_HASH = ("profile", "tracking.", "sweep.", "train.storage", "data.cache_dir",
+                      "data.ingest_workers", "train.num_workers", "train.cpus_per_worker",
+                      "train.max_failures")
+
+
+def trial_hash(cfg: Config) -> str:
+    """Identity of a trial (resolved config incl. fold and seed) for resume and dedup."""
+    flat = {k: v for k, v in flatten(to_dict(cfg)).items()
+            if not any(k == p or k.startswith(p) for p in _NOT_IN_TRIAL_HASH)}
+    return config_hash(flat, cfg.train.fold, cfg.train.seed)
 
 
 def from_dict(d: dict[str, Any]) -> Config:

@@ -49,22 +49,28 @@ def resolve_table(cfg: Config) -> Path:
     return synthetic_table(cfg)
 
 
-def main_job(cfg: Config) -> int:
-    from ipb.config import to_yaml
-    from ipb.data.splits import make_split
-    from ipb.data.table import META_COLUMNS, load_colonies, read_manifest
+MAIN_METHODS = ("supervised", "mpl", "ipb", "simclr")
 
-    print("ipb main job; resolved config:\n" + to_yaml(cfg))
+
+def main_job(cfg: Config) -> int:
+    """The README's first command: the SYNTHETIC data set (cached), then supervised, MPL, IPB
+    and SimCLR over `sweep.folds` as one resumable sweep, a comparison table, the MLflow UI."""
+    from ipb.config import to_yaml
+    from ipb.data.table import read_manifest
+    from ipb.sweep import mlflow_ui_command, run_grid
+
+    t0 = time.time()
+    print("ipb main job; resolved config:\n" + to_yaml(cfg), flush=True)
     table = resolve_table(cfg)
     manifest = read_manifest(table)
     tag = "SYNTHETIC " if manifest.get("synthetic") else ""
-    print(f"\n{tag}colony table {table}: {manifest['n_colonies']} colonies from "
+    print(f"{tag}colony table {table}: {manifest['n_colonies']} colonies from "
           f"{manifest['n_images']} images; classes {manifest['classes']}; "
-          f"{manifest['multi_label']} multi-label; {len(manifest['rejected'])} rejected")
-    meta = load_colonies(table, columns=META_COLUMNS)
-    for fold in cfg.sweep.folds:
-        split = make_split(meta, cfg.split, fold=fold, multi_label=cfg.method.multi_label)
-        counts = split.summary()["counts"]
-        print(f"{tag}fold {fold}: " + "; ".join(
-            f"{part} {sum(c.values())}" for part, c in counts.items()))
+          f"{manifest['multi_label']} multi-label; {len(manifest['rejected'])} rejected",
+          flush=True)
+    out = run_grid("main", cfg, [{"method.name": m} for m in MAIN_METHODS], table=table)
+    print("\n" + out["report"]["markdown"])
+    print(f"\nmain job done in {time.time() - t0:.0f}s. MLflow experiment "
+          f"{out['experiment']!r}, parent run {out['parent_run_id']}; look at it with:\n"
+          f"  {mlflow_ui_command(out['tracking_uri'])}")
     return 0

@@ -76,3 +76,18 @@ def pseudo_fractions_png(history: list[dict], classes: list[str], path: Path,
     ax.set_title(title + " (dashed: true fractions)", fontsize=9)
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def fraction_curve_png(curve, path: Path, title: str) -> Path:
+    """Mean test TPR (+- std over folds) against the labeled fraction, one line per method."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for method, g in curve.groupby("method"):
+        g = g.sort_values("labeled_fraction")
+        ax.errorbar(g["labeled_fraction"] * 100, g["mean"], yerr=g["std"].fillna(0),
+                    marker="o", capsize=3, label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("labeled fraction (%)")
+    ax.set_ylabel("test mean TPR")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return _save(fig, path)

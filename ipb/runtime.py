@@ -14,6 +14,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
 
     if ray.is_initialized():
         return ray
+    # Ray Data's bars, printed by every training worker, drown the per-epoch lines
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     kw = dict(address=address, ignore_reinit_error=True, log_to_driver=not quiet,
               configure_logging=True, logging_level="WARNING")

@@ -14,14 +14,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ipb.config import Config, config_hash, flatten, to_dict, to_yaml
+from ipb.config import Config, flatten, to_dict, to_yaml, trial_hash
 
 TAG_KEYS = ("ipb.method", "ipb.arch", "ipb.scales", "ipb.multi_label", "ipb.labeled_fraction",
             "ipb.fold", "ipb.seed", "ipb.sweep")
 
 
 def tracking_uri(cfg: Config | None = None) -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or (cfg.tracking.uri if cfg else "sqlite:///mlflow.db")
+    """An explicit `tracking.uri` wins, then MLFLOW_TRACKING_URI, then sqlite:///mlflow.db."""
+    default = Config().tracking.uri
+    explicit = cfg.tracking.uri if cfg is not None and cfg.tracking.uri != default else None
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or default
     if "://" not in uri or uri.startswith("file:"):
         raise ValueError(f"tracking URI {uri!r} is a file store; use sqlite:///mlflow.db or an "
                          "http(s):// MLflow server (tracking.uri=... or MLFLOW_TRACKING_URI)")
@@ -58,7 +61,7 @@ def trial_tags(cfg: Config, synthetic: bool, sweep: str = "") -> dict[str, str]:
             "ipb.sweep": sweep or "none", "ipb.profile": cfg.profile,
             "ipb.synthetic": str(bool(synthetic)).lower(),
             "ipb.selected_on": cfg.train.select_on,
-            "ipb.trial_hash": config_hash(cfg, cfg.train.fold, cfg.train.seed)}
+            "ipb.trial_hash": trial_hash(cfg)}
     if cfg.train.select_on == "test":
         tags["ipb.note"] = "model selected on the TEST split (reproduction of the reference code)"
     return tags
@@ -66,7 +69,8 @@ def trial_tags(cfg: Config, synthetic: bool, sweep: str = "") -> dict[str, str]:
 
 def start_trial_run(cfg: Config, split, manifest: dict, *, name: str,
                     parent_run_id: str | None = None, sweep: str = "",
-                    experiment: str | None = None, table: str = "") -> str:
+                    experiment: str | None = None, table: str = "",
+                    extra_tags: dict[str, str] | None = None) -> str:
     """Create the run (RUNNING) with tags and flattened params; returns its id."""
     from mlflow.entities import Param, RunTag
     c = client(tracking_uri(cfg))
@@ -78,6 +82,7 @@ def start_trial_run(cfg: Config, split, manifest: dict, *, name: str,
     tags["ipb.classes"] = ",".join(split.classes)
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
+    tags.update(extra_tags or {})
     run = c.create_run(experiment_id(exp, tracking_uri(cfg)), tags=tags)
     params = {k: str(v)[:500] for k, v in flatten(to_dict(cfg)).items()}
     for p in ("labeled", "val", "unlabeled", "test"):
@@ -147,3 +152,100 @@ def end_run(cfg: Config, run_id: str, status: str, error: str | None = None) -> 
     if error:
         c.set_tag(run_id, "ipb.error", error[:5000])
     c.set_terminated(run_id, status=status)
+
+
+# -- sweeps: parent runs, resume, one server for many writers -------------------------------
+
+def sweep_parent_run(cfg: Config, experiment: str, kind: str, sweep_hash: str,
+                     table: str | Path) -> str:
+    """The parent run of this sweep: reopened when the same sweep is run again (resume)."""
+    c = client(tracking_uri(cfg))
+    exp = experiment_id(experiment, tracking_uri(cfg))
+    found = c.search_runs([exp], f"tags.`ipb.sweep_hash` = '{sweep_hash}'", max_results=1)
+    if found:
+        c.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    from ipb.data.table import read_manifest
+    synthetic = bool(read_manifest(table).get("synthetic"))
+    run = c.create_run(exp, run_name=("SYNTHETIC " if synthetic else "") + f"sweep {kind}",
+                       tags={"ipb.sweep": kind, "ipb.sweep_hash": sweep_hash,
+                             "ipb.role": "sweep", "ipb.synthetic": str(synthetic).lower(),
+                             "ipb.table": str(table), "ipb.profile": cfg.profile})
+    (Path(tempfile.gettempdir()) / f"ipb-{run.info.run_id}.yaml").write_text(to_yaml(cfg))
+    c.log_artifact(run.info.run_id, str(Path(tempfile.gettempdir()) / f"ipb-{run.info.run_id}.yaml"))
+    return run.info.run_id
+
+
+def finished_trials(cfg: Config, experiment: str, metric: str | None = None) -> dict[str, Any]:
+    """trial hash -> run id (or the value of `metric`) of FINISHED trial runs."""
+    c = client(tracking_uri(cfg))
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return {}
+    runs = c.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'",
+                         max_results=50000)
+    return {r.data.tags["ipb.trial_hash"]: (r.data.metrics.get(metric) if metric else r.info.run_id)
+            for r in runs if "ipb.trial_hash" in r.data.tags}
+
+
+def finish_sweep(cfg: Config, experiment: str, parent_run_id: str) -> dict[str, Any]:
+    """Build the report from the experiment's trial runs and log it on the parent run."""
+    from ipb.report import make_report
+    c = client(tracking_uri(cfg))
+    with tempfile.TemporaryDirectory() as d:
+        report = make_report(experiment, Path(d), uri=tracking_uri(cfg),
+                             parent_run_id=parent_run_id)
+        for f in Path(d).iterdir():
+            c.log_artifact(parent_run_id, str(f), artifact_path="report")
+    c.set_terminated(parent_run_id, "FINISHED")
+    return report
+
+
+class writers:
+    """Context: the URI every trial should use. A sqlite store with several concurrent
+    writers gets one local `mlflow server` (one worker) in front of it, stopped on exit."""
+
+    def __init__(self, cfg: Config, concurrent: int):
+        self.cfg, self.concurrent, self.proc = cfg, concurrent, None
+
+    def __enter__(self) -> str:
+        uri = tracking_uri(self.cfg)
+        if not uri.startswith("sqlite") or self.concurrent <= 1:
+            return uri
+        import socket
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        db = Path(uri[len("sqlite:///"):])
+        arts = db.parent / "mlartifacts"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+             "--artifacts-destination", str(arts), "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1)
+                return url
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("mlflow server did not start: "
+                                       + self.proc.stderr.read().decode()[-2000:])
+                time.sleep(0.5)
+        raise RuntimeError(f"mlflow server on {url} did not answer in 60 s")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None:
+            import signal
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=20)
+            except (ProcessLookupError, OSError):
+                pass
+            except Exception:
+                os.killpg(self.proc.pid, signal.SIGKILL)

@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         from ipb.tracking import EpochLogger
         tracker = EpochLogger(config["tracking_uri"], config["run_id"])
 
+    fault = config.get("fault") or {}
+
     def report(metrics: dict[str, float], state_fn) -> None:
+        if (fault and rank == fault["rank"] and metrics["epoch"] == fault["epoch"]
+                and not Path(fault["marker"]).exists()):
+            # fault injection for the resume test: this worker dies once, hard
+            Path(fault["marker"]).write_text(str(os.getpid()))
+            os.kill(os.getpid(), 9)
         if tracker:
             tracker.log(metrics, step=int(metrics["epoch"]))
         if rank == 0 and state_fn is not None:
@@ -80,7 +88,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         else:
             ray.train.report(metrics)
 
-    log = (lambda s: print(f"[{config['name']}] {s}", flush=True)) if rank == 0 else (lambda s: None)
+    t_start = config.get("t_start", time.time())
+    log = ((lambda s: print(f"[{config['name']} +{time.time() - t_start:.0f}s] {s}", flush=True))
+           if rank == 0 else (lambda s: None))
     log(f"worker 0/{world}: {', '.join(f'{k} {len(v)}' for k, v in parts.items())} colonies "
         f"on this worker, patch {size}px, device {device}")
     out = run_trial(cfg, parts, classes, device=device, wrap=wrap, rank=rank, world=world,
@@ -102,28 +112,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def prepare_datasets(cfg: Config, table: Path):
-    """Split the table for (fold, seed) and build one Ray dataset per part."""
+    """Split the table for (fold, seed) and build one Ray dataset per part.
+
+    The driver reads the table once with pyarrow and hands each part over with
+    `ray.data.from_pandas`: no read tasks, so training workers may hold every CPU without
+    starving Ray Data (a deadlock on a 2-core machine otherwise), and a trial costs no
+    Ray Data start-up. The table (PNG crops) is small next to the decoded patches."""
     import ray
 
     from ipb.data.splits import make_split
-    from ipb.data.table import META_COLUMNS, load_colonies, read_manifest, shard_files
+    from ipb.data.table import load_colonies, read_manifest
 
     manifest = read_manifest(table)
-    meta = load_colonies(table, columns=META_COLUMNS)
-    split = make_split(meta, cfg.split, fold=cfg.train.fold, multi_label=cfg.method.multi_label)
-    files = [str(f) for f in shard_files(table)]
-    datasets = {}
-    for part in ("labeled", "val", "test", "unlabeled"):
-        ids = set(meta["colony_id"].iloc[getattr(split, part)])
-        # materialised on the driver: the workers then hold every CPU without starving
-        # Ray Data of the CPUs its read tasks need (a deadlock on a 2-core machine otherwise)
-        datasets[part] = ray.data.read_parquet(files).map_batches(
-            _keep_ids, fn_kwargs={"ids": ids}, batch_format="pandas").materialize()
+    rows = load_colonies(table, columns=["colony_id", "label", "multi_label", "source", "group",
+                                         "crop", "mask"])
+    split = make_split(rows, cfg.split, fold=cfg.train.fold, multi_label=cfg.method.multi_label)
+    datasets = {part: ray.data.from_pandas(rows.iloc[getattr(split, part)].reset_index(drop=True))
+                for part in ("labeled", "val", "test", "unlabeled")}
     return datasets, split, manifest
-
-
-def _keep_ids(batch, ids):
-    return batch[batch["colony_id"].isin(ids)]
 
 
 def run_name(cfg: Config) -> str:
@@ -132,11 +138,14 @@ def run_name(cfg: Config) -> str:
 
 
 def fit(cfg: Config, table: Path | None = None, *, parent_run_id: str | None = None,
-        sweep: str = "", experiment: str | None = None, progress: bool = True) -> dict[str, Any]:
+        sweep: str = "", experiment: str | None = None, progress: bool = True,
+        fault: dict | None = None, callbacks: list | None = None,
+        extra_tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Train one (config, fold, seed) on Ray Train and log it as one MLflow run.
 
     Returns {"run_id", "metrics", "result", "checkpoint"}. The MLflow run is FINISHED on success
-    and FAILED (with the error as a tag) on any exception, which is re-raised.
+    and FAILED (with the error as a tag) on any exception, which is re-raised. `fault`
+    ({"rank", "epoch", "marker"}) kills that worker once at that epoch (tests of resume).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -149,7 +158,8 @@ def fit(cfg: Config, table: Path | None = None, *, parent_run_id: str | None = N
     name = run_name(cfg)
     uri = tracking.tracking_uri(cfg)
     run_id = tracking.start_trial_run(cfg, split, manifest, name=name, parent_run_id=parent_run_id,
-                                      sweep=sweep, experiment=experiment, table=str(table))
+                                      sweep=sweep, experiment=experiment, table=str(table),
+                                      extra_tags=extra_tags)
     if progress:
         print(f"[{name}] MLflow run {run_id} at {uri}; split " + "; ".join(
             f"{p} {len(getattr(split, p))}" for p in ("labeled", "val", "unlabeled", "test")),
@@ -157,26 +167,33 @@ def fit(cfg: Config, table: Path | None = None, *, parent_run_id: str | None = N
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "classes": split.classes, "run_id": run_id,
-                           "tracking_uri": uri, "name": name},
+                           "tracking_uri": uri, "name": name, "fault": fault,
+                           "t_start": time.time()},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker,
-                                  **({"GPU": 1} if cfg.train.use_gpu else {})}),
+                                  **({"GPU": cfg.train.gpus_per_worker} if cfg.train.use_gpu else {})}),
         run_config=ray.train.RunConfig(
             name=name, storage_path=str(expand_path(cfg.train.storage)),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks or []),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["unlabeled", "val", "test"]),
     )
     try:
+        t0 = time.time()
         result = trainer.fit()
         if result.error:
             raise result.error
+        t1 = time.time()
         with result.checkpoint.as_directory() as d:
             out = json.loads((Path(d) / RESULT_FILE).read_text())
             tracking.log_trial_result(run_id, cfg, out, Path(d) / MODEL_FILE)
         tracking.end_run(cfg, run_id, "FINISHED")
+        if progress:
+            print(f"[{name}] Ray Train {t1 - t0:.0f}s, MLflow artifacts {time.time() - t1:.0f}s",
+                  file=sys.stderr, flush=True)
     except BaseException as e:
         tracking.end_run(cfg, run_id, "FAILED", error=f"{type(e).__name__}: {e}")
         raise

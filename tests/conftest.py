@@ -29,7 +29,7 @@ def real_dir() -> Path:
 def ray_local():
     """One embedded local Ray for every Ray test (address='local': never a stray cluster)."""
     import ray
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  logging_level="WARNING", object_store_memory=300 * 1024 * 1024)

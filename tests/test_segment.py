@@ -1,7 +1,8 @@
 """pytest tests/test_segment.py -q
 
-Colony segmentation: exact fast entropy, agreement with the scikit-image reference, synthetic
-ground truth, bit depths, the whole-well case, merged colonies, both orders, bad input.
+Colony segmentation: exact numba entropy (borders, odd shapes), agreement with the scikit-image
+reference, synthetic ground truth, bit depths, the whole-well case, merged colonies, both orders,
+bad input.
 """
 from __future__ import annotations
 
@@ -66,6 +67,29 @@ def test_local_entropy_equals_skimage(radius):
         img = (100 + rng.integers(0, 9, shape)).astype(np.uint8)
         ref = rank.entropy(img, disk(radius))
         assert np.abs(local_entropy(img, radius) - ref).max() < 1e-5
+
+
+def test_numba_entropy_equals_skimage_at_borders_and_odd_shapes():
+    rng = np.random.default_rng(7)
+    img = rng.integers(0, 256, (53, 67)).astype(np.uint8)
+    img[:, 30:] //= 16                                   # repeated grey levels too
+    ref = rank.entropy(img, disk(3))
+    ours = local_entropy(img, 3)
+    assert ours.dtype == np.float32 and ours.shape == img.shape
+    for band in (np.s_[:3], np.s_[-3:], np.s_[:, :3], np.s_[:, -3:], np.s_[3:-3, 3:-3]):
+        assert np.abs(ours[band] - ref[band]).max() < 1e-5
+    view = img[::2, 1::3]                                # non-contiguous input
+    assert np.abs(local_entropy(view, 3) - rank.entropy(view, disk(3))).max() < 1e-5
+    for shape in ((1, 1), (2, 9), (9, 2), (4, 5)):      # images smaller than the disk
+        small = rng.integers(0, 6, shape).astype(np.uint8)
+        assert np.abs(local_entropy(small, 3) - rank.entropy(small, disk(3))).max() < 1e-5
+    big = np.full((30, 31), 9, np.uint8)                 # one bin holds > 255 pixels (r=10)
+    big[::4, ::3] = 200
+    assert np.abs(local_entropy(big, 10) - rank.entropy(big, disk(10))).max() < 1e-5
+    with pytest.raises(TypeError, match="uint8"):
+        local_entropy(img.astype(np.uint16), 3)
+    with pytest.raises(ValueError, match="radius"):
+        local_entropy(img, 0)
 
 
 def test_local_entropy_all_grey_levels_used():

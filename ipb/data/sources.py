@@ -9,6 +9,8 @@ Layouts a user has (the issue's a-d):
   folders             `<Class>/crop.png`, `multi_label/[A|B/]crop.png`, `unlabeled/crop.png`:
                       one colony per file, its mask segmented from the crop;
   wells, no CSV       every colony is unlabeled (the pool U).
+With a SOURCE/images/ folder (what `ipb synth` writes) only the images under it (and any file
+the label CSV names) are wells: masks/ and other folders beside it are not inputs.
 A label "A|B" marks a multi-label colony. Class names come from the data.
 """
 from __future__ import annotations
@@ -56,23 +58,53 @@ class SourcePlan:
                 "synthetic": self.synthetic}
 
 
-def list_images(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+def list_images(root: Path, under: Path | None = None) -> list[str]:
+    """Image files below `under` (default root), as paths relative to `root`."""
+    return sorted(str(p.relative_to(root)) for p in (under or root).rglob("*")
                   if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+
+
+def _normalise(rel: str, root: Path) -> str:
+    """CSV image names as written by hand: './images/a.tif', absolute paths under root."""
+    p = Path(rel)
+    if p.is_absolute():
+        try:
+            p = p.resolve().relative_to(root)
+        except ValueError:
+            return rel          # reported as missing below, with the name the user wrote
+    return str(Path(*[part for part in p.parts if part != "."])) if p.parts else rel
+
+
+def unreadable_reason(path: Path) -> str | None:
+    """Why `path` cannot be ingested before decoding (empty, no permission), else None. Checked
+    on the driver so one bad file is a `rejected` entry, not a failed Ray read task."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+        with path.open("rb") as f:
+            f.read(1)
+    except OSError as e:
+        return f"unreadable ({e.strerror or type(e).__name__}); check its permissions"
+    return None
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
     if not path.is_file():
         raise IngestError(f"label file {path} does not exist")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise IngestError(f"label file {path} cannot be read as a UTF-8 CSV ({e})") from None
     return header, rows
 
 
 def read_label_csv(path: Path, root: Path, images: set[str]) -> tuple[str, dict, dict]:
-    """Validate and read a colony-level or image-level CSV; errors name the file and row."""
+    """Validate and read a colony-level or image-level CSV; errors name the file and row.
+    Image names are relative to `root`; an existing file outside `images` is still labelled
+    (the caller adds it to the inputs)."""
     header, rows = _read_csv(path)
     if header == COLONY_COLUMNS or set(header) == set(COLONY_COLUMNS):
         mode = "colony"
@@ -88,7 +120,7 @@ def read_label_csv(path: Path, root: Path, images: set[str]) -> tuple[str, dict,
     image_labels: dict[str, str] = {}
     missing = []
     for n, r in enumerate(rows, start=2):
-        rel = r["image"]
+        rel = _normalise(r["image"], root)
         if rel not in images:
             if not (root / rel).is_file():
                 missing.append(f"line {n}: {rel}")
@@ -105,6 +137,10 @@ def read_label_csv(path: Path, root: Path, images: set[str]) -> tuple[str, dict,
                 raise IngestError(f"{path} line {n}: empty box {box} for {rel}")
             boxes.setdefault(rel, []).append({**box, "label": r["label"]})
         else:
+            if image_labels.get(rel, r["label"]) != r["label"]:
+                raise IngestError(f"{path} line {n}: {rel} is labelled twice "
+                                  f"({image_labels[rel]!r} and {r['label']!r}); keep one row, "
+                                  "or use 'A|B' for a multi-label image")
             image_labels[rel] = r["label"]
     if missing:
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
@@ -143,12 +179,16 @@ def plan_sources(source: str | Path, labels: str | Path | None = None,
         if not images:
             raise IngestError(f"{root}: no images ({', '.join(IMAGE_EXTS)}) in class folders")
         return SourcePlan(root, "folders", images, "folder", {}, image_labels, synthetic)
-    images = list_images(root)
-    if not images:
-        raise IngestError(f"{root}: no images with extensions {', '.join(IMAGE_EXTS)}")
+    wells_dir = root / "images" if (root / "images").is_dir() else root
+    images = list_images(root, wells_dir)
     if labels is None:
+        if not images:
+            raise IngestError(f"{wells_dir}: no images with extensions {', '.join(IMAGE_EXTS)}")
         return SourcePlan(root, "wells", images, "none", synthetic=synthetic)
     mode, boxes, image_labels = read_label_csv(Path(labels), root, set(images))
+    images = sorted(set(images) | set(boxes) | set(image_labels))
+    if not images:
+        raise IngestError(f"{wells_dir}: no images with extensions {', '.join(IMAGE_EXTS)}")
     return SourcePlan(root, "wells", images, mode, boxes, image_labels, synthetic)
 
 

@@ -1,0 +1,196 @@
+"""pytest tests/test_predict.py -q
+
+`ipb predict`: a tiny (untrained) student saved as `ipb train` saves it, loaded from a file, a
+directory and an MLflow run; synthetic wells with a time-lapse series, a real tile, bad files.
+"""
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ipb.config import SynthConfig, load_config, to_dict
+from ipb.models import create_model
+from ipb.predict import config_for, load_student, predict_images
+
+CLASSES = ["Debris", "Dense", "Differentiated", "Spread"]
+
+
+def _save_student(path: Path, **extra) -> Path:
+    torch.manual_seed(0)
+    net = create_model("vgg19", num_classes=4, width=0.125)
+    cfg = load_config("smoke", ["patch.size=32"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": net.state_dict(), "arch": "vgg19", "width": 0.125,
+                "classes": CLASSES, "patch_size": 32, "config": to_dict(cfg), **extra}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory) -> Path:
+    return _save_student(tmp_path_factory.mktemp("model") / "ckpt" / "student.pt")
+
+
+@pytest.fixture(scope="module")
+def wells(tmp_path_factory) -> Path:
+    """2 synthetic wells x 3 time points (well_00N_tMM.tif) + one single-frame image."""
+    import tifffile
+
+    from ipb.data.synth import render_well, synthesize
+    root = tmp_path_factory.mktemp("wells")
+    synthesize(root / "series", SynthConfig(wells=2, size=384, time_points=3,
+                                            colonies_per_well=4, seed=1), progress=False)
+    img = render_well(SynthConfig(size=384, colonies_per_well=4, seed=2),
+                      np.random.default_rng(2))[0][0]
+    tifffile.imwrite(root / "single.tif", img)
+    return root
+
+
+def _read(path: Path) -> list[dict]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_load_student_from_file_and_directory(student):
+    net, meta = load_student(student)
+    assert not net.training and meta["classes"] == CLASSES and meta["patch_size"] == 32
+    assert meta["synthetic"] is True and "synthetic" in meta["synthetic_why"]
+    net2, _ = load_student(student.parent.parent)        # searched below the directory
+    x = torch.rand(2, 1, 32, 32)
+    assert torch.equal(net(x)[0], net2(x)[0])
+    cfg = config_for(meta, overrides={"segmentation.pixel_size_um": 1.0})
+    assert cfg.segmentation.pixel_size_um == 1.0 and cfg.patch.size == 32
+    assert config_for(meta, profile="paper").profile == "paper"
+    old = {**meta, "config": {**meta["config"], "retired": {"knob": 1}}}   # another version
+    assert config_for(old).patch.size == 32
+
+
+def test_bad_model_arguments(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither a file"):
+        load_student(tmp_path / "nope.pt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no student.pt"):
+        load_student(tmp_path / "empty")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable student checkpoint"):
+        load_student(tmp_path / "junk.pt")
+    torch.save({"state_dict": {}, "arch": "vgg19"}, tmp_path / "partial.pt")
+    with pytest.raises(ValueError, match="lacks key"):
+        load_student(tmp_path / "partial.pt")
+    bad = _save_student(tmp_path / "bad" / "student.pt", width=0.25)   # weights of 0.125
+    with pytest.raises(ValueError, match="do not fit vgg19 width 0.25"):
+        load_student(bad)
+
+
+def test_predict_synthetic_wells_series_and_bad_files(student, wells, tmp_path):
+    net, meta = load_student(student)
+    good = (wells / "single.tif").read_bytes()
+    (tmp_path / "corrupt.tif").write_bytes(good[:len(good) // 2])     # a truncated download
+    (tmp_path / "empty.png").write_bytes(b"")
+    inputs = [wells / "series" / "images", wells / "single.tif", tmp_path / "corrupt.tif",
+              tmp_path / "empty.png", tmp_path / "missing.tif"]
+    out = predict_images(net, meta, inputs, tmp_path / "out", config_for(meta), progress=False)
+    d = tmp_path / "out"
+    assert out["n_images"] == 7 and out["n_skipped"] == 3 and out["test_patches"] == 5
+
+    rows = _read(d / "colonies.csv")
+    assert list(rows[0]) == ["image", "colony", "x0", "y0", "x1", "y1", "area", "border",
+                             "class"] + [f"p_{c}" for c in CLASSES]
+    assert len(rows) == out["n_colonies"] >= 7 * 2
+    p = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in rows])
+    assert np.allclose(p.sum(axis=1), 1.0, atol=1e-4) and (p >= 0).all()
+    assert [r["class"] for r in rows] == [CLASSES[i] for i in p.argmax(axis=1)]
+    for r in rows:
+        assert 0 <= int(r["x0"]) < int(r["x1"]) <= 384 and 0 <= int(r["y0"]) < int(r["y1"]) <= 384
+
+    counts = _read(d / "counts.csv")
+    assert len(counts) == 7
+    for c in counts:
+        mine = [r for r in rows if r["image"] == c["image"]]
+        assert int(c["n_colonies"]) == len(mine) == sum(int(c[f"n_{k}"]) for k in CLASSES)
+        for k in CLASSES:
+            assert int(c[f"n_{k}"]) == sum(r["class"] == k for r in mine)
+    series = [c for c in counts if c["group"].startswith("well_")]   # short: stems unique
+    assert sorted((c["group"], int(c["time"])) for c in series) == [
+        (f"well_00{w}", t) for w in (0, 1) for t in (0, 1, 2)]
+    assert [int(c["time"]) for c in counts if c["group"] == "single"] == [-1]
+    for name in ("counts_over_time_well_000.png", "counts_over_time_well_001.png",
+                 "counts_over_time.png"):
+        assert (d / name).stat().st_size > 1000
+    assert not (d / "counts_over_time_single.png").exists()
+
+    skipped = {Path(r["image"]).name: r["reason"] for r in _read(d / "skipped.csv")}
+    assert set(skipped) == {"corrupt.tif", "empty.png", "missing.tif"}
+    assert "corrupt" in skipped["corrupt.tif"] and "empty" in skipped["empty.png"]
+    assert skipped["missing.tif"] == "file not found"
+    assert "SYNTHETIC" in (d / "README.txt").read_text().splitlines()[0]
+
+
+def test_k_patches_are_reproducible_and_k1_differs(student, wells, tmp_path):
+    net, meta = load_student(student)
+    img = [wells / "single.tif"]
+    a = predict_images(net, meta, img, tmp_path / "a", progress=False)
+    b = predict_images(net, meta, img, tmp_path / "b", progress=False)
+    c = predict_images(net, meta, img, tmp_path / "c", test_patches=1, progress=False)
+    assert a["test_patches"] == 5 and c["test_patches"] == 1
+    ta, tb, tc = ((tmp_path / x / "colonies.csv").read_text() for x in "abc")
+    assert ta == tb and ta != tc
+    with pytest.raises(ValueError, match="test_patches"):
+        predict_images(net, meta, img, tmp_path / "d", test_patches=0, progress=False)
+
+
+def test_cli_predict_with_overrides(student, wells, tmp_path, capsys):
+    from ipb.cli import main
+    rc = main(["predict", str(student), str(wells / "single.tif"), "--out", str(tmp_path / "o"),
+               "--test-patches", "2", "segmentation.pixel_size_um=0.8"])
+    assert rc == 0
+    text = capsys.readouterr()
+    assert "1 images" in text.out and "SYNTHETIC" in text.out and "[1/1]" in text.err
+    assert "over 2 patch(es)" in (tmp_path / "o" / "README.txt").read_text()
+    assert main(["predict", str(tmp_path / "nope.pt"), str(wells / "single.tif"),
+                 "--out", str(tmp_path / "o2")]) == 2
+    assert main(["predict", str(student), str(tmp_path / "missing.tif"),
+                 "--out", str(tmp_path / "o3")]) == 1      # every image skipped
+
+
+def test_load_by_mlflow_run_id(student, wells, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from ipb.tracking import tracking_uri
+    c = MlflowClient(tracking_uri=tracking_uri())        # the per-test store from conftest
+    exp = c.create_experiment("predict-test", artifact_location=(tmp_path / "art").as_uri())
+    run = c.create_run(exp, tags={"ipb.synthetic": "true"})
+    c.log_artifact(run.info.run_id, str(student), artifact_path="model")
+    c.set_terminated(run.info.run_id)
+    for ref in (run.info.run_id, f"runs:/{run.info.run_id}"):
+        net, meta = load_student(ref)
+        assert meta["source"] == f"runs:/{run.info.run_id}" and meta["classes"] == CLASSES
+        assert meta["synthetic_why"] == "MLflow run tag ipb.synthetic"
+    out = predict_images(net, meta, [wells / "single.tif"], tmp_path / "o", progress=False)
+    assert out["n_colonies"] > 0
+    empty = c.create_run(exp)
+    with pytest.raises(FileNotFoundError, match="no artifact model/student.pt"):
+        load_student(empty.info.run_id)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_student("0" * 32)
+    with pytest.raises(FileNotFoundError, match="no MLflow store"):
+        load_student("0" * 32, tracking_uri=f"sqlite:///{tmp_path}/absent.db")
+
+
+def test_real_tile(student, real_dir, tmp_path):
+    tiles = sorted((real_dir / "allen-hipsc" / "six-well-tiles").glob("*.tif*"))
+    if not tiles:
+        pytest.skip("no six-well tiles in shared/data/real")
+    net, meta = load_student(student)
+    cfg = config_for(meta, overrides={"segmentation.pixel_size_um": 1.0})   # ~1 um/px scans
+    t0 = time.time()
+    out = predict_images(net, meta, tiles[:1], tmp_path / "o", cfg, progress=False)
+    seconds = time.time() - t0
+    assert out["n_images"] == 1 and out["n_skipped"] == 0
+    assert out["n_colonies"] >= 10 and sum(out["counts"].values()) == out["n_colonies"]
+    assert seconds < 30, f"one real tile took {seconds:.1f}s"
+    print(f"real tile {tiles[0].name}: {out['n_colonies']} colonies in {seconds:.2f}s")

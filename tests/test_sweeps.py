@@ -1,0 +1,80 @@
+"""Sweep configs (every script, every configuration resolves), and one grid sweep on the shared
+local Ray: trials become child runs of one parent, re-running skips them (no duplicates)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from ipb.config import load_config
+from ipb.sweep import apply_suggestion, expand
+from tiny import write_tiny_table
+
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+SCRIPTS = ["ablation", "baselines", "labeled_fraction"]
+
+
+def _module(name):
+    spec = importlib.util.spec_from_file_location(name, SWEEPS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("profile", ["smoke", "paper"])
+def test_every_sweep_configuration_resolves(script, profile):
+    cfg = load_config(profile)
+    confs = _module(script).configurations(cfg)
+    trials = expand(cfg, confs)
+    assert len(trials) == len(confs) * len(cfg.sweep.folds) * len(cfg.sweep.seeds)
+    assert len({t.hash for t in trials}) == len(trials)      # every trial distinct
+    assert all(t.cfg.train.fold in cfg.sweep.folds for t in trials)
+
+
+def test_ablation_is_table_2():
+    labels = {t.label for t in expand(load_config("smoke", ["sweep.folds=[0]"]),
+                                       _module("ablation").configurations(load_config("smoke")))}
+    for want in ("ipb vgg19", "MS ipb vgg19", "ML ipb vgg19", "ML+MS ipb hrnet_w18",
+                 "supervised vgg19", "supervised hrnet_w18", "MS supervised hrnet_w18"):
+        assert want in labels
+
+
+def test_search_space_applies():
+    from optuna.trial import FixedTrial
+    mod = _module("search")
+    params = {"model.arch": "ms_vgg19", "patch.scale": 1.25, "method.threshold": 0.7,
+              "train.lr": 1e-3, "method.student_warmup_lr_scale": 0.1, "method.lambda_u": 1.0,
+              "model.width": 0.25}
+    mod.space(FixedTrial(params))
+    cfg = apply_suggestion(load_config("smoke"), params)
+    assert cfg.model.arch == "ms_vgg19" and cfg.patch.ms_size == 80 and cfg.patch.size == 64
+
+
+@pytest.mark.ray
+def test_grid_sweep_logs_children_and_resumes(ray_local, tmp_path):
+    from ipb import tracking
+    from ipb.sweep import run_grid
+    table = write_tiny_table(tmp_path / "table")
+    cfg = load_config("smoke", [f"data.table={table}", "patch.size=32", "train.epochs=1",
+                                "train.steps_per_epoch=1", "method.teacher_pretrain_epochs=0",
+                                "method.simclr_epochs=1", "split.folds=5",
+                                "split.labeled_fraction=0.3", "sweep.folds=[0]",
+                                f"train.storage={tmp_path}/ray",
+                                f"tracking.uri=sqlite:///{tmp_path}/sweep.db"])
+    confs = [{"method.name": "supervised"}, {"method.name": "ipb"}]
+    out = run_grid("test", cfg, confs, progress=False)
+    c = tracking.client(tracking.tracking_uri(cfg))
+    exp = c.get_experiment_by_name("ipb-test").experiment_id
+    runs = c.search_runs([exp])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == out["parent_run_id"]]
+    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
+    assert {r.data.tags["ipb.method"] for r in children} == {"supervised", "ipb"}
+    assert "SYNTHETIC" in out["report"]["markdown"] and out["report"]["n_runs"] == 2
+    parent_arts = {a.path for a in c.list_artifacts(out["parent_run_id"], "report")}
+    assert "report/report.md" in parent_arts and "report/table_tpr.csv" in parent_arts
+    # the same sweep again: nothing new is trained or logged
+    again = run_grid("test", cfg, confs, progress=False)
+    assert again["parent_run_id"] == out["parent_run_id"]
+    assert len(c.search_runs([exp])) == len(runs)

@@ -1,0 +1,75 @@
+"""One trial on the shared local Ray cluster: 2 DDP workers, MLflow run, kill-and-resume."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ipb.config import load_config
+from tiny import write_tiny_table
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    return write_tiny_table(tmp_path_factory.mktemp("table") / "t")
+
+
+def _cfg(tmp_path, table, method, *extra):
+    return load_config("smoke", [f"data.table={table}", f"method.name={method}",
+                                 "patch.size=32", "model.arch=vgg19", "train.num_workers=2",
+                                 "train.steps_per_epoch=2", "train.epochs=2",
+                                 "split.folds=5", "split.labeled_fraction=0.3",
+                                 f"train.storage={tmp_path}/ray", *extra])
+
+
+def _run(cfg, **kw):
+    from ipb.train import fit
+    return fit(cfg, progress=False, **kw)
+
+
+def test_ipb_two_workers_logs_a_complete_mlflow_run(ray_local, tmp_path, table):
+    from ipb.tracking import client, tracking_uri
+    cfg = _cfg(tmp_path, table, "ipb")
+    out = _run(cfg)
+    c = client(tracking_uri(cfg))
+    run = c.get_run(out["run_id"])
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    for k in ("ipb.method", "ipb.arch", "ipb.scales", "ipb.multi_label", "ipb.labeled_fraction",
+              "ipb.fold", "ipb.seed", "ipb.sweep"):
+        assert k in tags
+    assert tags["ipb.method"] == "ipb" and tags["ipb.synthetic"] == "true"
+    assert run.info.run_name.startswith("SYNTHETIC")
+    m = run.data.metrics
+    assert {"test.tpr.mean", "test.f1.mean", "test.precision.A", "val.tpr.mean",
+            "ipb.pseudo_frac.A", "train.teacher"} <= set(m)
+    # per-epoch history: one val point per epoch
+    hist = c.get_metric_history(out["run_id"], "val.tpr.mean")
+    assert len(hist) == 3   # 1 teacher pre-training epoch + 2 IPB epochs
+    arts = {a.path for a in c.list_artifacts(out["run_id"])}
+    assert {"confusion_test.png", "loss_curves.png", "pseudo_class_fractions.png",
+            "config.yaml", "result.json", "model"} <= arts
+    assert c.list_artifacts(out["run_id"], "model")[0].path == "model/student.pt"
+    assert run.data.params["train.num_workers"] == "2"
+
+
+def test_worker_killed_mid_run_resumes_from_checkpoint(ray_local, tmp_path, table):
+    cfg = _cfg(tmp_path, table, "mpl", "train.epochs=3", "train.max_failures=2")
+    marker = tmp_path / "killed"
+    out = _run(cfg, fault={"rank": 1, "epoch": 1, "marker": str(marker)})
+    assert marker.exists(), "the fault was not injected"
+    epochs = [h["epoch"] for h in out["result"]["history"]]
+    assert epochs == list(range(len(epochs))) and len(epochs) == 4
+
+
+def test_failed_run_is_marked_failed(ray_local, tmp_path, table):
+    from ipb.tracking import client, tracking_uri
+    cfg = _cfg(tmp_path, table, "mpl", "train.max_failures=0")
+    marker = tmp_path / "killed"
+    with pytest.raises(Exception):
+        _run(cfg, fault={"rank": 0, "epoch": 0, "marker": str(marker)})
+    c = client(tracking_uri(cfg))
+    runs = c.search_runs([e.experiment_id for e in c.search_experiments()])
+    assert runs and runs[0].info.status == "FAILED" and "ipb.error" in runs[0].data.tags
