@@ -1,4 +1,4 @@
-"""python benchmarks/ingest.py [--images 100] [--scaling-images 40] [--size 512] [--repeats 2]
+"""python benchmarks/ingest.py [--images 100] [--scaling-images 40] [--size 1024] [--repeats 2]
 
 Ray Data ingest (ipb.data.ingest.ingest, no labels) on synthetic wells generated once into a
 temporary directory, one embedded Ray (`address="local"`, num_cpus=2) started once outside
@@ -98,7 +98,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=100)
     ap.add_argument("--scaling-images", type=int, default=40)
-    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     import ray

@@ -167,6 +167,7 @@ class SweepConfig:
     max_concurrent: int = 1
     num_samples: int = 20             # Optuna trials in sweeps/search.py
     archs: tuple[str, ...] = ()       # empty = every arch of the sweep script
+    limit: int = 0                    # >0: only the first N configurations (quick checks)
     fractions: tuple[float, ...] = ()  # empty = the paper's labeled fractions
 
 

@@ -242,10 +242,13 @@ def run_trial(cfg: Config, parts: dict[str, Part], classes: list[str], *,
         method.load_state_dict(resume["method"])
         start, history, best = resume["epoch"] + 1, resume["history"], resume["best"]
         log(f"resumed from the checkpoint of epoch {resume['epoch']}")
-    select = "test" if cfg.train.select_on == "test" else "val"
-    sel_part = parts[select] if len(parts[select]) or select == "test" else parts["test"]
+    select = cfg.train.select_on            # val (default) | test (reproduction only)
+    if select == "val" and global_sum(len(parts["val"])) == 0:
+        log("no validation colonies: the student of the last epoch is kept (no selection)")
+        select = "last"
     u_true = true_fractions(parts["unlabeled"], classes) if method.uses_unlabeled else {}
     n_epochs = method.num_epochs()
+    final_phase = method.phase(n_epochs - 1)
     for epoch in range(start, n_epochs):
         t0 = time.time()
         # per-epoch streams: a resumed run draws exactly what an uninterrupted one would
@@ -272,10 +275,14 @@ def run_trial(cfg: Config, parts: dict[str, Part], classes: list[str], *,
         if (epoch + 1) % cfg.train.eval_every == 0 or last:
             m_val, _ = evaluate(method.eval_model(), parts["val"], classes, cfg, device, rng, "val")
             metrics.update(m_val)
-            m_sel = m_val if sel_part is parts["val"] else evaluate(
-                method.eval_model(), sel_part, classes, cfg, device, rng, "select")[0]
-            score = m_sel[f"{'val' if sel_part is parts['val'] else 'select'}.tpr.mean"]
-            if score > best["score"]:
+            if select == "test":
+                score = evaluate(method.eval_model(), parts["test"], classes, cfg, device, rng,
+                                 "select")[0]["select.tpr.mean"]
+            else:
+                score = m_val["val.tpr.mean"] if select == "val" else float(epoch)
+            # only the final phase's models compete (not an untrained student during the
+            # teacher's pre-training, nor SimCLR's encoder before its classifier is trained)
+            if phase == final_phase and score > best["score"]:
                 best = {"score": score, "epoch": epoch,
                         "state": copy.deepcopy(unwrap(method.eval_model()).state_dict())}
         metrics["time.epoch"] = time.time() - t0

@@ -18,7 +18,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     kw = dict(address=address, ignore_reinit_error=True, log_to_driver=not quiet,
-              configure_logging=True, logging_level="WARNING")
+              configure_logging=True, logging_level="WARNING",
+              # Ray's own INFO lines from every actor would bury our one line per epoch
+              logging_config=ray.LoggingConfig(log_level="WARNING"))
     if address == "local":
         # the dashboard process also serves the State API that Ray Train's cleanup polls
         kw.update(num_cpus=num_cpus)

@@ -45,6 +45,8 @@ def configuration_label(cfg: Config) -> str:
 def expand(base: Config, configurations: list[dict[str, Any]]) -> list[Trial]:
     """configurations x sweep.folds x sweep.seeds -> trials (overrides validated here)."""
     trials = []
+    if base.sweep.limit > 0:
+        configurations = configurations[:base.sweep.limit]
     for conf in configurations:
         c = apply(base, conf)
         for fold in base.sweep.folds:

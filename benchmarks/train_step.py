@@ -1,0 +1,210 @@
+"""python benchmarks/train_step.py [--arch vgg19] [--width 0.25] [--size 64] [--rounds 5] [--steps 10] [--unlabeled 2000]
+
+One MPL step (32 labeled + 32 unlabeled, weak and strong views) on CPU with ONE thread
+(torch.set_num_threads(1)), same architecture, same initial weights, same precomputed batch:
+  ours:  create_method("mpl", cfg, C).train_step(batch, epoch) -- ipb/methods/mpl.py, the code
+         that ipb and mpl_balanced run too (they differ only in the per-epoch resampling);
+  plain: the textbook MPL-pytorch step written inline below (teacher forward on
+         cat(l, uw, us), UDA, student forward + step, the student's new labeled loss, the
+         teacher's MPL loss, teacher step), same optimiser settings.
+Both run interleaved after a warm-up (rounds x steps each, the order alternating per round so
+drifting machine load hits both alike); medians of per-step wall times; ratio = ours / plain.
+
+The pseudo-balancing pass: `ipb.engine.plan_unlabeled_epoch` for method ipb on a Part of
+--unlabeled synthetic colonies (tests/tiny.py rows; building the Part, done once per worker
+per run, is timed apart): patch positions for the epoch, the teacher (eval) predicting one patch
+per colony, the balanced draw. One epoch of IPB = this pass + len(U) / 32 steps (the paper's
+epoch), so share = balance / (balance + ceil(len(U)/32) * our step time). The real epoch also
+cuts and augments batches, so this share is an upper bound.
+Last line: `mpl step ratio <r>, ipb balancing share <s>`.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from ipb.config import PAPER_CLASSES, load_config  # noqa: E402
+from ipb.data.augment import make_augment  # noqa: E402
+from ipb.engine import Part, plan_unlabeled_epoch  # noqa: E402
+from ipb.methods import create_method  # noqa: E402
+from ipb.models import create_model  # noqa: E402
+
+
+class PlainMPL:
+    """Textbook single-process MPL step (kekmodel/MPL-pytorch's train loop, fp32, no DDP)."""
+
+    def __init__(self, cfg, num_classes, teacher_state, student_state):
+        m, t = cfg.model, cfg.train
+        self.cfg = cfg
+        self.teacher = create_model(m.arch, num_classes=num_classes, width=m.width,
+                                    dropout=m.dropout)
+        self.student = create_model(m.arch, num_classes=num_classes, width=m.width,
+                                    dropout=m.dropout)
+        self.teacher.load_state_dict(teacher_state)
+        self.student.load_state_dict(student_state)
+        opt = dict(lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        self.t_opt = torch.optim.SGD(self.teacher.parameters(), **opt)
+        self.s_opt = torch.optim.SGD(self.student.parameters(), **opt)
+        self.step = 0
+
+    def train_step(self, b):
+        a = self.cfg.method
+        images_l, targets, images_uw, images_us = b["x_l"], b["y_l"], b["x_uw"], b["x_us"]
+        bs = images_l.shape[0]
+        self.teacher.train()
+        self.student.train()
+        t_logits = self.teacher(torch.cat((images_l, images_uw, images_us)))[0]
+        t_logits_l = t_logits[:bs]
+        t_logits_uw, t_logits_us = t_logits[bs:].chunk(2)
+        del t_logits
+        t_loss_l = F.cross_entropy(t_logits_l, targets)
+        soft_pseudo_label = torch.softmax(t_logits_uw.detach() / a.temperature, dim=-1)
+        max_probs, hard_pseudo_label = torch.max(soft_pseudo_label, dim=-1)
+        mask = max_probs.ge(a.threshold).float()
+        t_loss_u = torch.mean(
+            -(soft_pseudo_label * torch.log_softmax(t_logits_us, dim=-1)).sum(dim=-1) * mask)
+        weight_u = a.lambda_u * min(1., (self.step + 1) / a.uda_steps)
+        t_loss_uda = t_loss_l + weight_u * t_loss_u
+
+        s_logits = self.student(torch.cat((images_l, images_us)))[0]
+        s_logits_l, s_logits_us = s_logits[:bs], s_logits[bs:]
+        del s_logits
+        s_loss_l_old = F.cross_entropy(s_logits_l.detach(), targets)
+        # MPL-pytorch's student loss is unmasked; ours masks by default (student_mask=true):
+        # the same few element-wise ops are kept here so both steps compute the same thing
+        s_loss = (mask * F.cross_entropy(s_logits_us, hard_pseudo_label, reduction="none")).mean()
+        s_loss.backward()
+        self.s_opt.step()
+
+        with torch.no_grad():
+            s_logits_l = self.student(images_l)[0]
+        s_loss_l_new = F.cross_entropy(s_logits_l.detach(), targets)
+        dot_product = s_loss_l_new - s_loss_l_old
+        _, hard_pseudo_label = torch.max(t_logits_us.detach(), dim=-1)
+        t_loss_mpl = dot_product * F.cross_entropy(t_logits_us, hard_pseudo_label)
+        t_loss = t_loss_uda + t_loss_mpl
+        t_loss.backward()
+        self.t_opt.step()
+        self.teacher.zero_grad()
+        self.student.zero_grad()
+        self.step += 1
+        return t_loss.item()
+
+
+def make_batch(cfg, num_classes: int, s: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """32 labeled (train view) + 32 unlabeled (weak and strong views) s x s patches."""
+    g = torch.Generator().manual_seed(seed)
+    t = cfg.train
+
+    def patches(n):   # smooth random textures in [0, 1], like grey colony patches
+        x = torch.rand(n, 1, s // 8, s // 8, generator=g)
+        return F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
+
+    aug = {v: make_augment(cfg.augment, v) for v in ("train", "weak", "strong")}
+    x_u = patches(t.unlabeled_batch_size)
+    return {"x_l": aug["train"](patches(t.batch_size), generator=g),
+            "y_l": torch.randint(0, num_classes, (t.batch_size,), generator=g),
+            "x_uw": aug["weak"](x_u, generator=g), "x_us": aug["strong"](x_u, generator=g)}
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="vgg19")
+    ap.add_argument("--width", type=float, default=0.25)
+    ap.add_argument("--size", type=int, default=64, help="patch side (ms_* archs: the large one)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=10, help="steps per round per implementation")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--unlabeled", type=int, default=2000, help="colonies in U for the pass")
+    args = ap.parse_args()
+
+    torch.set_num_threads(1)
+    num_classes = len(PAPER_CLASSES)
+    cfg = load_config("paper", {"train.use_gpu": False, "model.arch": args.arch,
+                                "model.width": args.width, "patch.size": args.size,
+                                "patch.ms_size": args.size, "method.name": "ipb"})
+    print(f"MPL step benchmark: {args.arch} width {args.width}, patch {args.size}px, "
+          f"batch {cfg.train.batch_size} labeled + {cfg.train.unlabeled_batch_size} unlabeled "
+          f"(weak + strong), {num_classes} classes, CPU, torch.set_num_threads(1), "
+          f"torch {torch.__version__}; load average {os.getloadavg()[0]:.2f} on "
+          f"{os.cpu_count()} CPUs")
+
+    torch.manual_seed(0)
+    ours = create_method("mpl", cfg, num_classes)
+    epoch = 0
+    assert ours.phase(epoch) == "mpl", "benchmark config must start in the MPL phase"
+    ours.start_epoch(epoch)
+    plain = PlainMPL(cfg, num_classes, ours.teacher.state_dict(), ours.student.state_dict())
+    for g in plain.s_opt.param_groups:     # the student warm-up lr ours set in start_epoch
+        g["lr"] = ours.opt_s.param_groups[0]["lr"]
+    batch = make_batch(cfg, num_classes, args.size)
+
+    runners = {"ours": lambda: ours.train_step(batch, epoch), "plain": lambda: plain.train_step(batch)}
+    for name, fn in runners.items():
+        for _ in range(args.warmup):
+            fn()
+    times: dict[str, list[float]] = {"ours": [], "plain": []}
+    for r in range(args.rounds):
+        order = ("ours", "plain") if r % 2 == 0 else ("plain", "ours")
+        for name in order:
+            times[name] += [timed(runners[name]) for _ in range(args.steps)]
+        print(f"  round {r + 1}/{args.rounds}: ours {statistics.median(times['ours']):.3f}s "
+              f"plain {statistics.median(times['plain']):.3f}s (running medians), "
+              f"load {os.getloadavg()[0]:.2f}", flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = med["ours"] / med["plain"]
+    print(f"{'step':<8}{'median s':>10}{'min s':>10}{'max s':>10}{'n':>5}")
+    for k, v in times.items():
+        print(f"{k:<8}{med[k]:>10.4f}{min(v):>10.4f}{max(v):>10.4f}{len(v):>5}")
+    print(f"ratio ours/plain (median) {ratio:.3f}; min-based {min(times['ours']) / min(times['plain']):.3f}")
+
+    # -- the pseudo-balancing pass at the start of an IPB epoch -------------------------------
+    from tiny import tiny_rows
+    t0 = time.perf_counter()
+    rows = tiny_rows(n_per_class=(0,) * num_classes, size=max(16, args.size * 3 // 4),
+                     classes=PAPER_CLASSES, n_unlabeled=args.unlabeled)
+    t_rows = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    part = Part.from_rows(rows, list(PAPER_CLASSES), args.size)
+    t_part = time.perf_counter() - t0
+    method = create_method("ipb", cfg, num_classes)
+    method.teacher.load_state_dict(ours.teacher.state_dict())
+    assert method.balance(epoch) == "pseudo"
+    rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+    plan_unlabeled_epoch(method, epoch, part, list(PAPER_CLASSES), cfg, "cpu", rng, gen)  # warm
+    balance = []
+    for _ in range(3):
+        balance.append(timed(lambda: plan_unlabeled_epoch(
+            method, epoch, part, list(PAPER_CLASSES), cfg, "cpu", rng, gen)))
+    t_balance = statistics.median(balance)
+    steps_per_epoch = math.ceil(len(part) / cfg.train.unlabeled_batch_size)
+    t_steps = steps_per_epoch * med["ours"]
+    share = t_balance / (t_balance + t_steps)
+    print(f"pseudo-balancing pass over U = {len(part)} colonies at {args.size}px "
+          f"(synthetic rows {t_rows:.1f}s and Part build {t_part:.1f}s, once per worker, not "
+          f"counted): {t_balance:.2f}s (median of {len(balance)}: "
+          f"{', '.join(f'{b:.2f}' for b in balance)})")
+    print(f"epoch = pass + {steps_per_epoch} steps x {med['ours']:.3f}s = {t_balance:.1f}s + "
+          f"{t_steps:.1f}s; balancing share {share:.3f}; load average {os.getloadavg()[0]:.2f}")
+    print(f"mpl step ratio {ratio:.3f}, ipb balancing share {share:.3f}")
+
+
+if __name__ == "__main__":
+    main()
