@@ -91,6 +91,20 @@ class Method:
     def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), y)
 
+    def supervised_step(self, model: nn.Module, opt: torch.optim.Optimizer,
+                        batch: dict[str, torch.Tensor]) -> float:
+        """One cross-entropy step on the labeled batch (supervised, teacher pre-training,
+        SimCLR fine-tuning); returns the loss."""
+        model.train()
+        with self.autocast():
+            logits, _ = model(batch["x_l"])
+        loss = self.ce(logits, batch["y_l"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        self.step_count += 1
+        return loss.item()
+
     # -- the contract ----------------------------------------------------------------------
     def phase(self, epoch: int) -> str:
         """Which batch this epoch's steps need (a key of PHASE_INPUTS)."""

@@ -50,19 +50,8 @@ class MPL(Method):
 
     def train_step(self, batch, epoch):
         if self.phase(epoch) == "supervised":
-            return self._teacher_supervised(batch)
+            return {"train.teacher_sup": self.supervised_step(self.teacher, self.opt_t, batch)}
         return self._mpl_step(batch)
-
-    def _teacher_supervised(self, batch):
-        self.teacher.train()
-        with self.autocast():
-            logits, _ = self.teacher(batch["x_l"])
-        loss = self.ce(logits, batch["y_l"])
-        self.opt_t.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt_t.step()
-        self.step_count += 1
-        return {"train.teacher_sup": loss.item()}
 
     def student_targets(self, p_uw: torch.Tensor):
         """(targets, per-sample weight) for the student from the teacher's weak-view softmax."""

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ipb.methods.base import Method, make_optimizer, register_method, set_lr, unwrap
+from ipb.methods.base import Method, make_optimizer, register_method, set_lr
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -84,16 +84,7 @@ class SimCLR(Method):
             self.opt_c.step()
             self.step_count += 1
             return {"train.nt_xent": loss.item()}
-        model = self._finetune_model()
-        model.train()
-        with self.autocast():
-            logits, _ = model(batch["x_l"])
-        loss = self.ce(logits, batch["y_l"])
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        self.step_count += 1
-        return {"train.loss": loss.item()}
+        return {"train.loss": self.supervised_step(self._finetune_model(), self.opt, batch)}
 
     def eval_model(self):
         return self.model

@@ -26,15 +26,7 @@ class Supervised(Method):
         set_lr(self.opt, epoch, self.cfg)
 
     def train_step(self, batch, epoch):
-        self.model.train()
-        with self.autocast():
-            logits, _ = self.model(batch["x_l"])
-        loss = self.ce(logits, batch["y_l"])
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        self.step_count += 1
-        return {"train.loss": loss.item()}
+        return {"train.loss": self.supervised_step(self.model, self.opt, batch)}
 
     def eval_model(self):
         return self.model
