@@ -30,7 +30,8 @@ def trial_runs(experiment: str, uri: str, parent_run_id: str | None = None) -> p
     if parent_run_id:
         flt += f" and tags.`mlflow.parentRunId` = '{parent_run_id}'"
     rows = []
-    for r in c.search_runs([exp.experiment_id], flt, max_results=50000):
+    # oldest first, so configurations appear in the order the sweep ran them
+    for r in reversed(c.search_runs([exp.experiment_id], flt, max_results=50000)):
         t = r.data.tags
         if "ipb.trial_hash" not in t:
             continue

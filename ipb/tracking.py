@@ -222,22 +222,30 @@ class writers:
             port = s.getsockname()[1]
         db = Path(uri[len("sqlite:///"):])
         arts = db.parent / "mlartifacts"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-             "--artifacts-destination", str(arts), "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            start_new_session=True)
+        # MLflow 3's job runner (a huey consumer per job queue: ~8 more Python processes)
+        # serves UI jobs a sweep never uses, and costs trials CPU on a small machine
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        # its log goes to a file, not to a pipe nobody reads (a full pipe blocks the server)
+        self.log = Path(tempfile.gettempdir()) / f"ipb-mlflow-server-{port}.log"
+        with self.log.open("ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+                 "--artifacts-destination", str(arts), "--host", "127.0.0.1",
+                 "--port", str(port), "--workers", "1"], stdout=subprocess.DEVNULL,
+                stderr=err, start_new_session=True, env=env)
         url = f"http://127.0.0.1:{port}"
-        for _ in range(120):
+        deadline = time.time() + 180     # a loaded 2-core machine can take a minute
+        while time.time() < deadline:
             try:
                 urllib.request.urlopen(url + "/health", timeout=1)
                 return url
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError("mlflow server did not start: "
-                                       + self.proc.stderr.read().decode()[-2000:])
+                    raise RuntimeError(f"mlflow server did not start (log {self.log}): "
+                                       + self.log.read_text(errors="replace")[-2000:])
                 time.sleep(0.5)
-        raise RuntimeError(f"mlflow server on {url} did not answer in 60 s")
+        self.__exit__()          # __exit__ is not called when __enter__ raises
+        raise RuntimeError(f"mlflow server on {url} did not answer in 180 s")
 
     def __exit__(self, *exc) -> None:
         if self.proc is not None:

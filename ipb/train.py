@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ipb.config import Config, config_hash, expand_path, from_dict, to_dict
 
 STATE_FILE = "state.pt"
@@ -101,7 +99,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as d:
             torch.save({"state_dict": out["model"].state_dict(), "arch": cfg.model.arch,
                         "width": cfg.model.width, "classes": classes,
-                        "patch_size": size, "config": to_dict(cfg)}, Path(d) / MODEL_FILE)
+                        "patch_size": size, "config": to_dict(cfg),
+                        "synthetic": bool(config.get("synthetic"))}, Path(d) / MODEL_FILE)
             (Path(d) / RESULT_FILE).write_text(json.dumps({
                 "metrics": out["metrics"], "cm_test": out["cm_test"].tolist(),
                 "cm_val": out["cm_val"].tolist(), "history": out["history"],
@@ -168,7 +167,7 @@ def fit(cfg: Config, table: Path | None = None, *, parent_run_id: str | None = N
         train_loop_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "classes": split.classes, "run_id": run_id,
                            "tracking_uri": uri, "name": name, "fault": fault,
-                           "t_start": time.time()},
+                           "t_start": time.time(), "synthetic": bool(manifest.get("synthetic"))},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker,

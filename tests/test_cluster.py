@@ -27,6 +27,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
+TESTS = Path(__file__).resolve().parent
 LAUNCHERS = ["aws.yaml", "gcp.yaml"]
 RAY_VERSION = ray.__version__
 
@@ -190,35 +191,22 @@ def test_dockerfile_installs_the_pinned_package():
 
 # ---------------------------------------------------------------- local clusters
 
-# Shared by both scripts: a private temp dir, auth token and ports; cleanup by process id.
+# Shared by both scripts: a private temp dir, auth token and ports (tests/raycluster.py, made
+# importable by _run_script); cleanup by process id.
 PRELUDE = r'''
-import json, os, secrets, shutil, signal, socket, subprocess, sys, tempfile, threading, time
-ROOT = tempfile.mkdtemp(prefix="ipbrc", dir="/tmp")   # short: Ray's socket paths have a limit
-with open(os.path.join(ROOT, "auth_token"), "w") as f:
-    f.write(secrets.token_hex(32))
-os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=os.path.join(ROOT, "auth_token"),
-                  RAY_TMPDIR=ROOT)
-os.environ.pop("RAY_ADDRESS", None)
+import json, os, sys, threading, time
+from raycluster import LocalCluster, free_port
+CLUSTER = LocalCluster()
+ROOT = CLUSTER.root
+for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN"):   # this script's own ray.init uses the token too
+    os.environ.pop(key, None)
+os.environ.update(CLUSTER.env)
 import ray
 
-T0 = time.monotonic()
-RAY = os.path.join(os.path.dirname(sys.executable), "ray")
-COMMON = ["--block", "--dashboard-agent-listen-port=0", "--min-worker-port=0",
-          "--max-worker-port=0", "--object-store-memory=100000000", "--disable-usage-stats"]
-PROCS = []
-
-def stamp():
-    return f"+{time.monotonic() - T0:5.1f}s"
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-def start(args, name, env=None):
-    log = open(os.path.join(ROOT, name + ".log"), "w")
-    PROCS.append(subprocess.Popen([RAY, "start", *args, *COMMON], env=env or os.environ,
-                                  start_new_session=True, stdout=log, stderr=subprocess.STDOUT))
+T0 = CLUSTER.t0
+PROCS = CLUSTER.procs
+stamp = CLUSTER.stamp
+start = CLUSTER.start
 
 def connect(address):
     deadline = time.monotonic() + 90
@@ -230,40 +218,9 @@ def connect(address):
                 raise
             time.sleep(1)
 
-def pids_mentioning(marker):
-    found = []
-    for d in os.listdir("/proc"):
-        if d.isdigit() and int(d) != os.getpid():
-            try:
-                cmd = open(f"/proc/{d}/cmdline", "rb").read().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if marker in cmd:
-                found.append(int(d))
-    return found
-
 def stop_all():
     ray.shutdown()
-    for p in reversed(PROCS):
-        p.send_signal(signal.SIGTERM)
-    for p in PROCS:
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    for pid in pids_mentioning(ROOT):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    time.sleep(0.5)
-    left = pids_mentioning(ROOT)
-    if not left:
-        shutil.rmtree(ROOT, ignore_errors=True)
+    left = CLUSTER.stop()
     print(f"{stamp()} stopped; processes left: {left}", flush=True)
 '''
 
@@ -395,7 +352,7 @@ finally:
 
 def _run_script(tmp_path, name, source, timeout):
     script = tmp_path / f"{name}.py"
-    script.write_text(source)
+    script.write_text(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\n{source}")
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
                           text=True, timeout=timeout)
     lines = proc.stdout.splitlines()

@@ -1,8 +1,6 @@
 """One trial on the shared local Ray cluster: 2 DDP workers, MLflow run, kill-and-resume."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from ipb.config import load_config
