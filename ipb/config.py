@@ -179,7 +179,6 @@ class TrackingConfig:
 @dataclass(frozen=True)
 class Config:
     profile: str = "smoke"
-    synthetic: bool = True
     synth: SynthConfig = field(default_factory=SynthConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     data: DataConfig = field(default_factory=DataConfig)

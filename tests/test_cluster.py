@@ -209,7 +209,7 @@ stamp = CLUSTER.stamp
 start = CLUSTER.start
 
 def connect(address):
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 180   # a loaded 2-core machine starts GCS slowly
     while True:
         try:
             return ray.init(address=address, log_to_driver=False)

@@ -48,8 +48,10 @@ def test_search_space_applies():
               "train.lr": 1e-3, "method.student_warmup_lr_scale": 0.1, "method.lambda_u": 1.0,
               "model.width": 0.25}
     mod.space(FixedTrial(params))
-    cfg = apply_suggestion(load_config("smoke"), params)
-    assert cfg.model.arch == "ms_vgg19" and cfg.patch.ms_size == 80 and cfg.patch.size == 64
+    base = load_config("smoke", ["patch.size=64", "patch.ms_size=96"])
+    cfg = apply_suggestion(base, params)
+    assert cfg.model.arch == "ms_vgg19" and cfg.model.width == 0.25
+    assert (cfg.patch.size, cfg.patch.ms_size) == (80, 128)   # x1.25, multiples of 16
 
 
 @pytest.mark.ray
