@@ -31,7 +31,7 @@ def synthetic_table(cfg: Config, progress: bool = True) -> Path:
     if progress:
         print(f"making the SYNTHETIC data set once, cached in {root}", file=sys.stderr)
     synthesize(wells, cfg.synth, progress=progress)
-    init_ray()
+    init_ray(quiet=not progress)
     ingest(wells, table, cfg, labels=str(wells / "labels.csv"), layout="wells", progress=progress)
     if progress:
         print(f"synthetic data set ready in {time.time() - t0:.0f}s", file=sys.stderr)
@@ -59,8 +59,11 @@ def main_job(cfg: Config) -> int:
     from ipb.data.table import read_manifest
     from ipb.sweep import mlflow_ui_command, run_grid
 
+    from ipb.runtime import init_ray
+
     t0 = time.time()
     print("ipb main job; resolved config:\n" + to_yaml(cfg), flush=True)
+    init_ray(quiet=False)        # trial progress (one line per epoch) reaches this terminal
     table = resolve_table(cfg)
     manifest = read_manifest(table)
     tag = "SYNTHETIC " if manifest.get("synthetic") else ""

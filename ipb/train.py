@@ -178,7 +178,10 @@ def fit(cfg: Config, table: Path | None = None, *, parent_run_id: str | None = N
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks or []),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["unlabeled", "val", "test"]),
+        # one worker reads whole datasets: splitting would start a SplitCoordinator actor (a
+        # Python process, seconds of CPU on a small machine) per dataset for nothing
+        dataset_config=ray.train.DataConfig(datasets_to_split=[
+            "unlabeled", "val", "test"] if cfg.train.num_workers > 1 else []),
     )
     try:
         t0 = time.time()
