@@ -1,4 +1,4 @@
-"""python benchmarks/sweep.py [--epochs 4] [--steps 40] [--width 0.25] [--keep DIR]
+"""python benchmarks/sweep.py [--epochs 4] [--steps 40] [--width 0.25] [--rounds 1] [--keep DIR]
 
 Throughput of a Ray Tune grid sweep (ipb.sweep.run_grid) on this machine: 2 trials one at a
 time (sweep.max_concurrent=1) against 2 other trials (other seeds, so neither is skipped as
@@ -9,7 +9,8 @@ max_concurrent=2 run_grid starts a local `mlflow server` in front of the store (
 store): that start-up is part of the concurrent sweep's time.
 
 Both sweeps are timed as whole `run_grid` calls (Ray is started before either; parent run,
-trials, the report logged at the end). speedup = time(sequential) / time(concurrent).
+trials, the report logged at the end). speedup = time(sequential) / time(concurrent), summed
+over --rounds pairs run in ABBA order (seq, conc, conc, seq, ...) against drifting load.
 Per-trial overhead of Tune + Train start-up, from the sequential sweep's MLflow runs: a trial's
 wall time (end of the previous trial's run, or the sweep call, to the end of its run) minus its
 training time measured inside the worker (the sum of its per-epoch `time.epoch` metrics), split
@@ -74,7 +75,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--steps", type=int, default=40, help="steps per epoch")
     ap.add_argument("--width", type=float, default=0.25)
-    ap.add_argument("--order", default="seq,conc", help="which sweep first: seq,conc or conc,seq")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="pairs of sweeps, in the order seq,conc / conc,seq / ... (ABBA) so "
+                         "that drifting machine load hits both alike; fresh seeds each")
     ap.add_argument("--keep", help="keep the temp dir (table, Ray results, MLflow db) here")
     args = ap.parse_args()
 
@@ -101,40 +104,46 @@ def main() -> None:
           f"1 CPU; Ray {ray.__version__} local, {ray.cluster_resources().get('CPU')} CPUs "
           f"(started in {time.time() - t0:.1f}s); MLflow sqlite in {tmp}; load average "
           f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
-    plan = {"seq": ("bench-seq", 1, [0, 1]), "conc": ("bench-conc", 2, [2, 3])}
-    res = {}
-    for key in args.order.split(","):
-        label, concurrent, seeds = plan[key]
-        res[key] = sweep(label, cfg, concurrent, seeds, table)
-        print(f"  {label}: {res[key]['time']:.1f}s (load {res[key]['load'][0]:.2f} -> "
-              f"{res[key]['load'][1]:.2f})", flush=True)
-
-    print(f"\n{'sweep':<11}{'trial':<42}{'start':>7}{'end':>7}{'before':>8}{'run-ep':>8}"
+    runs: list[dict] = []
+    for r in range(args.rounds):
+        for key in (("seq", "conc") if r % 2 == 0 else ("conc", "seq")):
+            concurrent, seeds = (1, [4 * r, 4 * r + 1]) if key == "seq" else \
+                (2, [4 * r + 2, 4 * r + 3])
+            s = sweep(f"bench-{key}-r{r}", cfg, concurrent, seeds, table)
+            runs.append(s)
+            print(f"  {s['label']}: {s['time']:.1f}s (load {s['load'][0]:.2f} -> "
+                  f"{s['load'][1]:.2f})", flush=True)
+    seqs = [s for s in runs if s["concurrent"] == 1]
+    concs = [s for s in runs if s["concurrent"] == 2]
+    print(f"\n{'sweep':<15}{'trial':<42}{'start':>7}{'end':>7}{'before':>8}{'run-ep':>8}"
           f"{'train':>7}{'wall':>7}")
-    for key in ("seq", "conc"):
-        s = res[key]
+    for s in runs:
         for r in s["rows"]:
             wall = f"{r['wall']:7.1f}" if s["concurrent"] == 1 else f"{'-':>7}"
-            print(f"{s['label']:<11}{r['name'][-41:]:<42}{r['start'] - s['t0']:7.1f}"
+            print(f"{s['label']:<15}{r['name'][-41:]:<42}{r['start'] - s['t0']:7.1f}"
                   f"{r['end'] - s['t0']:7.1f}{r['before_run']:8.1f}{r['in_run_other']:8.1f}"
                   f"{r['train']:7.1f}{wall}")
-        print(f"{s['label']:<11}{'whole run_grid call (report tail ' + format(s['tail'], '.1f') + 's)':<42}"
+        print(f"{s['label']:<15}{'whole run_grid call (report tail ' + format(s['tail'], '.1f') + 's)':<42}"
               f"{'':>7}{s['time']:7.1f}")
-    seq, conc = res["seq"], res["conc"]
-    rows = seq["rows"]
+    rows = [r for s in seqs for r in s["rows"]]
     overhead = statistics.mean(r["wall"] - r["train"] for r in rows)
-    starts = sorted(r["start"] for r in conc["rows"])
-    ends = sorted(r["end"] for r in conc["rows"])
-    overlap = max(0.0, ends[0] - starts[-1])
-    speedup = seq["time"] / conc["time"]
-    print(f"\nstart/end in s from the run_grid call; before = until its MLflow run starts "
-          f"(Tune trial, table split); run-ep = MLflow run time minus training epochs "
-          f"(Train start-up, final test, checkpoint, artifacts); train = sum of time.epoch.")
-    print(f"sequential: {seq['time']:.1f}s, training {sum(r['train'] for r in rows):.1f}s; "
-          f"concurrent: {conc['time']:.1f}s, training {sum(r['train'] for r in conc['rows']):.1f}s "
-          f"(per trial {', '.join(format(r['train'], '.1f') for r in conc['rows'])}), "
-          f"both runs open together for {overlap:.1f}s")
-    print(f"per-trial overhead (sequential sweep, wall - training): "
+    t_seq, t_conc = sum(s["time"] for s in seqs), sum(s["time"] for s in concs)
+    speedup = t_seq / t_conc
+    print("\nstart/end in s from the run_grid call; before = until its MLflow run starts "
+          "(Tune trial, table split); run-ep = MLflow run time minus training epochs "
+          "(Train start-up, final test, checkpoint, artifacts); train = sum of time.epoch.")
+    for name, group in (("sequential", seqs), ("concurrent", concs)):
+        for s in group:
+            starts = sorted(r["start"] for r in s["rows"])
+            ends = sorted(r["end"] for r in s["rows"])
+            print(f"{name} {s['label']}: {s['time']:.1f}s, training "
+                  f"{' + '.join(format(r['train'], '.1f') for r in s['rows'])}s, both runs open "
+                  f"together {max(0.0, ends[0] - starts[-1]):.1f}s, load "
+                  f"{s['load'][0]:.2f} -> {s['load'][1]:.2f}")
+    print(f"throughput: {2 * len(seqs)} trials in {t_seq:.1f}s sequential vs "
+          f"{2 * len(concs)} in {t_conc:.1f}s concurrent; per round: " + ", ".join(
+              f"{a['time'] / b['time']:.2f}x" for a, b in zip(seqs, concs)))
+    print(f"per-trial overhead (sequential sweeps, wall - training): "
           f"{', '.join(format(r['wall'] - r['train'], '.1f') for r in rows)}s; "
           f"load average now {os.getloadavg()[0]:.2f}")
     ray.shutdown()

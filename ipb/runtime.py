@@ -24,9 +24,23 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     if address == "local":
         # the dashboard process also serves the State API that Ray Train's cleanup polls
         kw.update(num_cpus=num_cpus)
-    ray.init(**kw)
+    start_local(ray, **kw)
     try:  # progress bars are useful interactively, noise in logs
         ray.data.DataContext.get_current().enable_progress_bars = False
     except Exception:
         pass
     return ray
+
+
+def start_local(ray, attempts: int = 3, **kw):
+    """ray.init, retried: Ray gives a starting raylet a fixed 30 s, which a loaded 2-core
+    machine can overrun ("The current node timed out during startup")."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return ray.init(**kw)
+        except Exception as e:
+            if "timed out during startup" not in str(e) or attempt == attempts:
+                raise
+            ray.shutdown()
+            print(f"Ray start-up timed out (attempt {attempt}/{attempts}), retrying",
+                  flush=True)

@@ -30,9 +30,11 @@ def ray_local():
     """One embedded local Ray for every Ray test (address='local': never a stray cluster)."""
     import ray
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    from ipb.runtime import start_local
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 logging_level="WARNING", object_store_memory=300 * 1024 * 1024)
+        start_local(ray, address="local", num_cpus=2, include_dashboard=False,
+                    log_to_driver=False, logging_level="WARNING",
+                    object_store_memory=300 * 1024 * 1024)
         ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
