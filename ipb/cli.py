@@ -237,10 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args, extra = ap.parse_known_args(argv)
-    if extra:   # argparse leaves positionals after options over: predict's trailing k=v
-        if getattr(args, "fn", None) is not cmd_predict or any(e.startswith("-") for e in extra):
+    if extra:   # argparse leaves positionals that follow options over, e.g. `--out T k=v`
+        if any(e.startswith("-") for e in extra):
             ap.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.images += extra
+        rest = [e for e in extra if "=" not in e]
+        args.overrides = list(getattr(args, "overrides", None) or []) + [e for e in extra
+                                                                         if "=" in e]
+        if rest and getattr(args, "fn", None) is cmd_predict:
+            args.images += rest
+        elif rest:
+            ap.error(f"unrecognized arguments: {' '.join(rest)}")
     from ipb.config import ConfigError
     try:
         return args.fn(args) or 0

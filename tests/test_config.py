@@ -28,6 +28,8 @@ def test_overrides_typed():
     assert cfg.train.epochs == 7 and cfg.sweep.folds == (0, 2)
     assert cfg.method.student_mask is False and cfg.augment.blur_sigma == (0.5, 1.5)
     assert cfg.synth.bit_depth == 16
+    cfg = load_config("smoke", ["segmentation.well_mask=off", "train.use_gpu=on"])
+    assert cfg.segmentation.well_mask == "off" and cfg.train.use_gpu is True
 
 
 @pytest.mark.parametrize("item, words", [
