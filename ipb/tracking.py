@@ -201,6 +201,17 @@ def finish_sweep(cfg: Config, experiment: str, parent_run_id: str) -> dict[str, 
     return report
 
 
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM when the sweep process dies, even by a signal that
+    skips our clean-up (the context manager only runs on a normal exit or exception)."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 class writers:
     """Context: the URI every trial should use. A sqlite store with several concurrent
     writers gets one local `mlflow server` (one worker) in front of it, stopped on exit."""
