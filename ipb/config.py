@@ -212,11 +212,11 @@ PROFILES: dict[str, dict[str, Any]] = {
     "study": {"profile": "study", "synth.wells": 48, "synth.size": 1024,
               "split.folds": 5, "split.labeled_fraction": 0.15,
               "patch.size": 64, "patch.ms_size": 96, "model.width": 0.125, "model.dropout": 0.2,
-              "train.epochs": 16, "train.batch_size": 32, "train.unlabeled_batch_size": 32,
-              "train.steps_per_epoch": 24, "train.lr_step_epoch": 12, "train.num_workers": 1,
+              "train.epochs": 12, "train.batch_size": 32, "train.unlabeled_batch_size": 32,
+              "train.steps_per_epoch": 20, "train.lr_step_epoch": 9, "train.num_workers": 1,
               "train.optimizer": "adam", "train.lr": 0.002, "train.eval_every": 2,
               "method.student_warmup_epochs": 2, "method.uda_steps": 100,
-              "method.teacher_pretrain_epochs": 6, "method.simclr_epochs": 6,
+              "method.teacher_pretrain_epochs": 4, "method.simclr_epochs": 4,
               "sweep.folds": [0, 1, 2], "sweep.max_concurrent": 2},
 }
 
