@@ -243,7 +243,7 @@ class writers:
                 [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
                  "--artifacts-destination", str(arts), "--host", "127.0.0.1",
                  "--port", str(port), "--workers", "1"], stdout=subprocess.DEVNULL,
-                stderr=err, start_new_session=True, env=env)
+                stderr=err, start_new_session=True, env=env, preexec_fn=_die_with_parent)
         url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 180     # a loaded 2-core machine can take a minute
         while time.time() < deadline:

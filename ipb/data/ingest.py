@@ -237,8 +237,3 @@ def ingest(source: str | Path, out: str | Path, cfg: Config, labels: str | None 
         f"{manifest['multi_label']} multi-label, {manifest['unlabeled']} unlabeled, "
         f"{len(manifest['rejected'])} rejected, {time.time() - t0:.1f}s")
     return manifest
-
-
-def open_table(table: str | Path) -> dict[str, Any]:
-    """The manifest of a finished table (raises with a hint if ingest never finished)."""
-    return read_manifest(table)
