@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from ipb.config import Config
 from ipb.data.sources import (SourcePlan, decode_image, extract_colonies, plan_sources,
                               unreadable_reason)
-from ipb.data.table import SCHEMA, read_manifest, write_json_atomic
+from ipb.data.table import SCHEMA, write_json_atomic
 
 PLAN_FILE = "ingest_plan.json"
 
@@ -178,8 +178,6 @@ def ingest(source: str | Path, out: str | Path, cfg: Config, labels: str | None 
            layout: str = "auto", progress: bool = True) -> dict[str, Any]:
     """Ingest SOURCE into the colony table OUT; returns the manifest. Ray must be initialised
     by the caller (`ipb.runtime.init_ray`)."""
-    import ray
-
     t0 = time.time()
     plan = plan_sources(source, labels, layout)       # all input errors raise here, before work
     out = Path(out).expanduser().resolve()
