@@ -237,7 +237,7 @@ def run_trial(cfg: Config, parts: dict[str, Part], classes: list[str], *,
     rng = np.random.default_rng([seed, rank])
     gen = torch.Generator().manual_seed(seed * 7919 + rank)
     batches = Batches(cfg, parts, rng, gen, device)
-    start, history, best = 0, [], {"score": -1.0, "epoch": -1, "state": None, "cm": None}
+    start, history, best = 0, [], {"score": -1.0, "epoch": -1, "state": None}
     if resume:
         method.load_state_dict(resume["method"])
         start, history, best = resume["epoch"] + 1, resume["history"], resume["best"]

@@ -122,8 +122,9 @@ def log_trial_result(run_id: str, cfg: Config, out: dict[str, Any], model_file: 
     from ipb import plots
     c = client(tracking_uri(cfg))
     classes = out["classes"]
-    synthetic = c.get_run(run_id).data.tags.get("ipb.synthetic") == "true"
-    title = ("SYNTHETIC data - " if synthetic else "") + c.get_run(run_id).info.run_name
+    run = c.get_run(run_id)
+    synthetic = run.data.tags.get("ipb.synthetic") == "true"
+    title = ("SYNTHETIC data - " if synthetic else "") + run.info.run_name
     metrics = [Metric(k, float(v), 0, 0) for k, v in out["metrics"].items()
                if isinstance(v, (int, float))]
     c.log_batch(run_id, metrics=metrics)
