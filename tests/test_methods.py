@@ -165,3 +165,19 @@ def test_empty_confidence_mask_still_updates_every_teacher_parameter(parts):
     out = m.train_step(b.batch("mpl"), 0)
     assert out["train.mask_rate"] == 0.0 and np.isfinite(out["train.teacher"])
     assert all(p.grad is not None for p in m.teacher.parameters())
+
+
+def test_mpl_stages_run_their_own_lr_schedule():
+    """Pre-training and MPL each run the step schedule from their own epoch 0 (paper: 200 +
+    200 epochs), and the student's warm-up scale applies only at the start of MPL."""
+    cfg = cfg_for("mpl", "train.lr=1.0", "train.lr_step_epoch=2",
+                  "method.teacher_pretrain_epochs=3", "method.student_warmup_epochs=1",
+                  "method.student_warmup_lr_scale=0.5")
+    m = create_method("mpl", cfg, 3)
+    seen = []
+    for epoch in range(m.num_epochs()):
+        m.start_epoch(epoch)
+        seen.append((m.opt_t.param_groups[0]["lr"], m.opt_s.param_groups[0]["lr"]))
+    teacher, student = zip(*seen)
+    assert np.allclose(teacher, [1, 1, .1, 1, 1, .1, .1])
+    assert np.allclose(student[3:], [.5, 1, .1, .1])

@@ -80,3 +80,32 @@ def test_grid_sweep_logs_children_and_resumes(ray_local, tmp_path):
     again = run_grid("test", cfg, confs, progress=False)
     assert again["parent_run_id"] == out["parent_run_id"]
     assert len(c.search_runs([exp])) == len(runs)
+
+
+@pytest.mark.ray
+def test_optuna_search_runs_and_resumes(ray_local, tmp_path):
+    """sweeps/search.py's own space, end to end: Optuna samples, ASHA, MLflow child runs with
+    the objective, the study stored in <storage>/optuna.db, and a re-run that adds nothing."""
+    from ipb import tracking
+    from ipb.sweep import run_search
+    table = write_tiny_table(tmp_path / "table")
+    cfg = load_config("smoke", [f"data.table={table}", "patch.size=32", "patch.ms_size=48",
+                                "train.epochs=1", "train.steps_per_epoch=1",
+                                "method.teacher_pretrain_epochs=0", "split.folds=5",
+                                "split.labeled_fraction=0.3", "sweep.folds=[0]",
+                                "sweep.num_samples=2", f"train.storage={tmp_path}/ray",
+                                f"tracking.uri=sqlite:///{tmp_path}/search.db"])
+    out = run_search(cfg, _module("search").space, progress=False)
+    assert (tmp_path / "ray" / "optuna.db").is_file()
+    c = tracking.client(tracking.tracking_uri(cfg))
+    exp = c.get_experiment_by_name("ipb-search").experiment_id
+    runs = c.search_runs([exp])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == out["parent_run_id"]]
+    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
+    assert all("best.val.tpr.mean" in r.data.metrics for r in children)
+    params, value = out["best"]
+    assert set(params) >= {"model.arch", "patch.scale", "method.threshold"}
+    assert value == max(r.data.metrics["best.val.tpr.mean"] for r in children)
+    again = run_search(cfg, _module("search").space, progress=False)
+    assert again["study"] == out["study"] and again["parent_run_id"] == out["parent_run_id"]
+    assert len(c.search_runs([exp])) == len(runs)

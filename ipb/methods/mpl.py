@@ -42,11 +42,13 @@ class MPL(Method):
 
     def start_epoch(self, epoch):
         m = self.cfg.method
-        set_lr(self.opt_t, epoch, self.cfg)
         mpl_epoch = epoch - m.teacher_pretrain_epochs
+        # each stage runs its own step schedule (the paper: 200 pre-training epochs, lr / 10
+        # at 100, then 200 MPL/IPB epochs), as SimCLR's fine-tuning does
+        set_lr(self.opt_t, epoch if mpl_epoch < 0 else mpl_epoch, self.cfg)
         # student warm-up: a low student lr for the first epochs of MPL
         scale = m.student_warmup_lr_scale if 0 <= mpl_epoch < m.student_warmup_epochs else 1.0
-        set_lr(self.opt_s, epoch, self.cfg, scale)
+        set_lr(self.opt_s, max(mpl_epoch, 0), self.cfg, scale)
 
     def train_step(self, batch, epoch):
         if self.phase(epoch) == "supervised":
