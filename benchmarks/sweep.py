@@ -16,7 +16,9 @@ wall time (end of the previous trial's run, or the sweep call, to the end of its
 training time measured inside the worker (the sum of its per-epoch `time.epoch` metrics), split
 into "before the run" (Tune trial start, reading/splitting the table) and "in the run, not
 epochs" (TorchTrainer controller and worker start, dataset shards, final test, checkpoint,
-artifacts). Last line: `sweep concurrency speedup <x>x, per-trial overhead <s>s`.
+artifacts). Then the ceiling: the same training loop in 2 plain processes (no Ray, no MLflow) at
+once vs one after another, i.e. what the 2 CPUs give pure compute on this machine.
+Last line: `sweep concurrency speedup <x>x, per-trial overhead <s>s, compute ceiling <y>x`.
 """
 from __future__ import annotations
 
@@ -68,6 +70,48 @@ def sweep(label: str, cfg, concurrent: int, seeds: list[int], table: Path) -> di
     return {"label": label, "concurrent": concurrent, "t0": t0, "time": t1 - t0,
             "tail": t1 - max(r["end"] for r in rows), "rows": rows,
             "load": (load0, os.getloadavg()[0])}
+
+
+CEILING_CODE = """
+import sys, time, torch
+from ipb.config import from_dict
+from ipb.data.splits import make_split
+from ipb.data.table import load_colonies
+from ipb.engine import Part, patch_size, run_trial
+import json
+cfg = from_dict(json.loads(sys.argv[1]))
+torch.set_num_threads(cfg.train.cpus_per_worker)
+rows = load_colonies(cfg.data.table)
+split = make_split(rows, cfg.split, fold=cfg.train.fold)
+parts = {p: Part.from_rows(rows.iloc[getattr(split, p)].reset_index(drop=True), split.classes,
+                           patch_size(cfg)) for p in ("labeled", "val", "test", "unlabeled")}
+t0 = time.time()
+run_trial(cfg, parts, split.classes, log=lambda s: None)
+print(time.time() - t0)
+"""
+
+
+def ceiling(cfg) -> dict:
+    """The same trial's training loop (ipb.engine.run_trial: no Ray, no MLflow) in 2 plain
+    processes at once vs one after another: what this machine's 2 CPUs give pure compute,
+    i.e. the best a sweep could reach if Tune/Train/MLflow start-up cost nothing."""
+    import json
+    import subprocess
+    from ipb.config import to_dict
+    arg = json.dumps(to_dict(cfg))
+
+    def start():
+        return subprocess.Popen([sys.executable, "-c", CEILING_CODE, arg], stdout=subprocess.PIPE,
+                                text=True)
+    t0 = time.time()
+    seq = [float(start().communicate()[0]) for _ in range(2)]
+    t_seq = time.time() - t0
+    t0 = time.time()
+    procs = [start() for _ in range(2)]
+    conc = [float(p.communicate()[0]) for p in procs]
+    t_conc = time.time() - t0
+    return {"seq": seq, "conc": conc, "t_seq": t_seq, "t_conc": t_conc,
+            "train_ratio": sum(seq) / max(conc), "wall_ratio": t_seq / t_conc}
 
 
 def main() -> None:
@@ -147,9 +191,15 @@ def main() -> None:
           f"{', '.join(format(r['wall'] - r['train'], '.1f') for r in rows)}s; "
           f"load average now {os.getloadavg()[0]:.2f}")
     ray.shutdown()
+    c = ceiling(cfg)
+    print(f"ceiling without Ray/MLflow (2 plain processes running the same training loop): "
+          f"training {' + '.join(format(x, '.1f') for x in c['seq'])}s one after another vs "
+          f"{' / '.join(format(x, '.1f') for x in c['conc'])}s at once; compute speedup "
+          f"{c['train_ratio']:.2f}x (processes incl. imports {c['wall_ratio']:.2f}x)")
     if not args.keep:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"sweep concurrency speedup {speedup:.2f}x, per-trial overhead {overhead:.1f}s")
+    print(f"sweep concurrency speedup {speedup:.2f}x, per-trial overhead {overhead:.1f}s, "
+          f"compute ceiling {c['train_ratio']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ def ray_local():
     """One embedded local Ray for every Ray test (address='local': never a stray cluster)."""
     import ray
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    from ipb.runtime import start_local
+    from ipb.runtime import LOCAL_TRAIN_ENV, start_local
+    for key, value in LOCAL_TRAIN_ENV.items():
+        os.environ.setdefault(key, value)
     if not ray.is_initialized():
         start_local(ray, address="local", num_cpus=2, include_dashboard=False,
                     log_to_driver=False, logging_level="WARNING",
