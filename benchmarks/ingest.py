@@ -1,11 +1,12 @@
-"""python benchmarks/ingest.py [--images 100] [--scaling-images 40] [--size 1024] [--repeats 3]
+"""python benchmarks/ingest.py [--images 100] [--scaling-images 40] [--size 1024] [--repeats 3] [--shard-size 4]
 
 Ray Data ingest (ipb.data.ingest.ingest, no labels) on synthetic wells generated once into a
 temporary directory, one embedded Ray (`address="local"`, num_cpus=2) started once outside
 the timings, plus one untimed warm-up ingest so every run finds worker processes that have
 already imported cv2/scipy/ipb:
-- throughput: images/s with data.ingest_workers=1 and =2 on the same --scaling-images wells,
-  each run into a fresh TABLE; best of --repeats (the machine may be shared with other jobs);
+- throughput: images/s with data.ingest_workers=1 and =2 on the same --scaling-images wells
+  in shards of --shard-size images (one Ray task each), each run into a fresh TABLE; best of
+  --repeats (the machine may be shared with other jobs);
 - memory: peak of the summed RSS of this process and all its descendants (raylet, object
   store, Ray workers), sampled every 0.1 s in a thread, while ingesting 10 and --images wells.
   Reported raw and minus the idle baseline sampled just before each run (what ingest adds).
@@ -109,8 +110,8 @@ def subset(src: Path, n: int, dest: Path) -> Path:
     return dest
 
 
-def run_ingest(source: Path, table: Path, workers: int) -> tuple[float, dict]:
-    cfg = load_config("smoke", [f"data.ingest_workers={workers}"])
+def run_ingest(source: Path, table: Path, workers: int, shard_size: int = 8) -> tuple[float, dict]:
+    cfg = load_config("smoke", [f"data.ingest_workers={workers}", f"data.shard_size={shard_size}"])
     t = time.perf_counter()
     m = ingest(source, table, cfg, progress=False)
     return time.perf_counter() - t, m
@@ -122,6 +123,9 @@ def main() -> None:
     ap.add_argument("--scaling-images", type=int, default=40)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--shard-size", type=int, default=4,
+                    help="images per shard = per Ray task in the scaling runs: N shards on 2 "
+                         "workers can at best run N / ceil(N/2) times faster")
     args = ap.parse_args()
     import ray
 
@@ -147,7 +151,7 @@ def main() -> None:
         colonies = set()
         for r in range(args.repeats):
             for w in (1, 2):
-                dt, m = run_ingest(src, tmp / f"t-w{w}-r{r}", w)
+                dt, m = run_ingest(src, tmp / f"t-w{w}-r{r}", w, args.shard_size)
                 speed[w].append(n / dt)
                 colonies.add(m["n_colonies"])
                 print(f"  run {r}: {w} worker(s) {n} images {dt:6.2f}s {n / dt:6.2f} images/s "

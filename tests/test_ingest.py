@@ -268,9 +268,9 @@ def test_resume_and_refusal(ray_local, wells, tmp_path, monkeypatch):
     seen: list[list[str]] = []
     real_pipeline = ingest_mod._pipeline
 
-    def spy(cfg_, tasks):
-        seen.append(sorted(t["image"] for t in tasks.values()))
-        return real_pipeline(cfg_, tasks)
+    def spy(cfg_, root, out, todo):
+        seen.append(sorted(t["image"] for s in todo for t in s["tasks"]))
+        return real_pipeline(cfg_, root, out, todo)
 
     monkeypatch.setattr(ingest_mod, "_pipeline", spy)
     m2 = ingest(wells, table, cfg)

@@ -2,17 +2,17 @@
 
     ipb ingest SOURCE --out TABLE [--labels CSV] [--layout wells|folders] [key=value ...]
 
-list files -> read_binary_files -> decode + segment + cut colonies (map_batches on a pool of
-`data.ingest_workers` tasks) -> the driver collects rows per shard and writes each finished
-shard atomically. Re-running skips shards already written (resume after a crash loses at most
-the shards in flight); bad files are listed in the manifest's `rejected`, never fatal; a TABLE
-made from other inputs or another config is refused, not overwritten.
+list files -> shards of `data.shard_size` images -> one Ray Data task per shard (map_batches on
+a pool of `data.ingest_workers` tasks) reads, decodes, segments, cuts colonies and writes its
+shard atomically -> the driver writes manifest.json. Re-running skips shards already written
+(resume after a crash loses at most the shards in flight); bad files are listed in the
+manifest's `rejected`, never fatal; a TABLE made from other inputs or another config is
+refused, not overwritten.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import sys
 import time
 from dataclasses import asdict
@@ -80,33 +80,45 @@ def _drop_stale(out: Path, shards: list[dict], log: Callable) -> None:
             (out / "shards" / f"{name}.json").unlink(missing_ok=True)
 
 
-def _make_udf(cfg: Config, tasks: dict[str, dict]) -> Callable:
-    seg_cfg, min_px = cfg.segmentation, cfg.data.min_colony_px
+def _colonies_of(path: Path, task: dict, cfg: Config) -> tuple[list, list, dict]:
+    """Rows, rejected entries and info for one image; a bad file is a rejected entry."""
+    rel = task["image"]
+    reason = task.get("unreadable") or unreadable_reason(path)
+    if reason is not None:
+        return [], [{"path": rel, "reason": reason}], {}
+    try:
+        img = decode_image(path.read_bytes(), rel)
+        return extract_colonies(img, task, cfg.segmentation, cfg.data.min_colony_px)
+    except ValueError as e:
+        return [], [{"path": rel, "reason": str(e)}], {}
+    except Exception as e:  # keep the run going, but say what happened
+        return [], [{"path": rel, "reason": f"{type(e).__name__}: {e}"}], {}
+
+
+def _make_udf(cfg: Config, root: Path, out: Path, todo: list[dict]) -> Callable:
+    """One task = one shard: read, decode, segment and cut its images, then write the shard
+    itself. Only a few numbers travel back, so the driver does no per-image work and a
+    second CPU goes to a second worker, not to unpickling crops and writing Parquet."""
+    tasks = {s["name"]: s["tasks"] for s in todo}
 
     def process(batch: dict[str, np.ndarray]) -> dict[str, list]:
         import cv2
         cv2.setNumThreads(0)   # Ray already runs one task per CPU
-        out: dict[str, list] = {"image": [], "payload": []}
-        for path, data in zip(batch["path"], batch["bytes"]):
-            task = tasks[str(path)]
-            rel = task["image"]
-            try:
-                img = decode_image(bytes(data), rel)
-                rows, rejected, info = extract_colonies(img, task, seg_cfg, min_px)
-            except ValueError as e:
-                rows, rejected, info = [], [{"path": rel, "reason": str(e)}], {}
-            except Exception as e:  # keep the run going, but say what happened
-                rows, rejected, info = [], [{"path": rel, "reason": f"{type(e).__name__}: {e}"}], {}
-            out["image"].append(rel)
-            out["payload"].append(_pack(rows, rejected, info))
-        return out
+        res: dict[str, list] = {"shard": [], "n_colonies": [], "n_rejected": []}
+        for name in batch["shard"]:
+            rows, rejected, info = [], [], {"full_crop_mask": 0}
+            for task in tasks[str(name)]:
+                r, rej, inf = _colonies_of(root / task["image"], task, cfg)
+                rows.extend(r)
+                rejected.extend(rej)
+                info["full_crop_mask"] += inf.get("full_crop_mask", 0)
+            _write_shard(out, str(name), rows, rejected, info)
+            res["shard"].append(str(name))
+            res["n_colonies"].append(len(rows))
+            res["n_rejected"].append(len(rejected))
+        return res
 
     return process
-
-
-def _pack(rows: list[dict], rejected: list[dict], info: dict) -> bytes:
-    import pickle
-    return pickle.dumps((rows, rejected, info), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _write_shard(out: Path, name: str, rows: list[dict], rejected: list[dict],
@@ -156,22 +168,16 @@ def _summarise(out: Path, plan: SourcePlan, fingerprint: dict, cfg: Config,
     return manifest
 
 
-def _pipeline(cfg: Config, tasks: dict[str, dict]):
-    """read_binary_files -> decode + segment + cut, `data.ingest_workers` tasks at a time.
-
-    A few images per task: one 512 px well segments in ~20 ms, less than Ray Data's cost of a
-    read task + a map task + the driver's hand-off per block (~80 ms measured), so one image
-    per task spent most of the time in scheduling. At least ~8 tasks per worker keep the pool
-    balanced; at most 8 images per task keep blocks small."""
+def _pipeline(cfg: Config, root: Path, out: Path, todo: list[dict]):
+    """Shards -> `data.ingest_workers` tasks at a time, one shard per task (a shard of 8
+    wells is seconds of segmentation, so Ray's per-task cost is noise). SOURCE and TABLE must
+    be visible to every node that runs a task: one machine, or a shared file system."""
     import ray
 
-    paths = list(tasks)
-    workers = max(1, cfg.data.ingest_workers)
-    per_task = min(8, max(1, math.ceil(len(paths) / (8 * workers))))
-    ds = ray.data.read_binary_files(paths, include_paths=True,
-                                    override_num_blocks=math.ceil(len(paths) / per_task))
-    return ds.map_batches(_make_udf(cfg, tasks), batch_size=per_task,
-                          compute=ray.data.TaskPoolStrategy(size=workers), num_cpus=1)
+    items = [{"shard": s["name"]} for s in todo]
+    return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        _make_udf(cfg, root, out, todo), batch_size=1,
+        compute=ray.data.TaskPoolStrategy(size=max(1, cfg.data.ingest_workers)), num_cpus=1)
 
 
 def ingest(source: str | Path, out: str | Path, cfg: Config, labels: str | None = None,
@@ -196,40 +202,16 @@ def ingest(source: str | Path, out: str | Path, cfg: Config, labels: str | None 
         f"({len(done)} already done) from {plan.root} [{plan.layout}, labels: {plan.label_mode}"
         f"{', SYNTHETIC' if plan.synthetic else ''}] -> {out}")
     if todo:
-        # keyed by the absolute path, which is what read_binary_files reports back
-        tasks = {str(plan.root / rel): plan.task(rel) for s in todo for rel in s["images"]}
-        shard_of = {rel: s["name"] for s in todo for rel in s["images"]}
-        pending = {s["name"]: {"left": len(s["images"]), "rows": [], "rejected": [],
-                               "info": {"full_crop_mask": 0}} for s in todo}
-        n_total, n_done = len(tasks), 0
-
-        def finish(rel: str, rows: list, rejected: list, info: dict) -> None:
-            nonlocal n_done
-            name = shard_of[rel]
-            st = pending[name]
-            st["rows"].extend(rows)
-            st["rejected"].extend(rejected)
-            st["info"]["full_crop_mask"] += info.get("full_crop_mask", 0)
-            st["left"] -= 1
-            n_done += 1
-            if st["left"] == 0:
-                _write_shard(out, name, st["rows"], st["rejected"], st["info"])
-                del pending[name]
-                log(f"ingest: {n_done}/{n_total} images, shard {name} written "
-                    f"({len(st['rows'])} colonies, {len(st['rejected'])} rejected)")
-
-        # an empty or unreadable file would fail its Ray read task, and with it the whole run
-        for path in list(tasks):
-            reason = unreadable_reason(Path(path))
-            if reason is not None:
-                rel = tasks.pop(path)["image"]
-                finish(rel, [], [{"path": rel, "reason": reason}], {})
-        if tasks:
-            import pickle
-            for batch in _pipeline(cfg, tasks).iter_batches(batch_size=None,
-                                                            batch_format="numpy"):
-                for rel, payload in zip(batch["image"], batch["payload"]):
-                    finish(str(rel), *pickle.loads(payload))
+        # checked here too: a file the driver cannot read is rejected whatever the workers see
+        work = [{"name": s["name"], "tasks": [
+            {**plan.task(rel), "unreadable": unreadable_reason(plan.root / rel)}
+            for rel in s["images"]]} for s in todo]
+        n_images, n_done = sum(len(s["images"]) for s in todo), 0
+        size = {s["name"]: len(s["images"]) for s in todo}
+        for r in _pipeline(cfg, plan.root, out, work).iter_rows():
+            n_done += size[r["shard"]]
+            log(f"ingest: {n_done}/{n_images} images, shard {r['shard']} written "
+                f"({r['n_colonies']} colonies, {r['n_rejected']} rejected)")
     manifest = _summarise(out, plan, fingerprint, cfg, shards, time.time() - t0)
     log(f"ingest: done, {manifest['n_colonies']} colonies, classes {manifest['classes']}, "
         f"{manifest['multi_label']} multi-label, {manifest['unlabeled']} unlabeled, "
