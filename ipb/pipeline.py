@@ -38,8 +38,13 @@ def synthetic_table(cfg: Config, progress: bool = True) -> Path:
     return table
 
 
-def resolve_table(cfg: Config) -> Path:
-    """`data.table` when given, else the cached synthetic table."""
+def resolve_table(cfg: Config) -> Path | str:
+    """`data.table` when given (a directory or an s3:// / gs:// / file:// URI, returned as
+    is), else the cached synthetic table."""
+    from ipb.data.table import is_uri, read_manifest
+    if is_uri(cfg.data.table):
+        read_manifest(cfg.data.table)          # fails here, naming the URI, if it is no table
+        return cfg.data.table
     if cfg.data.table:
         table = expand_path(cfg.data.table)
         if not (table / "manifest.json").is_file():

@@ -65,7 +65,7 @@ def trial_driver(config: dict[str, Any]) -> None:
     from ipb.train import fit
     spec = config["trial"]
     cfg = from_dict(spec["cfg"])
-    out = fit(cfg, table=Path(config["table"]), parent_run_id=config["parent_run_id"],
+    out = fit(cfg, table=config["table"], parent_run_id=config["parent_run_id"],
               sweep=config["sweep"], experiment=config["experiment"],
               callbacks=[TuneReportCallback()], extra_tags={"ipb.config_label": spec["label"]})
     tune.report({"test.tpr.mean": out["metrics"]["test.tpr.mean"], "done": 1.0})
@@ -153,8 +153,13 @@ def config_from_args(args) -> Config:
     return cfg
 
 
-def data_table(cfg: Config, data: str, labels: str | None) -> Path:
-    """--data: a colony table as is, or raw images ingested (once) into a cached table."""
+def data_table(cfg: Config, data: str, labels: str | None) -> Path | str:
+    """--data: a colony table as is (a directory, or a URI such as s3://bucket/table), or a
+    directory of raw images ingested (once) into a cached table."""
+    from ipb.data.table import is_uri, read_manifest
+    if is_uri(data):
+        read_manifest(data)     # raw images are ingested from a local or shared directory
+        return data
     path = Path(data).expanduser()
     if (path / "manifest.json").is_file():
         return path.resolve()
@@ -218,7 +223,7 @@ def search_driver(config: dict[str, Any]) -> None:
         if h in done:                   # resumed search: this fold already ran
             scores.append(done[h])
         else:
-            out = fit(c, table=Path(config["table"]), parent_run_id=config["parent_run_id"],
+            out = fit(c, table=config["table"], parent_run_id=config["parent_run_id"],
                       sweep="search", experiment=config["experiment"],
                       extra_tags={"ipb.config_label": configuration_label(c) + " " +
                                   config_hash(config["params"])[:6]})

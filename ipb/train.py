@@ -110,7 +110,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report(final)
 
 
-def prepare_datasets(cfg: Config, table: Path):
+def prepare_datasets(cfg: Config, table: Path | str):
     """Split the table for (fold, seed) and build one Ray dataset per part.
 
     The driver reads the table once with pyarrow and hands each part over with
@@ -136,7 +136,7 @@ def run_name(cfg: Config) -> str:
             f"{config_hash(cfg)[:8]}")
 
 
-def fit(cfg: Config, table: Path | None = None, *, parent_run_id: str | None = None,
+def fit(cfg: Config, table: Path | str | None = None, *, parent_run_id: str | None = None,
         sweep: str = "", experiment: str | None = None, progress: bool = True,
         fault: dict | None = None, callbacks: list | None = None,
         extra_tags: dict[str, str] | None = None) -> dict[str, Any]:
@@ -152,7 +152,7 @@ def fit(cfg: Config, table: Path | None = None, *, parent_run_id: str | None = N
     from ipb import tracking
     from ipb.pipeline import resolve_table
 
-    table = Path(table) if table else resolve_table(cfg)
+    table = table or resolve_table(cfg)       # a directory or a URI (s3://...): kept as given
     datasets, split, manifest = prepare_datasets(cfg, table)
     name = run_name(cfg)
     uri = tracking.tracking_uri(cfg)

@@ -69,14 +69,39 @@ def to_unit(img: np.ndarray) -> np.ndarray:
     return img.astype(np.float32)
 
 
+def is_uri(table: str | os.PathLike) -> bool:
+    """s3://, gs://, file://... : a table in object storage (read with pyarrow's filesystems)."""
+    return "://" in str(table)
+
+
+def _filesystem(table: str | os.PathLike):
+    """(pyarrow filesystem, root path in it) of a table URI."""
+    import pyarrow.fs as pafs
+    try:
+        fs, root = pafs.FileSystem.from_uri(str(table))
+    except Exception as e:   # unknown scheme, no credentials, bad bucket name
+        raise TableError(f"{table}: cannot open this table URI ({type(e).__name__}: {e}); "
+                         "check the scheme (s3://, gs://, file://) and the credentials") from e
+    return fs, root.rstrip("/")
+
+
 def manifest_path(table: str | os.PathLike) -> Path:
     return Path(table) / "manifest.json"
 
 
 def read_manifest(table: str | os.PathLike) -> dict[str, Any]:
+    missing = (f"{table}: no manifest.json; is this a colony table made by `ipb ingest`? (a "
+               "table in object storage is uploaded whole: manifest.json and colonies/)")
+    if is_uri(table):
+        fs, root = _filesystem(table)
+        try:
+            with fs.open_input_stream(f"{root}/manifest.json") as f:
+                return json.loads(f.read())
+        except FileNotFoundError:
+            raise TableError(missing) from None
     path = manifest_path(table)
     if not path.is_file():
-        raise TableError(f"{table}: no manifest.json; is this a colony table made by `ipb ingest`?")
+        raise TableError(missing)
     return json.loads(path.read_text())
 
 
@@ -93,12 +118,19 @@ def shard_files(table: str | os.PathLike) -> list[Path]:
 
 
 def load_colonies(table: str | os.PathLike, columns: Iterable[str] | None = None):
-    """The whole table (or some columns) as a pandas DataFrame, rows in colony_id order."""
-    files = shard_files(table)
+    """The whole table (or some columns) as a pandas DataFrame, rows in colony_id order.
+    TABLE is a directory or a URI (s3://bucket/table, gs://..., file://...)."""
+    import pyarrow.fs as pafs
+    if is_uri(table):
+        fs, root = _filesystem(table)
+        infos = fs.get_file_info(pafs.FileSelector(f"{root}/colonies", allow_not_found=True))
+        files = sorted(i.path for i in infos if i.path.endswith(".parquet"))
+    else:
+        fs, files = None, [str(f) for f in shard_files(table)]
     if not files:
         raise TableError(f"{table}: no Parquet shards under colonies/; run `ipb ingest` first")
     cols = list(columns) if columns is not None else None
-    df = pq.ParquetDataset([str(f) for f in files]).read(columns=cols).to_pandas()
+    df = pq.ParquetDataset(files, filesystem=fs).read(columns=cols).to_pandas()
     if "colony_id" in df.columns:
         df = df.sort_values("colony_id", kind="stable").reset_index(drop=True)
     return df
