@@ -199,11 +199,17 @@ def mlflow_ui_command(uri: str) -> str:
 
 def apply_suggestion(base: Config, params: dict[str, Any]) -> Config:
     """Sampled params are config keys, except `patch.scale`, a factor on both patch sides."""
+    from ipb.models import model_info
     params = dict(params)
     scale = params.pop("patch.scale", 1.0)
     cfg = apply(base, params)
-    side = lambda s: max(32, int(round(s * scale / 16)) * 16)   # noqa: E731
+    # multiples of 16, never below what the sampled architecture accepts
+    low = model_info(cfg.model.arch)["min_size"]
+    side = lambda s: max(32, low, int(round(s * scale / 16)) * 16)   # noqa: E731
     return apply(cfg, {"patch.size": side(base.patch.size), "patch.ms_size": side(base.patch.ms_size)})
+
+
+SEARCH_FIXED_KEYS = ("base", "table", "parent_run_id", "experiment")
 
 
 def search_driver(config: dict[str, Any]) -> None:
@@ -214,7 +220,9 @@ def search_driver(config: dict[str, Any]) -> None:
     from ipb import tracking
     from ipb.train import fit
     base = from_dict(config["base"])
-    cfg = apply_suggestion(base, config["params"])
+    # OptunaSearch puts the sampled values next to the fixed keys of the param space
+    params = {k: v for k, v in config.items() if k not in SEARCH_FIXED_KEYS}
+    cfg = apply_suggestion(base, params)
     done = tracking.finished_trials(cfg, config["experiment"], metric="best.val.tpr.mean")
     scores = []
     for k, fold in enumerate(base.sweep.folds):
@@ -226,7 +234,7 @@ def search_driver(config: dict[str, Any]) -> None:
             out = fit(c, table=config["table"], parent_run_id=config["parent_run_id"],
                       sweep="search", experiment=config["experiment"],
                       extra_tags={"ipb.config_label": configuration_label(c) + " " +
-                                  config_hash(config["params"])[:6]})
+                                  config_hash(params)[:6]})
             scores.append(out["metrics"]["best.val.tpr.mean"])
         tune.report({"objective": sum(scores) / len(scores), "folds_done": k + 1})
 

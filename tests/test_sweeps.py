@@ -3,6 +3,7 @@ local Ray: trials become child runs of one parent, re-running skips them (no dup
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,10 @@ SCRIPTS = ["ablation", "baselines", "labeled_fraction"]
 
 
 def _module(name):
-    spec = importlib.util.spec_from_file_location(name, SWEEPS / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"sweeps_{name}", SWEEPS / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
+    # importable by name, as a script's functions are in __main__: Tune pickles the searcher
+    sys.modules[f"sweeps_{name}"] = mod
     spec.loader.exec_module(mod)
     return mod
 
@@ -52,6 +55,10 @@ def test_search_space_applies():
     cfg = apply_suggestion(base, params)
     assert cfg.model.arch == "ms_vgg19" and cfg.model.width == 0.25
     assert (cfg.patch.size, cfg.patch.ms_size) == (80, 128)   # x1.25, multiples of 16
+    # scaled down, never below what the sampled architecture accepts
+    small = apply_suggestion(load_config("smoke", ["patch.ms_size=64"]),
+                             {**params, "patch.scale": 0.75})
+    assert small.patch.ms_size == 64 and small.patch.ms_size >= 64
 
 
 def test_table_uri_reads_like_a_directory(tmp_path):
@@ -110,7 +117,7 @@ def test_optuna_search_runs_and_resumes(ray_local, tmp_path):
     from ipb import tracking
     from ipb.sweep import run_search
     table = write_tiny_table(tmp_path / "table")
-    cfg = load_config("smoke", [f"data.table={table}", "patch.size=32", "patch.ms_size=48",
+    cfg = load_config("smoke", [f"data.table={table}", "patch.size=32", "patch.ms_size=64",
                                 "train.epochs=1", "train.steps_per_epoch=1",
                                 "method.teacher_pretrain_epochs=0", "split.folds=5",
                                 "split.labeled_fraction=0.3", "sweep.folds=[0]",
