@@ -18,7 +18,6 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 
 from ipb.config import Config
 from ipb.data.augment import make_augment
@@ -301,7 +300,7 @@ def run_trial(cfg: Config, parts: dict[str, Part], classes: list[str], *,
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     if cfg.train.finetune_epochs > 0:
-        finetune(model, cfg, batches, world, log)
+        finetune(method, cfg, batches, world, log)
     m_test, cm_test = evaluate(model, parts["test"], classes, cfg, device, rng, "test")
     m_val, cm_val = evaluate(model, parts["val"], classes, cfg, device, rng, "val")
     final = {**m_test, **{f"best.{k}": v for k, v in m_val.items()},
@@ -310,21 +309,14 @@ def run_trial(cfg: Config, parts: dict[str, Part], classes: list[str], *,
             "model": model, "classes": classes}
 
 
-def finetune(model, cfg: Config, batches: Batches, world: int, log) -> None:
-    """Optional stage (off by default): fine-tune the selected student on L (reference code)."""
+def finetune(method, cfg: Config, batches: Batches, world: int, log) -> None:
+    """Optional stage (off by default): fine-tune the selected student on L (reference code),
+    at a tenth of the learning rate, through the same DDP wrapper as training."""
     from ipb.methods.base import make_optimizer
+    model = method.train_model()
     opt = make_optimizer(cfg, model.parameters(), lr_scale=0.1)
-    model.train()
     for epoch in range(cfg.train.finetune_epochs):
-        for _ in range(steps_for("supervised", cfg, batches.parts, world)):
-            b = batches.labeled()
-            loss = torch.nn.functional.cross_entropy(model(b["x_l"])[0].float(), b["y_l"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if dist.is_available() and dist.is_initialized():
-                for p in model.parameters():
-                    if p.grad is not None:
-                        dist.all_reduce(p.grad)
-                        p.grad /= world
-            opt.step()
-        log(f"fine-tune epoch {epoch + 1}/{cfg.train.finetune_epochs} loss {loss.item():.4f}")
+        losses = [method.supervised_step(model, opt, batches.labeled())
+                  for _ in range(steps_for("supervised", cfg, batches.parts, world))]
+        log(f"fine-tune epoch {epoch + 1}/{cfg.train.finetune_epochs} "
+            f"loss {sum(losses) / len(losses):.4f}")

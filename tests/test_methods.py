@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ipb.config import load_config
+from ipb.config import apply, load_config
 from ipb.engine import Batches, Part, plan_unlabeled_epoch, run_trial
 from ipb.methods import PHASE_INPUTS, create_method, list_methods
 from ipb.methods.ipb import balanced_draw
@@ -85,6 +85,20 @@ def test_run_trial_end_to_end(method, parts):
     if method == "ipb":
         fr = [r[0] for r in reports if "ipb.pseudo_frac.A" in r[0]]
         assert fr and abs(sum(fr[0][f"ipb.pseudo_frac.{c}"] for c in CLASSES) - 1) < 1e-6
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_finetune_stage_changes_the_selected_model(method, parts):
+    """train.finetune_epochs > 0: the selected student is trained on L further (reference
+    code's last stage) through the method's own training wrapper."""
+    cfg = cfg_for(method, "train.steps_per_epoch=1", "train.epochs=1")
+    plain = run_trial(cfg, parts, CLASSES, log=lambda s: None)["model"].state_dict()
+    lines = []
+    tuned = run_trial(apply(cfg, {"train.finetune_epochs": 2}), parts, CLASSES,
+                      log=lines.append)["model"].state_dict()
+    assert [s.split(" loss")[0] for s in lines if s.startswith("fine-tune")] == [
+        "fine-tune epoch 1/2", "fine-tune epoch 2/2"]
+    assert any(not torch.equal(plain[k], tuned[k]) for k in plain)
 
 
 def test_resume_continues_from_checkpoint(parts):

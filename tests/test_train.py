@@ -29,7 +29,8 @@ def _run(cfg, **kw):
 
 def test_ipb_two_workers_logs_a_complete_mlflow_run(ray_local, tmp_path, table):
     from ipb.tracking import client, tracking_uri
-    cfg = _cfg(tmp_path, table, "ipb")
+    # with the optional fine-tuning stage, which runs through the students' DDP wrapper
+    cfg = _cfg(tmp_path, table, "ipb", "train.finetune_epochs=1")
     out = _run(cfg)
     c = client(tracking_uri(cfg))
     run = c.get_run(out["run_id"])

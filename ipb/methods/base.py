@@ -124,6 +124,11 @@ class Method:
         """The network whose predictions are evaluated and saved (the student for MPL/IPB)."""
         raise NotImplementedError
 
+    def train_model(self) -> nn.Module:
+        """eval_model() as it is trained: the DDP wrapper under several workers (it keeps the
+        ranks' gradients in sync), used by the optional fine-tuning stage."""
+        return self.eval_model()
+
     def pseudo_model(self) -> nn.Module | None:
         """The network whose predictions steer unlabeled resampling (IPB's teacher), if any."""
         return None

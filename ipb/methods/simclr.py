@@ -89,6 +89,9 @@ class SimCLR(Method):
     def eval_model(self):
         return self.model
 
+    def train_model(self):
+        return self._finetune_model()
+
     def modules(self):
         return {"contrastive": self.contrastive, "opt_c": self.opt_c, "opt": self.opt}
 
