@@ -142,7 +142,8 @@ def main() -> None:
                  logging_level="ERROR")
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
-        run_ingest(subset(tmp / "wells", 4, tmp / "warm"), tmp / "t-warm", 2)
+        # one image per shard: both workers get a task, so both have imported cv2/scipy/ipb
+        run_ingest(subset(tmp / "wells", 4, tmp / "warm"), tmp / "t-warm", 2, shard_size=1)
         print(f"Ray start + warm-up ingest {time.perf_counter() - t:.1f}s (not timed)", flush=True)
 
         n = args.scaling_images
