@@ -24,7 +24,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
 
     if ray.is_initialized():
         return ray
-    # Ray Data's bars, printed by every training worker, drown the per-epoch lines
+    # Ray Data's bars (ingest, from every task) drown our one line per shard
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     kw = dict(address=address, ignore_reinit_error=True, log_to_driver=not quiet,

@@ -2,10 +2,9 @@
 
     ipb train --method ipb --arch ms_hrnet_w18 --fold 0 [--table TABLE] [--profile smoke] [k=v ...]
 
-The driver splits the colony table (fold, labeled fraction), hands the parts to a TorchTrainer
-as Ray Data datasets (unlabeled / val / test sharded over workers, labeled to every worker),
-and each worker materialises its shard once, then runs `ipb.engine.run_trial` under DDP
-(gloo on CPU, NCCL on GPU). Rank 0 checkpoints every epoch; `FailureConfig(max_failures)`
+The driver splits the colony table (fold, labeled fraction) and puts each part in the Ray object
+store once; every worker takes its shard (unlabeled / val / test by rank, labeled whole) and runs
+`ipb.engine.run_trial` under DDP (gloo on CPU, NCCL on GPU). Rank 0 checkpoints every epoch; `FailureConfig(max_failures)`
 restarts a crashed worker group from the last checkpoint, and so does re-running the same
 command (same `train.storage` / run name).
 """
@@ -26,11 +25,15 @@ RESULT_FILE = "result.json"
 MODEL_FILE = "student.pt"
 
 
-def _rows_of(shard) -> "Any":
-    import pandas as pd
-    frames = list(shard.iter_batches(batch_format="pandas", batch_size=4096))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["colony_id", "label", "crop", "mask"])
+SHARDED = ("unlabeled", "val", "test")    # split over workers; labeled goes whole to each
+
+
+def shard(rows, part: str, rank: int, world: int):
+    """This worker's rows of a part: every world-th row from its rank on (all ranks together
+    cover every row once, so val/test metrics summed over ranks see each colony exactly once)."""
+    if part not in SHARDED or world == 1:
+        return rows
+    return rows.iloc[rank::world].reset_index(drop=True)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -42,7 +45,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from ipb.engine import Part, patch_size, run_trial
 
     import logging
-    logging.getLogger("ray.train").setLevel(logging.WARNING)   # one line per epoch is ours
+    import ray.train.v2._internal.execution.context as train_context
+    # one line per epoch is ours; Ray Train's worker context logs every report at INFO under
+    # a logger named by its file path, which RunConfig's logging level does not reach
+    for name in ("ray.train", train_context.__file__):
+        logging.getLogger(name).setLevel(logging.WARNING)
     cfg = from_dict(config["cfg"])
     classes = config["classes"]
     ctx = ray.train.get_context()
@@ -50,8 +57,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
     torch.set_num_threads(max(1, cfg.train.cpus_per_worker))
     size = patch_size(cfg)
-    parts = {name: Part.from_rows(_rows_of(ray.train.get_dataset_shard(name)), classes, size)
-             for name in ("labeled", "val", "test", "unlabeled")}
+    parts = {name: Part.from_rows(shard(ray.get(ref), name, rank, world), classes, size)
+             for name, ref in config["parts"].items()}
     resume = None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
@@ -87,8 +94,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
 
     t_start = config.get("t_start", time.time())
-    log = ((lambda s: print(f"[{config['name']} +{time.time() - t_start:.0f}s] {s}", flush=True))
-           if rank == 0 else (lambda s: None))
+
+    def log(s: str) -> None:
+        # not print(): Ray Train patches it in workers to go to stdout AND its logger, which
+        # shows every line twice in the terminal
+        if rank == 0:
+            sys.stdout.write(f"[{config['name']} +{time.time() - t_start:.0f}s] {s}\n")
+            sys.stdout.flush()
+
     log(f"worker 0/{world}: {', '.join(f'{k} {len(v)}' for k, v in parts.items())} colonies "
         f"on this worker, patch {size}px, device {device}")
     out = run_trial(cfg, parts, classes, device=device, wrap=wrap, rank=rank, world=world,
@@ -110,13 +123,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report(final)
 
 
-def prepare_datasets(cfg: Config, table: Path | str):
-    """Split the table for (fold, seed) and build one Ray dataset per part.
+def prepare_parts(cfg: Config, table: Path | str):
+    """Split the table for (fold, seed) and put each part in the object store (ObjectRefs).
 
-    The driver reads the table once with pyarrow and hands each part over with
-    `ray.data.from_pandas`: no read tasks, so training workers may hold every CPU without
-    starving Ray Data (a deadlock on a 2-core machine otherwise), and a trial costs no
-    Ray Data start-up. The table (PNG crops) is small next to the decoded patches."""
+    The driver reads the table once with pyarrow; workers `ray.get` their part and slice their
+    shard. Not Ray Data: its datasets cost every trial a DatasetManager actor, a stats actor's
+    work and a streaming executor in each worker (~6 CPU-s a trial on 2 cores,
+    benchmarks/sweep.py), and read tasks could starve behind workers holding every CPU. The
+    table (PNG crops) is small next to the decoded patches, so one copy per part is cheap."""
     import ray
 
     from ipb.data.splits import make_split
@@ -126,9 +140,9 @@ def prepare_datasets(cfg: Config, table: Path | str):
     rows = load_colonies(table, columns=["colony_id", "label", "multi_label", "source", "group",
                                          "crop", "mask"])
     split = make_split(rows, cfg.split, fold=cfg.train.fold, multi_label=cfg.method.multi_label)
-    datasets = {part: ray.data.from_pandas(rows.iloc[getattr(split, part)].reset_index(drop=True))
-                for part in ("labeled", "val", "test", "unlabeled")}
-    return datasets, split, manifest
+    parts = {part: ray.put(rows.iloc[getattr(split, part)].reset_index(drop=True))
+             for part in ("labeled", "val", "test", "unlabeled")}
+    return parts, split, manifest
 
 
 def run_name(cfg: Config) -> str:
@@ -153,7 +167,7 @@ def fit(cfg: Config, table: Path | str | None = None, *, parent_run_id: str | No
     from ipb.pipeline import resolve_table
 
     table = table or resolve_table(cfg)       # a directory or a URI (s3://...): kept as given
-    datasets, split, manifest = prepare_datasets(cfg, table)
+    parts, split, manifest = prepare_parts(cfg, table)
     name = run_name(cfg)
     uri = tracking.tracking_uri(cfg)
     run_id = tracking.start_trial_run(cfg, split, manifest, name=name, parent_run_id=parent_run_id,
@@ -165,7 +179,8 @@ def fit(cfg: Config, table: Path | str | None = None, *, parent_run_id: str | No
             file=sys.stderr, flush=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "classes": split.classes, "run_id": run_id,
+        train_loop_config={"cfg": to_dict(cfg), "classes": split.classes, "parts": parts,
+                           "run_id": run_id,
                            "tracking_uri": uri, "name": name, "fault": fault,
                            "t_start": time.time(), "synthetic": bool(manifest.get("synthetic"))},
         scaling_config=ray.train.ScalingConfig(
@@ -176,12 +191,10 @@ def fit(cfg: Config, table: Path | str | None = None, *, parent_run_id: str | No
             name=name, storage_path=str(expand_path(cfg.train.storage)),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # Train's INFO lines (resources requested, every report's checkpoint path) would
+            # bury our one line per epoch
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             callbacks=callbacks or []),
-        datasets=datasets,
-        # one worker reads whole datasets: splitting would start a SplitCoordinator actor (a
-        # Python process, seconds of CPU on a small machine) per dataset for nothing
-        dataset_config=ray.train.DataConfig(datasets_to_split=[
-            "unlabeled", "val", "test"] if cfg.train.num_workers > 1 else []),
     )
     try:
         t0 = time.time()
