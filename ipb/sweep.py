@@ -13,6 +13,7 @@ error; the sweep goes on. Concurrent trials never share one SQLite file: with a 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -63,6 +64,9 @@ def trial_driver(config: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from ipb.train import fit
+    # MLflow prints a "View run at http://..." link per run against a server; in a sweep that
+    # is a line per trial, and the local server's port is gone when the sweep ends
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     spec = config["trial"]
     cfg = from_dict(spec["cfg"])
     out = fit(cfg, table=config["table"], parent_run_id=config["parent_run_id"],
@@ -140,7 +144,6 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def config_from_args(args) -> Config:
-    import os
     extra: dict[str, Any] = {}
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
@@ -188,7 +191,6 @@ def main(kind: str, description: str, configurations: Callable[[Config], list[di
 
 
 def mlflow_ui_command(uri: str) -> str:
-    import os
     uri = os.environ.get("MLFLOW_TRACKING_URI") or uri
     if uri.startswith("http"):
         return f"open {uri}"

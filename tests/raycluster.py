@@ -72,7 +72,12 @@ class LocalCluster:
     def start(self, args: list[str], name: str, env: dict | None = None) -> subprocess.Popen:
         """`ray start ARGS --block` in its own session, logging to ROOT/NAME.log."""
         with open(os.path.join(self.root, name + ".log"), "w") as log:
-            p = subprocess.Popen([RAY, "start", *args, *COMMON], env=env or self.env,
+            # the agents' ports fixed up front: with port 0 the raylet waits a fixed ~15 s
+            # for the agent to write its port file, and dies when a loaded machine is slower
+            agents = [f"--dashboard-agent-grpc-port={free_port()}",
+                      f"--metrics-export-port={free_port()}",
+                      f"--runtime-env-agent-port={free_port()}"]
+            p = subprocess.Popen([RAY, "start", *args, *COMMON, *agents], env=env or self.env,
                                  start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(p)
         return p
@@ -86,6 +91,19 @@ class LocalCluster:
                 return f.read()
         except OSError:
             return ""
+
+    def kill_leftovers(self) -> list[int]:
+        """SIGKILL whatever mentions ROOT (raylet, GCS, workers of a node whose `ray start`
+        is gone); returns the pids still there after 5 s."""
+        for pid in pids_mentioning(self.root):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        while (left := pids_mentioning(self.root)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return left
 
     def stop(self) -> list[int]:
         """SIGTERM the `ray start --block` processes (they tear their nodes down), then kill
@@ -104,14 +122,7 @@ class LocalCluster:
             except ProcessLookupError:
                 pass
             p.wait()   # reap: a zombie would still be listed under /proc
-        for pid in pids_mentioning(self.root):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 5
-        while (left := pids_mentioning(self.root)) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        left = self.kill_leftovers()
         if not left:
             shutil.rmtree(self.root, ignore_errors=True)
         return left

@@ -114,7 +114,14 @@ def test_ray_job_submit_runs_the_ablation_sweep(tmp_path):
                "train.steps_per_epoch=1", "method.teacher_pretrain_epochs=0", "split.folds=5",
                "split.labeled_fraction=0.3", f"train.storage={tmp_path}/ray"]
         try:
-            sub = _ray(cluster, *cmd, timeout=300)
+            for _ in range(12):
+                sub = _ray(cluster, *cmd, timeout=300)
+                # the dashboard answers before its job agent has registered (slow on a
+                # loaded machine); the job server itself says to try again
+                if "No available agent to submit job" not in sub.stdout + sub.stderr:
+                    break
+                timings.setdefault("agent not ready at", time.monotonic() - cluster.t0)
+                time.sleep(5)
         except subprocess.TimeoutExpired as e:
             logs = _ray(cluster, "job", "logs", "--address", f"http://127.0.0.1:{dash}",
                         job_id, timeout=60)
