@@ -2,11 +2,11 @@
 
     ipb train --method ipb --arch ms_hrnet_w18 --fold 0 [--table TABLE] [--profile smoke] [k=v ...]
 
-The driver splits the colony table (fold, labeled fraction) and puts each part in the Ray object
-store once; every worker takes its shard (unlabeled / val / test by rank, labeled whole) and runs
-`ipb.engine.run_trial` under DDP (gloo on CPU, NCCL on GPU). Rank 0 checkpoints every epoch; `FailureConfig(max_failures)`
-restarts a crashed worker group from the last checkpoint, and so does re-running the same
-command (same `train.storage` / run name).
+The driver splits the colony table (fold, labeled fraction) and puts each part in the Ray
+object store once; every worker takes its shard (unlabeled / val / test by rank, labeled whole)
+and runs `ipb.engine.run_trial` under DDP (gloo on CPU, NCCL on GPU). Rank 0 checkpoints every
+epoch; `FailureConfig(max_failures)` restarts a crashed worker group from the last checkpoint,
+and so does re-running the same command (same `train.storage` / run name).
 """
 from __future__ import annotations
 
@@ -180,8 +180,7 @@ def fit(cfg: Config, table: Path | str | None = None, *, parent_run_id: str | No
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "classes": split.classes, "parts": parts,
-                           "run_id": run_id,
-                           "tracking_uri": uri, "name": name, "fault": fault,
+                           "run_id": run_id, "tracking_uri": uri, "name": name, "fault": fault,
                            "t_start": time.time(), "synthetic": bool(manifest.get("synthetic"))},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,

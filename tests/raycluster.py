@@ -64,6 +64,7 @@ class LocalCluster:
                         + os.environ.get("PATH", ""))
         self.env.pop("RAY_AUTH_TOKEN", None)
         self.procs: list[subprocess.Popen] = []
+        self._launched: dict[subprocess.Popen, tuple] = {}   # how each was started
         self.t0 = time.monotonic()
 
     def stamp(self) -> str:
@@ -80,7 +81,19 @@ class LocalCluster:
             p = subprocess.Popen([RAY, "start", *args, *COMMON, *agents], env=env or self.env,
                                  start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(p)
+        self._launched[p] = (args, name, env)
         return p
+
+    def restart(self, p: subprocess.Popen) -> subprocess.Popen:
+        """Start again, in its place in `procs`, a node whose `ray start` gave up (Ray waits a
+        fixed 30 s for its raylet, too short on a loaded machine). Kills every process of this
+        cluster first, so it is for a head that is still the only node."""
+        args, name, env = self._launched.pop(p)
+        self.kill_leftovers()
+        new = self.start(args, name, env)
+        self.procs.remove(new)
+        self.procs[self.procs.index(p)] = new
+        return new
 
     def alive(self) -> bool:
         return all(p.poll() is None for p in self.procs)

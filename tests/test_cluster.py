@@ -208,12 +208,6 @@ PROCS = CLUSTER.procs
 stamp = CLUSTER.stamp
 start = CLUSTER.start
 
-HEAD = {}
-
-def start_head(args, env=None):
-    HEAD.update(args=args, env=env)
-    return start(args, "head", env=env)
-
 def connect(address, restarts=2):
     deadline = time.monotonic() + 180   # a loaded 2-core machine starts GCS slowly
     while True:
@@ -223,16 +217,11 @@ def connect(address, restarts=2):
             ray.shutdown()
             head = PROCS[0]
             if head.poll() is not None and restarts > 0:
-                # `ray start` waits a fixed 30 s for its raylet and gives up on a loaded
-                # machine: clear what it left and start the head again
                 tail = CLUSTER.log("head").strip().splitlines()[-3:]
                 print(f"{stamp()} head exited (rc {head.returncode}), starting it again; its "
                       f"log ends: {' | '.join(tail)}", flush=True)
                 restarts -= 1
-                CLUSTER.kill_leftovers()
-                PROCS.remove(head)
-                start_head(HEAD["args"], HEAD["env"])
-                PROCS.insert(0, PROCS.pop())
+                CLUSTER.restart(head)
             elif time.monotonic() > deadline or head.poll() is not None:
                 raise
             time.sleep(1)
@@ -268,10 +257,10 @@ events, done = [], threading.Event()
 try:
     # AutoscalingCluster.start() would run `ray stop --force` (every Ray on the machine), so
     # the head is started here the way it does, minus that.
-    start_head(["--head", f"--port={port}", "--num-cpus=1", f"--temp-dir={ROOT}",
-                f"--autoscaling-config={cfg}", "--include-dashboard=false",
-                f"--ray-client-server-port={free_port()}"],
-               env=dict(os.environ, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1"))
+    start(["--head", f"--port={port}", "--num-cpus=1", f"--temp-dir={ROOT}",
+           f"--autoscaling-config={cfg}", "--include-dashboard=false",
+           f"--ray-client-server-port={free_port()}"], "head",
+          env=dict(os.environ, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1"))
     connect(f"{ip}:{port}")
     print(f"{stamp()} head up: {len(ray.nodes())} node, {ray.cluster_resources()['CPU']} CPU",
           flush=True)
@@ -319,8 +308,8 @@ TWO_NODES = PRELUDE + r'''
 port = free_port()
 ip = ray._private.services.get_node_ip_address()
 try:
-    start_head(["--head", f"--port={port}", "--num-cpus=1", f"--temp-dir={ROOT}/head",
-                "--include-dashboard=false", f"--ray-client-server-port={free_port()}"])
+    start(["--head", f"--port={port}", "--num-cpus=1", f"--temp-dir={ROOT}/head",
+           "--include-dashboard=false", f"--ray-client-server-port={free_port()}"], "head")
     connect(f"{ip}:{port}")
     start([f"--address={ip}:{port}", "--num-cpus=1", f"--temp-dir={ROOT}/worker"], "worker")
     deadline = time.monotonic() + 90

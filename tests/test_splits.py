@@ -180,3 +180,13 @@ def test_fold_summary_table():
     assert tab.shape[0] == 5 * len(PARTS)
     assert tab.xs("test", level="part")["total"].sum() == sum(SIZES.values())
     assert list(tab.columns[:4]) == sorted(SIZES)
+
+
+def test_worker_shards_cover_every_row_once():
+    """ipb.train.shard: val/test/unlabeled split over ranks, labeled whole to each."""
+    from ipb.train import shard
+    rows = pd.DataFrame({"colony_id": range(7)})
+    for part in ("unlabeled", "val", "test"):
+        got = [shard(rows, part, r, 3)["colony_id"].tolist() for r in range(3)]
+        assert sorted(sum(got, [])) == list(range(7)) and [len(g) for g in got] == [3, 2, 2]
+    assert shard(rows, "labeled", 1, 3)["colony_id"].tolist() == list(range(7))

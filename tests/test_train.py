@@ -58,16 +58,6 @@ def test_ipb_two_workers_logs_a_complete_mlflow_run(ray_local, tmp_path, table):
         assert sum(map(sum, cm)) == int(run.data.params[f"split.n_{part}"])
 
 
-def test_shards_cover_every_row_once():
-    import pandas as pd
-    from ipb.train import shard
-    rows = pd.DataFrame({"colony_id": range(7)})
-    for part in ("unlabeled", "val", "test"):
-        got = [shard(rows, part, r, 3)["colony_id"].tolist() for r in range(3)]
-        assert sorted(sum(got, [])) == list(range(7)) and [len(g) for g in got] == [3, 2, 2]
-    assert shard(rows, "labeled", 1, 3)["colony_id"].tolist() == list(range(7))
-
-
 def test_worker_killed_mid_run_resumes_from_checkpoint(ray_local, tmp_path, table):
     cfg = _cfg(tmp_path, table, "mpl", "train.epochs=3", "train.max_failures=2")
     marker = tmp_path / "killed"
