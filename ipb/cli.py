@@ -64,14 +64,21 @@ def cmd_segment(args) -> int:
 
 def cmd_ingest(args) -> int:
     from ipb.data.ingest import ingest
+    from ipb.data.sources import plan_sources
     from ipb.runtime import init_ray
     cfg = _config(args)
+    # labels and images are checked before Ray starts: a bad label file fails in a second
+    plan = plan_sources(args.source, args.labels, args.layout)
     init_ray(num_cpus=args.num_cpus)
-    manifest = ingest(args.source, args.out, cfg, labels=args.labels, layout=args.layout)
+    manifest = ingest(args.source, args.out, cfg, plan=plan)
     tag = " (SYNTHETIC)" if manifest["synthetic"] else ""
+    boxes = manifest["labelled_boxes"]
     print(f"colony table{tag} {args.out}: {manifest['n_colonies']} colonies, "
           f"classes {manifest['classes']}, {manifest['multi_label']} multi-label, "
-          f"{manifest['unlabeled']} unlabeled, {len(manifest['rejected'])} rejected")
+          f"{manifest['unlabeled']} unlabeled, {len(manifest['rejected'])} rejected"
+          + (f"; labelled boxes {boxes['kept']} kept of {boxes['listed']} "
+             f"({boxes['duplicates']} duplicates, {boxes['rejected']} rejected), masks "
+             f"{boxes['mask_source']}" if boxes["listed"] else ""))
     return 0
 
 
@@ -86,8 +93,16 @@ def cmd_splits(args) -> int:
     for f in folds:
         split = make_split(meta, cfg.split, fold=f, multi_label=cfg.method.multi_label)
         print(f"{tag}fold {f}: " + ", ".join(
-            f"{part} {sum(c.values())} {dict(c)}" for part, c in split.summary()["counts"].items()))
+            f"{part} {c.get('total', 0)} {({k: v for k, v in c.items() if k != 'total'})}"
+            for part, c in split.summary()["counts"].items()))
     return 0
+
+
+def _check_tracking(cfg) -> None:
+    """An unreachable MLflow server fails here in seconds, not after Ray and minutes of retries."""
+    from ipb.preflight import check_tracking_uri
+    from ipb.tracking import tracking_uri
+    check_tracking_uri(tracking_uri(cfg))
 
 
 def cmd_train(args) -> int:
@@ -98,6 +113,7 @@ def cmd_train(args) -> int:
                                "train.seed": args.seed, "train.num_workers": args.workers,
                                "tracking.uri": args.tracking_uri}.items() if v is not None}
     cfg = _config(args, extra)
+    _check_tracking(cfg)
     init_ray(quiet=False)
     out = fit(cfg)
     m = out["metrics"]
@@ -137,6 +153,7 @@ def cmd_report(args) -> int:
     from ipb.report import make_report
     from ipb.tracking import tracking_uri
     cfg = _config(args, {"tracking.uri": args.tracking_uri} if args.tracking_uri else None)
+    _check_tracking(cfg)
     out = make_report(args.experiment, Path(args.out), uri=tracking_uri(cfg),
                       parent_run_id=args.parent, reference=args.reference)
     print(out["markdown"])
@@ -146,7 +163,9 @@ def cmd_report(args) -> int:
 
 def cmd_run(args) -> int:
     from ipb.pipeline import main_job
-    return main_job(_config(args))
+    cfg = _config(args)
+    _check_tracking(cfg)
+    return main_job(cfg)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="Ray Data ingest of images into a colony table")
     p.add_argument("source", help="directory of images (wells/fields or class folders)")
     p.add_argument("--out", required=True, help="colony table directory")
-    p.add_argument("--labels", help="CSV: image,x0,y0,x1,y1,label or image,label")
+    p.add_argument("--labels", help="CSV (image,x0,y0,x1,y1,label or image,label), a directory "
+                                    "of Pascal VOC XML files, or a COCO JSON file")
     p.add_argument("--layout", choices=("auto", "wells", "folders"), default="auto")
     p.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray")
     _common(p)

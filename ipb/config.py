@@ -67,6 +67,12 @@ class DataConfig:
     min_colony_px: int = 32           # crops with a side shorter than this are rejected at ingest
     ingest_workers: int = 2
     shard_size: int = 8               # images per ingest shard (unit of resume)
+    # a labelled box whose segmented pixels cover less of it than this gets a mask made inside
+    # the box (mask_source box_local / box); the label is never dropped
+    box_min_cover: float = 0.2
+    # metadata: an image's own pixel size (OME/ImageJ/TIFF tags) wins over
+    # segmentation.pixel_size_um; config: always segmentation.pixel_size_um
+    pixel_size_from: Literal["metadata", "config"] = "metadata"
 
 
 @dataclass(frozen=True)
@@ -304,7 +310,7 @@ def apply(cfg: Config, updates: dict[str, Any]) -> Config:
     """Apply dotted-key (or nested) updates, validating every key and value."""
     for key, value in updates.items():
         cfg = _set(cfg, key.split("."), value, key)
-    return cfg
+    return validate(cfg)
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -314,7 +320,11 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (e.g. train.epochs=3)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML "
+                              f"({_yaml_problem(e)})") from None
         if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
             value = raw.strip()   # YAML 1.1 reads on/off/yes/no as booleans; keep the word
         out[key.strip()] = value
@@ -330,7 +340,11 @@ def load_config(profile: str = "smoke", overrides: list[str] | dict | None = Non
         path = Path(profile)
         if not path.is_file():
             raise ConfigError(f"profile file {profile!r} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"profile file {profile!r} is not valid YAML: {_yaml_problem(e)}; "
+                              "fix it (a mapping of section: {key: value})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"profile file {profile!r} must hold a mapping")
         base = data.pop("base_profile", "smoke")
@@ -400,6 +414,70 @@ def from_dict(d: dict[str, Any]) -> Config:
 
 def expand_path(p: str) -> Path:
     return Path(os.path.expandvars(os.path.expanduser(p)))
+
+
+# -- value ranges (issue 13) ------------------------------------------------------------------
+# Checked after every update (`apply`), so a profile, YAML file or override that types a
+# negative learning rate or a fraction above 1 is refused before any work starts. Intervals:
+# "[" / "]" include the end, "(" / ")" exclude it.
+RANGES: dict[str, str] = {
+    "synth.wells": "[1, inf)", "synth.size": "[32, inf)", "synth.time_points": "[1, inf)",
+    "synth.colonies_per_well": "[0, inf)", "synth.multi_label_frac": "[0, 1]",
+    "synth.difficulty": "[0, 1]", "synth.pixel_size_um": "(0, inf)",
+    "segmentation.pixel_size_um": "(0, inf)", "segmentation.blur_px": "[0, 99]",
+    "segmentation.entropy_radius_um": "(0, inf)", "segmentation.opening_radius_um": "[0, inf)",
+    "segmentation.min_area_um2": "[0, inf)", "segmentation.max_merge_area_um2": "(0, inf)",
+    "segmentation.pad_px": "[0, inf)",
+    "data.min_colony_px": "[1, inf)", "data.ingest_workers": "[1, inf)",
+    "data.shard_size": "[1, inf)", "data.box_min_cover": "[0, 1]",
+    "split.folds": "[1, inf)", "split.labeled_fraction": "(0, 1]",
+    "split.test_fraction": "[0, 1)", "split.val_fraction": "[0, 1)",
+    "patch.size": "[16, inf)", "patch.ms_size": "[16, inf)", "patch.min_cover": "[0, 1]",
+    "patch.max_tries": "[1, inf)", "patch.test_patches": "[1, inf)",
+    "augment.p": "[0, 1]", "augment.strong_p": "[0, 1]", "augment.rotate_deg": "[0, 360]",
+    "augment.brightness": "[0, inf)", "augment.contrast": "[0, inf)",
+    "augment.strong_brightness": "[0, inf)", "augment.strong_contrast": "[0, inf)",
+    "model.width": "(0, inf)", "model.dropout": "[0, 1)",
+    "method.threshold": "[0, 1]", "method.temperature": "(0, inf)",
+    "method.lambda_u": "[0, inf)", "method.uda_steps": "[0, inf)",
+    "method.h_baseline_ema": "[0, 1)", "method.student_warmup_epochs": "[0, inf)",
+    "method.student_warmup_lr_scale": "(0, inf)", "method.teacher_pretrain_epochs": "[0, inf)",
+    "method.simclr_temperature": "(0, inf)", "method.simclr_epochs": "[0, inf)",
+    "method.simclr_proj_dim": "[1, inf)",
+    "train.epochs": "[1, inf)", "train.batch_size": "[1, inf)",
+    "train.unlabeled_batch_size": "[1, inf)", "train.lr": "(0, inf)",
+    "train.momentum": "[0, 1)", "train.weight_decay": "[0, inf)",
+    "train.lr_step_epoch": "[1, inf)", "train.steps_per_epoch": "[0, inf)",
+    "train.num_workers": "[1, inf)", "train.cpus_per_worker": "[0, inf)",
+    "train.gpus_per_worker": "(0, inf)", "train.eval_every": "[1, inf)",
+    "train.finetune_epochs": "[0, inf)", "train.max_failures": "[-1, inf)",
+    "train.fold": "[0, inf)",
+    "sweep.max_concurrent": "[1, inf)", "sweep.num_samples": "[1, inf)", "sweep.limit": "[0, inf)",
+}
+
+
+def _in_range(value: float, spec: str) -> bool:
+    lo, hi = (float(v) for v in spec[1:-1].split(","))
+    return (lo <= value if spec[0] == "[" else lo < value) and \
+        (value <= hi if spec[-1] == "]" else value < hi)
+
+
+def validate(cfg: Config) -> Config:
+    """`cfg` when every value in RANGES lies in its interval; else ConfigError naming the key."""
+    for key, spec in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not _in_range(float(value), spec):
+            raise ConfigError(f"config key {key!r}: {value!r} is out of range; allowed {spec}")
+    return cfg
+
+
+def _yaml_problem(e: Exception) -> str:
+    """One line from a YAML parser error: what and where (its own message spans many)."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{where}{what}"
 
 
 __all__ = [n for n in dir() if not n.startswith("_") and n != "annotations"]

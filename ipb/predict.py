@@ -1,162 +1,48 @@
-"""Classify every colony of new raw images with a trained student.
+"""Classify every colony of new raw images with a trained student: the CLI and `ipb.predict`.
 
     ipb predict MODEL IMAGES... --out DIR [--test-patches K] [--tracking-uri URI] [k=v ...]
+    python -c "import ipb; print(ipb.predict('student.pt', ['images/']).head())"
 
 MODEL is a student.pt, a directory holding one (a Ray checkpoint), or an MLflow run id
-(32 hex digits, or runs:/<id>) whose artifact model/student.pt is downloaded. IMAGES are files
-or directories of images. Per image: decode -> segment with the segmentation settings saved
-with the model (override with e.g. segmentation.pixel_size_um=1.0 for 1 um/px microscopes) ->
-cut each colony's crop and mask -> average the softmax of K patches whose centres lie inside the
-colony mask, at the model's own patch size.
+(32 hex digits, or runs:/<id>) whose artifact model/student.pt is downloaded (ipb.student).
+IMAGES are files or directories of images; a multi-page / OME T stack is a time series. Per
+frame: decode -> segment with the segmentation settings saved with the model, at the image's
+own pixel size when its metadata has one (else segmentation.pixel_size_um, which an override
+such as segmentation.pixel_size_um=1.0 sets) -> cut each colony's crop and mask -> average the
+softmax of K patches whose centres lie inside the colony mask, at the model's patch size.
 
 K defaults to 5 here (DEFAULT_TEST_PATCHES), not to the training config's patch.test_patches
 (1, the paper's centre patch): a patch covers a small part of a large colony, and new images
 come without a validation set that would tell us the centre patch is enough. `--test-patches 1`
 gives the paper's protocol; a `patch.test_patches=K` override is honoured as well.
 
-Writes DIR/colonies.csv (one row per colony), DIR/counts.csv (one row per image),
-DIR/skipped.csv (unreadable files and why), DIR/README.txt, and for time-lapse series
-(`<group>_t<NN>.<ext>`, ipb.data.sources.group_and_time) DIR/counts_over_time_<group>.png plus
-DIR/counts_over_time.png over all series. No Ray; MLflow only to download a run's model.
+`predict_images` (the CLI) writes DIR/colonies.csv, counts.csv, skipped.csv, README.txt,
+counts-over-time plots for time series, DIR/labels/*.ome.tif and DIR/geojson/*.geojson
+(ipb.predict_files, ipb.interchange); `predict` returns the same rows as a DataFrame and
+writes nothing. A 16-bit image given to a model trained on 8-bit ones (or the reverse) is
+warned about. Progress: a tqdm bar on a terminal, else one line per image. No Ray; MLflow
+only to download a run's model.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
-import re
 import sys
-import tempfile
 import time
-from collections import defaultdict
-from dataclasses import asdict, replace
+import types
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ipb.config import Config, ConfigError, apply, expand_path, flatten, from_dict, load_config
+from ipb.config import Config, expand_path
+from ipb.predict_files import (COLONY_FIELDS, output_names, short_groups, synthetic_line,
+                               write_interchange, write_outputs)
+from ipb.student import ARTIFACT, MODEL_FILE, config_for, load_student  # noqa: F401 (API)
 
-MODEL_FILE = "student.pt"            # = ipb.train.MODEL_FILE (not imported: train imports Ray)
-ARTIFACT = "model/" + MODEL_FILE     # where ipb.tracking.log_trial_result puts it
 DEFAULT_TEST_PATCHES = 5
-_RUN_ID = re.compile(r"^(?:runs:/)?([0-9a-fA-F]{32})(?:/.*)?$")
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-# ---------------------------------------------------------------- the model
-
-def load_student(model: str | os.PathLike, tracking_uri: str | None = None
-                 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """(student in eval mode, meta) from a student.pt, a directory with one, or an MLflow run.
-
-    meta: arch, width, classes, patch_size, config (dict), source, synthetic (True / False /
-    None = unknown) and synthetic_why.
-    """
-    path = Path(str(model)).expanduser()
-    if path.is_dir():
-        found = path / MODEL_FILE if (path / MODEL_FILE).is_file() else next(
-            iter(sorted(path.rglob(MODEL_FILE))), None)
-        if found is None:
-            raise FileNotFoundError(f"model directory {path} holds no {MODEL_FILE}; give the "
-                                    "file, a checkpoint directory, or an MLflow run id")
-        return _read_student(found, str(found))
-    if path.is_file():
-        return _read_student(path, str(path))
-    m = _RUN_ID.match(str(model))
-    if m is None:
-        raise FileNotFoundError(f"model {model!r} is neither a file, a directory holding "
-                                f"{MODEL_FILE}, nor an MLflow run id (32 hex digits or runs:/<id>)")
-    return _load_run(m.group(1).lower(), tracking_uri)
-
-
-def _load_run(run_id: str, uri: str | None) -> tuple[torch.nn.Module, dict[str, Any]]:
-    from ipb.tracking import tracking_uri
-    uri = uri or tracking_uri()
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        if not db.is_file():     # MLflow would silently create an empty store here
-            raise FileNotFoundError(f"MLflow run {run_id}: no MLflow store {db} (tracking URI "
-                                    f"{uri}); give --tracking-uri or set MLFLOW_TRACKING_URI")
-    import mlflow.artifacts
-    from mlflow.tracking import MlflowClient
-    try:
-        tags = MlflowClient(tracking_uri=uri).get_run(run_id).data.tags
-    except Exception as e:
-        raise FileNotFoundError(f"MLflow run {run_id} not found at {uri} "
-                                f"({type(e).__name__}: {str(e)[:200]})") from None
-    with tempfile.TemporaryDirectory() as d:
-        try:
-            local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"runs:/{run_id}/{ARTIFACT}", dst_path=d, tracking_uri=uri)
-        except Exception as e:
-            raise FileNotFoundError(
-                f"MLflow run {run_id} at {uri} has no artifact {ARTIFACT} (did the trial finish? "
-                f"status tag ipb.error: {tags.get('ipb.error', '-')[:200]}); "
-                f"{type(e).__name__}: {str(e)[:200]}") from None
-        return _read_student(Path(local), f"runs:/{run_id}", tags)
-
-
-def _read_student(path: Path, source: str, run_tags: dict | None = None
-                  ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    from ipb.models import create_model
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"model file {path} is not a readable student checkpoint "
-                         f"({type(e).__name__}: {str(e)[:200]})") from None
-    missing = {"state_dict", "arch", "width", "classes", "patch_size", "config"} - set(blob)
-    if not isinstance(blob, dict) or missing:
-        raise ValueError(f"model file {path} lacks key(s) {sorted(missing)}; expected the "
-                         f"{MODEL_FILE} that `ipb train` saves")
-    meta = {k: v for k, v in blob.items() if k != "state_dict"}
-    meta["classes"] = list(meta["classes"])
-    meta["source"] = source
-    meta["synthetic"], meta["synthetic_why"] = _synthetic(meta, run_tags)
-    dropout = meta["config"].get("model", {}).get("dropout", 0.5)
-    net = create_model(meta["arch"], len(meta["classes"]), width=meta["width"], dropout=dropout)
-    state = {k.removeprefix("module."): v for k, v in blob["state_dict"].items()}
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"model file {path}: weights do not fit {meta['arch']} width "
-                         f"{meta['width']} with {len(meta['classes'])} classes: {str(e)[:300]}"
-                         ) from None
-    return net.eval(), meta
-
-
-def _synthetic(meta: dict, run_tags: dict | None) -> tuple[bool | None, str]:
-    """Was the student trained on synthetic data? The most direct evidence available."""
-    if "synthetic" in meta:
-        return bool(meta["synthetic"]), "saved with the model"
-    if run_tags and "ipb.synthetic" in run_tags:
-        return run_tags["ipb.synthetic"] == "true", "MLflow run tag ipb.synthetic"
-    table = meta["config"].get("data", {}).get("table", "")
-    if not table:
-        return True, "trained with data.table empty: the cached synthetic data set"
-    manifest = expand_path(table) / "manifest.json"
-    if manifest.is_file():
-        return bool(json.loads(manifest.read_text()).get("synthetic")), f"manifest of {table}"
-    return None, f"unknown: training table {table} is not found here"
-
-
-def config_for(meta: dict, profile: str | None = None,
-               overrides: dict[str, Any] | None = None) -> Config:
-    """The config saved with the model (or `profile` instead), then key=value overrides."""
-    if profile:
-        return load_config(profile, overrides or None)
-    try:
-        cfg = from_dict(meta["config"])
-    except ConfigError:
-        # a model saved by another ipb version: keep the keys this one knows
-        cfg = Config()
-        for k, v in flatten(meta["config"]).items():
-            try:
-                cfg = apply(cfg, {k: v})
-            except ConfigError:
-                print(f"predict: ignoring saved config key {k!r} (unknown here)", file=sys.stderr)
-    return apply(cfg, overrides) if overrides else cfg
 
 
 # ---------------------------------------------------------------- classification
@@ -191,177 +77,260 @@ def classify_colonies(model: torch.nn.Module, grey: np.ndarray, seg, patch_size:
     return predict_proba(model, part, cfg_k, device, rng)
 
 
+@dataclass
+class Frame:
+    """One classified frame: its time point (None for a single image), grey pixels, the
+    segmentation and the (n_colonies, n_classes) probabilities."""
+    t: int | None
+    grey: np.ndarray
+    seg: Any
+    probs: np.ndarray
+
+
+@dataclass
+class ImageResult:
+    name: str                      # as given (path or array_<i>)
+    rel: str                       # relative to the inputs' common folder
+    frames: list[Frame]
+    pixel_size_um: float
+    pixel_size_from: str           # OME-XML | ImageJ | TIFF resolution | config
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def stack(self) -> bool:
+        return bool(self.frames) and self.frames[0].t is not None
+
+
+class _Predictor:
+    """The model, its classes and settings; turns one image into an ImageResult."""
+
+    def __init__(self, model, meta: dict, cfg: Config, k: int, device):
+        if k < 1:
+            raise ValueError(f"test_patches must be >= 1, got {k}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.to(self.device).eval()
+        self.meta, self.cfg, self.k = meta, cfg, k
+        self.classes, self.size = meta["classes"], int(meta["patch_size"])
+        self.trained_bits = _trained_bit_depths(meta, cfg)
+
+    def image(self, img, name: str, rel: str) -> ImageResult:
+        """`img`: file bytes or a numpy array (HxW, HxWx3/4, or TxHxW with name ending
+        '.stack'). Raises ValueError/TypeError/OSError for an unusable image."""
+        from ipb.data.microscopy import ImageData, grey_level_note, read_image
+        from ipb.data.segment import segment, to_gray
+        data = read_image(img, name) if isinstance(img, bytes) else ImageData([np.asarray(img)])
+        px, px_from = self.cfg.segmentation.pixel_size_um, "config"
+        if data.pixel_size_um and self.cfg.data.pixel_size_from == "metadata":
+            px, px_from = data.pixel_size_um, data.pixel_size_from
+        seg_cfg = replace(self.cfg.segmentation, pixel_size_um=px)
+        out = ImageResult(name, rel, [], px, px_from, list(data.notes))
+        for t, frame in enumerate(data.frames):
+            grey = to_gray(frame)
+            note = grey_level_note(grey) if t == 0 else None
+            out.notes += [note] if note else []
+            bits = 16 if grey.dtype == np.uint16 else 8
+            if t == 0 and self.trained_bits and bits not in self.trained_bits:
+                out.notes.append(
+                    f"{bits}-bit image, but the model was trained on "
+                    f"{'/'.join(map(str, sorted(self.trained_bits)))}-bit images: pixels are "
+                    f"scaled by their type's range (x / {2 ** bits - 1}), so the model sees this "
+                    "image at another brightness than its training data; convert the images "
+                    "as the training set was, or train on images like these")
+            seg = segment(grey, seg_cfg)
+            probs = classify_colonies(self.model, grey, seg, self.size, self.cfg, self.k,
+                                      self.device, np.random.default_rng(self.cfg.train.seed))
+            out.frames.append(Frame(t if data.stack else None, grey, seg, probs))
+        return out
+
+
+def _trained_bit_depths(meta: dict, cfg: Config) -> set[int] | None:
+    """Bit depths of the training images: saved with the model, from the training table's
+    manifest, or the synthetic set's; None when unknown."""
+    if meta.get("bit_depths"):
+        return {int(b) for b in meta["bit_depths"]}
+    table = meta["config"].get("data", {}).get("table", "")
+    if not table:
+        return {int(cfg.synth.bit_depth)}
+    manifest = expand_path(table) / "manifest.json"
+    if manifest.is_file():
+        depths = json.loads(manifest.read_text()).get("bit_depths")
+        return {int(b) for b in depths} if depths else None
+    return None
+
+
+def _inputs(images) -> list[tuple[Any, str, str]]:
+    """(bytes-or-array loader, name, rel) for files, directories and numpy arrays."""
+    arrays = [(a, f"array_{i}") for i, a in enumerate(images) if isinstance(a, np.ndarray)]
+    files = expand_inputs([p for p in images if not isinstance(p, np.ndarray)])
+    root = Path(os.path.commonpath([str(f.resolve().parent) for f in files])) if files else None
+    out: list[tuple[Any, str, str]] = [(a, n, n) for a, n in arrays]
+    for f in files:
+        out.append((f, str(f), str(f.resolve().relative_to(root))))
+    return out
+
+
+def _results(pred: _Predictor, inputs, progress: bool):
+    """Yield (name, rel, ImageResult | None, error | None) per input, with progress."""
+    bar = None
+    if progress and sys.stderr.isatty():
+        from tqdm import tqdm
+        bar = tqdm(total=len(inputs), unit="img", desc="predict", file=sys.stderr,
+                   dynamic_ncols=True)
+    try:
+        for n, (src, name, rel) in enumerate(inputs, start=1):
+            t0 = time.time()
+            try:
+                if isinstance(src, Path) and not src.is_file():
+                    raise ValueError("file not found")
+                res = pred.image(src.read_bytes() if isinstance(src, Path) else src, name, rel)
+                err = None
+            except (ValueError, TypeError, OSError) as e:
+                res, err = None, str(e)
+            if bar is not None:
+                bar.update(1)
+            elif progress:
+                print(f"[{n}/{len(inputs)}] {name}: " + (f"SKIPPED ({err})" if res is None else
+                      _frame_line(res, pred.classes, time.time() - t0)),
+                      file=sys.stderr, flush=True)
+            yield name, rel, res, err
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _frame_line(res: ImageResult, classes: list[str], seconds: float) -> str:
+    n = sum(len(f.seg.colonies) for f in res.frames)
+    per = np.zeros(len(classes), np.int64)
+    for f in res.frames:
+        if len(f.probs):
+            per += np.bincount(f.probs.argmax(axis=1), minlength=len(classes))
+    frames = f"{len(res.frames)} frames, " if res.stack else ""
+    return (f"{frames}{n} colonies (" + ", ".join(f"{c} {v}" for c, v in zip(classes, per) if v)
+            + f") in {seconds:.1f}s")
+
+
+def _rows(res: ImageResult, classes: list[str], first_id: int
+          ) -> tuple[list[dict], list[dict], list[dict[int, int]]]:
+    """colonies.csv rows (ids from `first_id`), counts.csv rows, and per frame the map
+    segmentation instance -> row id (what the label image holds)."""
+    from ipb.data.sources import group_and_time
+    colony_rows, count_rows, ids = [], [], []
+    next_id = first_id
+    for fr in res.frames:
+        group, t = (str(Path(res.rel).with_suffix("")), fr.t) if fr.t is not None \
+            else group_and_time(res.rel)
+        pred = fr.probs.argmax(axis=1) if len(fr.probs) else np.zeros(0, np.int64)
+        frame_ids = {}
+        for c, p, j in zip(fr.seg.colonies, fr.probs, pred):
+            frame_ids[c["id"]] = next_id
+            colony_rows.append({
+                "id": next_id, "image": res.name, "time": t, "colony": c["id"],
+                "x0": c["x0"], "y0": c["y0"], "x1": c["x1"], "y1": c["y1"], "area": c["area"],
+                "area_um2": round(c["area"] * res.pixel_size_um ** 2, 3),
+                "pixel_size_um": res.pixel_size_um, "border": c["border"],
+                "class": classes[j], **{f"p_{name}": f"{q:.6f}" for name, q in zip(classes, p)}})
+            next_id += 1
+        ids.append(frame_ids)
+        per = np.bincount(pred, minlength=len(classes))
+        count_rows.append({"image": res.name, "group": group, "time": t,
+                           "n_colonies": len(fr.seg.colonies),
+                           **{f"n_{name}": int(v) for name, v in zip(classes, per)}})
+    return colony_rows, count_rows, ids
+
+
+def predict(model, images, cfg: Config | None = None,
+            test_patches: int | None = DEFAULT_TEST_PATCHES, device: str | None = None,
+            tracking_uri: str | None = None, progress: bool = False):
+    """Classify every colony of `images` with a trained student; one DataFrame row per colony.
+
+        import ipb
+        df = ipb.predict("runs/student.pt", ["plate1/", "extra.tif"])
+        df.groupby(["image", "class"]).size()
+
+    model: a student.pt, a directory holding one, an MLflow run id, or `load_student`'s
+    (module, meta). images: files, directories and/or numpy arrays (grey or RGB, 8/16-bit).
+    Columns: id, image, time, colony, x0, y0, x1, y1, area, area_um2, pixel_size_um, border,
+    class, p_<class>... Images that cannot be read are in `df.attrs["skipped"]`, notes (bit
+    depth, metadata) in `df.attrs["warnings"]`. Writes nothing; `ipb predict` writes files.
+    """
+    import pandas as pd
+    net, meta = model if isinstance(model, tuple) else load_student(model, tracking_uri)
+    cfg = cfg or config_for(meta)
+    k = int(cfg.patch.test_patches if test_patches is None else test_patches)
+    pred = _Predictor(net, meta, cfg, k, device)
+    if isinstance(images, (str, os.PathLike, np.ndarray)):
+        images = [images]
+    rows, skipped, warnings = [], [], []
+    for name, _rel, res, err in _results(pred, _inputs(list(images)), progress):
+        if res is None:
+            skipped.append({"image": name, "reason": err})
+            continue
+        warnings += [{"image": name, "warning": w} for w in res.notes]
+        rows += _rows(res, pred.classes, len(rows) + 1)[0]
+    cols = COLONY_FIELDS + [f"p_{c}" for c in pred.classes]
+    df = pd.DataFrame(rows, columns=cols)
+    for c in pred.classes:
+        df[f"p_{c}"] = df[f"p_{c}"].astype(float)
+    df.attrs.update(skipped=skipped, warnings=warnings, classes=list(pred.classes),
+                    synthetic=meta.get("synthetic"))
+    return df
+
+
 def predict_images(model: torch.nn.Module, meta: dict, paths: list[str | os.PathLike],
                    out_dir: str | os.PathLike, cfg: Config | None = None,
                    test_patches: int | None = DEFAULT_TEST_PATCHES,
                    device: str | torch.device | None = None, progress: bool = True
                    ) -> dict[str, Any]:
-    """Segment and classify every colony of `paths`; write the CSVs/plots under `out_dir`.
-
-    test_patches=None uses cfg.patch.test_patches. Returns a summary with the output files.
-    """
-    from ipb.data.segment import segment, to_gray
-    from ipb.data.sources import decode_image, group_and_time
+    """Segment and classify every colony of `paths`; write CSVs, plots, label images and
+    GeoJSON under `out_dir`. test_patches=None uses cfg.patch.test_patches. Returns a summary
+    with the output files."""
     cfg = cfg or config_for(meta)
     k = int(cfg.patch.test_patches if test_patches is None else test_patches)
-    if k < 1:
-        raise ValueError(f"test_patches must be >= 1, got {k}")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = model.to(device).eval()
-    classes, size = meta["classes"], int(meta["patch_size"])
+    pred = _Predictor(model, meta, cfg, k, device)
+    classes = pred.classes
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = expand_inputs(paths)
-    if not files:
+    inputs = _inputs(list(paths))
+    if not inputs:
         raise FileNotFoundError(f"no images among {[str(p) for p in paths]}")
-    root = Path(os.path.commonpath([str(f.resolve().parent) for f in files]))
-    warn = _synthetic_line(meta)
+    out.mkdir(parents=True, exist_ok=True)
+    warn = synthetic_line(meta)
     if warn and progress:
         print(warn, file=sys.stderr, flush=True)
-    colony_rows, count_rows, skipped = [], [], []
+    colony_rows, count_rows, skipped, warnings = [], [], [], []
+    names = output_names([rel for _, _, rel in inputs])
     t_start = time.time()
-    for n, f in enumerate(files, start=1):
-        t0 = time.time()
-        rel = str(f.resolve().relative_to(root))
-        try:
-            if not f.is_file():
-                raise ValueError("file not found")
-            grey = to_gray(decode_image(f.read_bytes(), f.name))
-            seg = segment(grey, cfg.segmentation)
-            probs = classify_colonies(model, grey, seg, size, cfg, k, device,
-                                      np.random.default_rng(cfg.train.seed))
-        except (ValueError, TypeError, OSError) as e:
-            skipped.append({"image": str(f), "reason": str(e)})
-            if progress:
-                print(f"[{n}/{len(files)}] {f}: SKIPPED ({e})", file=sys.stderr, flush=True)
+    for name, rel, res, err in _results(pred, inputs, progress):
+        if res is None:
+            skipped.append({"image": name, "reason": err})
             continue
-        group, t = group_and_time(rel)
-        pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
-        for c, p, j in zip(seg.colonies, probs, pred):
-            colony_rows.append({"image": str(f), "colony": c["id"], "x0": c["x0"], "y0": c["y0"],
-                                "x1": c["x1"], "y1": c["y1"], "area": c["area"],
-                                "border": c["border"], "class": classes[j],
-                                **{f"p_{name}": f"{q:.6f}" for name, q in zip(classes, p)}})
-        per = np.bincount(pred, minlength=len(classes))
-        count_rows.append({"image": str(f), "group": group, "time": t,
-                           "n_colonies": len(seg.colonies),
-                           **{f"n_{name}": int(v) for name, v in zip(classes, per)}})
-        if progress:
-            print(f"[{n}/{len(files)}] {f}: {len(seg.colonies)} colonies ("
-                  + ", ".join(f"{name} {v}" for name, v in zip(classes, per) if v)
-                  + f") in {time.time() - t0:.1f}s", file=sys.stderr, flush=True)
-    _short_groups(count_rows)
-    written = _write_outputs(out, classes, colony_rows, count_rows, skipped, meta, cfg, k, warn)
-    return {"n_images": len(count_rows), "n_colonies": len(colony_rows),
-            "n_skipped": len(skipped), "skipped": skipped, "classes": classes,
+        warnings += [{"image": name, "warning": w} for w in res.notes]
+        rows, counts, ids = _rows(res, classes, len(colony_rows) + 1)
+        write_interchange(out, names[rel], res, rows, ids, classes)
+        colony_rows += rows
+        count_rows += counts
+    if warnings and progress:
+        print(f"predict: {len(warnings)} warning(s), e.g. {warnings[0]['image']}: "
+              f"{warnings[0]['warning']} (all in README.txt)", file=sys.stderr, flush=True)
+    short_groups(count_rows)
+    written = write_outputs(out, classes, colony_rows, count_rows, skipped, meta, cfg, k, warn,
+                             warnings)
+    return {"n_images": len({r["image"] for r in count_rows}), "n_frames": len(count_rows),
+            "n_colonies": len(colony_rows), "n_skipped": len(skipped), "skipped": skipped,
+            "warnings": warnings, "classes": classes,
             "counts": {name: sum(r[f"n_{name}"] for r in count_rows) for name in classes},
             "test_patches": k, "synthetic": meta.get("synthetic"), "files": written,
             "seconds": time.time() - t_start}
 
 
-def _short_groups(count_rows: list[dict]) -> None:
-    """A group is named by its file stem (`well_003`) unless two folders share that stem."""
-    owners: dict[str, set[str]] = defaultdict(set)
-    for r in count_rows:
-        owners[Path(r["group"]).name].add(r["group"])
-    for r in count_rows:
-        short = Path(r["group"]).name
-        if len(owners[short]) == 1:
-            r["group"] = short
+class _CallableModule(types.ModuleType):
+    """`ipb.predict` is this module (the layout fixes its name) and the documented function:
+    `import ipb; ipb.predict(model, images)` calls `predict`."""
+
+    def __call__(self, model, images, **kw):
+        return predict(model, images, **kw)
 
 
-def _synthetic_line(meta: dict) -> str:
-    if meta.get("synthetic"):
-        return (f"NOTE: this model was trained on SYNTHETIC data ({meta['synthetic_why']}); "
-                "its classes on real images are not validated.")
-    if meta.get("synthetic") is None:
-        return f"NOTE: whether this model was trained on synthetic data is {meta['synthetic_why']}."
-    return ""
+sys.modules[__name__].__class__ = _CallableModule
 
-
-# ---------------------------------------------------------------- outputs
-
-def _write_csv(path: Path, fields: list[str], rows: list[dict]) -> Path:
-    with path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
-    return path
-
-
-def _write_outputs(out: Path, classes: list[str], colony_rows, count_rows, skipped, meta,
-                   cfg: Config, k: int, warn: str) -> dict[str, str]:
-    files = {
-        "colonies": _write_csv(out / "colonies.csv", ["image", "colony", "x0", "y0", "x1", "y1",
-                                                      "area", "border", "class"]
-                               + [f"p_{c}" for c in classes], colony_rows),
-        "counts": _write_csv(out / "counts.csv", ["image", "group", "time", "n_colonies"]
-                             + [f"n_{c}" for c in classes], count_rows),
-        "skipped": _write_csv(out / "skipped.csv", ["image", "reason"], skipped),
-    }
-    series: dict[str, list[dict]] = defaultdict(list)
-    for r in count_rows:
-        if r["time"] >= 0:
-            series[r["group"]].append(r)
-    title = "SYNTHETIC-trained model: " if meta.get("synthetic") else ""
-    used: set[str] = set()
-    for group, rows in sorted(series.items()):
-        name = _SAFE.sub("_", group).strip("_") or "series"
-        while name in used:
-            name += "_"
-        used.add(name)
-        rows = sorted(rows, key=lambda r: r["time"])
-        path = out / f"counts_over_time_{name}.png"
-        _plot_counts([r["time"] for r in rows],
-                     {c: [r[f"n_{c}"] for r in rows] for c in classes}, path, title + group)
-        files[f"series:{group}"] = path
-    if series:
-        times = sorted({r["time"] for rows in series.values() for r in rows})
-        total = {c: [sum(r[f"n_{c}"] for rows in series.values() for r in rows if r["time"] == t)
-                     for t in times] for c in classes}
-        files["counts_over_time"] = _plot_counts(
-            times, total, out / "counts_over_time.png",
-            f"{title}all {len(series)} series (sum)", fractions=True)
-    lines = [f"ipb predict: model {meta['source']} ({meta['arch']}, width {meta['width']}, "
-             f"patch {meta['patch_size']} px, classes {', '.join(classes)})",
-             f"{len(count_rows)} images, {len(colony_rows)} colonies, {len(skipped)} skipped "
-             "(skipped.csv)",
-             f"class = argmax of the softmax averaged over {k} patch(es) inside each colony mask",
-             f"segmentation: {json.dumps(asdict(cfg.segmentation))}"]
-    if warn:
-        lines.insert(0, warn)
-    (out / "README.txt").write_text("\n".join(lines) + "\n")
-    files["readme"] = out / "README.txt"
-    return {k_: str(v) for k_, v in files.items()}
-
-
-def _plot_counts(times: list[int], counts: dict[str, list[int]], path: Path, title: str,
-                 fractions: bool = False) -> Path:
-    """Class counts vs time, one line per class (and their proportions beside, if asked)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2 if fractions else 1, figsize=(10 if fractions else 6, 3.6),
-                             squeeze=False)
-    total = np.maximum(np.sum([v for v in counts.values()], axis=0), 1)
-    for i, (c, v) in enumerate(counts.items()):
-        axes[0, 0].plot(times, v, marker="o", color=f"C{i}", label=c)
-        if fractions:
-            axes[0, 1].plot(times, np.asarray(v) / total, marker="o", color=f"C{i}", label=c)
-    axes[0, 0].set_ylabel("colonies")
-    if fractions:
-        axes[0, 1].set_ylabel("fraction of colonies")
-        axes[0, 1].set_ylim(0, 1)
-    for ax in axes[0]:
-        ax.set_xlabel("time point")
-        ax.set_xticks(times)
-        ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-__all__ = ["DEFAULT_TEST_PATCHES", "load_student", "config_for", "expand_inputs",
-           "classify_colonies", "predict_images"]
+__all__ = ["DEFAULT_TEST_PATCHES", "predict", "load_student", "config_for", "expand_inputs",
+           "classify_colonies", "predict_images", "Frame", "ImageResult"]

@@ -55,6 +55,50 @@ def _read(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def _check_interchange(d: Path, rows: list[dict]) -> None:
+    """labels/*.ome.tif ids and geojson/*.geojson features match colonies.csv one to one:
+    each id's pixels fill that row's box and area, each feature has that row's class."""
+    import json
+
+    import tifffile
+
+    from ipb.data.microscopy import read_image
+    by_id = {int(r["id"]): r for r in rows}
+    seen_px, seen_geo = [], []
+    for tif in sorted((d / "labels").glob("*.ome.tif")):
+        img = read_image(tif.read_bytes(), tif.name)
+        lab = np.stack(img.frames)
+        assert lab.dtype == np.uint16 and tifffile.TiffFile(tif).is_ome
+        ids = np.unique(lab)
+        ids = ids[ids > 0]
+        seen_px += ids.tolist()
+        for i in ids:
+            r = by_id[int(i)]
+            frame = lab[int(r["time"])] if len(img.frames) > 1 else lab[0]
+            ys, xs = np.nonzero(frame == i)
+            assert int(r["x0"]) <= xs.min() and xs.max() < int(r["x1"])
+            assert int(r["y0"]) <= ys.min() and ys.max() < int(r["y1"])
+            assert xs.size == int(r["area"])
+        assert img.pixel_size_um == pytest.approx(float(by_id[int(ids[0])]["pixel_size_um"]),
+                                                  rel=1e-4) if ids.size else True
+    for gj in sorted((d / "geojson").glob("*.geojson")):
+        doc = json.loads(gj.read_text())
+        assert doc["type"] == "FeatureCollection"
+        for f in doc["features"]:
+            r = by_id[f["properties"]["ipb_id"]]
+            assert f["geometry"]["type"] in ("Polygon", "MultiPolygon")
+            assert f["properties"]["objectType"] == "detection"
+            assert f["properties"]["classification"]["name"] == r["class"]
+            assert f["properties"]["probabilities"] == pytest.approx(
+                {c: float(r[f"p_{c}"]) for c in CLASSES})
+            ring = np.array(f["geometry"]["coordinates"][0] if f["geometry"]["type"] == "Polygon"
+                            else f["geometry"]["coordinates"][0][0])
+            assert (ring[0] == ring[-1]).all() and len(ring) >= 4
+            assert int(r["x0"]) <= ring[:, 0].min() and ring[:, 0].max() <= int(r["x1"])
+            seen_geo.append(f["properties"]["ipb_id"])
+    assert sorted(seen_px) == sorted(seen_geo) == sorted(by_id)
+
+
 def test_load_student_from_file_and_directory(student):
     net, meta = load_student(student)
     assert not net.training and meta["classes"] == CLASSES and meta["patch_size"] == 32
@@ -98,8 +142,11 @@ def test_predict_synthetic_wells_series_and_bad_files(student, wells, tmp_path):
     assert out["n_images"] == 7 and out["n_skipped"] == 3 and out["test_patches"] == 5
 
     rows = _read(d / "colonies.csv")
-    assert list(rows[0]) == ["image", "colony", "x0", "y0", "x1", "y1", "area", "border",
-                             "class"] + [f"p_{c}" for c in CLASSES]
+    assert list(rows[0]) == ["id", "image", "time", "colony", "x0", "y0", "x1", "y1", "area",
+                             "area_um2", "pixel_size_um", "border", "class"] \
+        + [f"p_{c}" for c in CLASSES]
+    assert [int(r["id"]) for r in rows] == list(range(1, len(rows) + 1))
+    _check_interchange(d, rows)
     assert len(rows) == out["n_colonies"] >= 7 * 2
     p = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in rows])
     assert np.allclose(p.sum(axis=1), 1.0, atol=1e-4) and (p >= 0).all()
@@ -125,7 +172,7 @@ def test_predict_synthetic_wells_series_and_bad_files(student, wells, tmp_path):
 
     skipped = {Path(r["image"]).name: r["reason"] for r in _read(d / "skipped.csv")}
     assert set(skipped) == {"corrupt.tif", "empty.png", "missing.tif"}
-    assert "corrupt" in skipped["corrupt.tif"] and "empty" in skipped["empty.png"]
+    assert "truncated" in skipped["corrupt.tif"] and "empty" in skipped["empty.png"]
     assert skipped["missing.tif"] == "file not found"
     assert "SYNTHETIC" in (d / "README.txt").read_text().splitlines()[0]
 

@@ -1,18 +1,22 @@
 """Ray Data ingest: raw microscopy -> colony table (Parquet shards + manifest.json).
 
-    ipb ingest SOURCE --out TABLE [--labels CSV] [--layout wells|folders] [key=value ...]
+    ipb ingest SOURCE --out TABLE [--labels CSV|VOC_DIR|COCO.json] [--layout wells|folders] [key=value ...]
 
-list files -> shards of `data.shard_size` images -> one Ray Data task per shard (map_batches on
-a pool of `data.ingest_workers` tasks) reads, decodes, segments, cuts colonies and writes its
-shard atomically -> the driver writes manifest.json. Re-running skips shards already written
-(resume after a crash loses at most the shards in flight); bad files are listed in the
-manifest's `rejected`, never fatal; a TABLE made from other inputs or another config is
-refused, not overwritten.
+plan (ipb.data.sources: images, labels, all input errors, before Ray) -> shards of up to
+`data.shard_size` images -> one Ray Data task per shard (map_batches on a pool of
+`data.ingest_workers` tasks) reads, decodes, segments, cuts colonies (ipb.data.extract) and
+writes its shard atomically -> the driver writes manifest.json. Shards are sticky: a re-run
+keeps every shard of the previous plan whose images are unchanged (same file size and mtime,
+same labels) and puts new or changed images into new shards, so a crash loses at most the
+shards in flight and adding an image re-does only that image. Bad files are listed in the
+manifest's `rejected`, never fatal; a TABLE made from other inputs or settings is refused,
+not overwritten. Progress: a tqdm bar (images, colonies, rate) on a terminal, else one line
+per shard.
 """
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import sys
 import time
 from dataclasses import asdict
@@ -24,9 +28,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ipb.config import Config
-from ipb.data.sources import (SourcePlan, decode_image, extract_colonies, plan_sources,
-                              unreadable_reason)
-from ipb.data.table import SCHEMA, write_json_atomic
+from ipb.data.extract import extract_image, merge_info, new_info
+from ipb.data.sources import SourcePlan, plan_sources, unreadable_reason
+from ipb.data.table import SCHEMA, TABLE_FORMAT, write_json_atomic
 
 PLAN_FILE = "ingest_plan.json"
 
@@ -35,64 +39,88 @@ class TableExistsError(RuntimeError):
     """TABLE already holds a table made from other inputs or settings."""
 
 
-def _fingerprint(plan: SourcePlan, cfg: Config, labels: str | None) -> dict[str, Any]:
-    """What defines a table: inputs, labels, layout and the settings that change rows."""
-    label_digest = hashlib.sha1(Path(labels).read_bytes()).hexdigest() if labels else None
-    return {"source": str(plan.root), "labels": str(Path(labels).resolve()) if labels else None,
-            "labels_sha1": label_digest, "layout": plan.layout,
-            "segmentation": asdict(cfg.segmentation),
-            "min_colony_px": cfg.data.min_colony_px, "shard_size": cfg.data.shard_size}
+def _fingerprint(plan: SourcePlan, cfg: Config) -> dict[str, Any]:
+    """What defines a table: format, inputs, label file, layout and the settings that change
+    rows. The labels' contents are not here: they are part of each image's key, so editing
+    one image's labels re-does that image instead of refusing the table."""
+    return {"format": TABLE_FORMAT, "source": str(plan.root), "labels": plan.labels,
+            "label_format": plan.label_format, "layout": plan.layout,
+            "segmentation": asdict(cfg.segmentation), "min_colony_px": cfg.data.min_colony_px,
+            "box_min_cover": cfg.data.box_min_cover,
+            "pixel_size_from": cfg.data.pixel_size_from}
 
 
-def _shards(images: list[str], shard_size: int) -> list[dict]:
-    out = []
-    for k in range(0, len(images), shard_size):
-        files = images[k:k + shard_size]
-        digest = hashlib.sha1("\n".join(files).encode()).hexdigest()[:10]
-        out.append({"name": f"shard-{k // shard_size:05d}-{digest}", "images": files})
-    return out
+def _shard(entries: list[tuple[str, str]]) -> dict:
+    import hashlib
+    digest = hashlib.sha1("\n".join(f"{r}:{k}" for r, k in entries).encode()).hexdigest()[:16]
+    return {"name": f"shard-{digest}", "images": [r for r, _ in entries],
+            "keys": [k for _, k in entries]}
 
 
-def _check_out(out: Path, fingerprint: dict) -> None:
+def _sticky_shards(plan: SourcePlan, shard_size: int, previous: list[dict]) -> list[dict]:
+    """Shards of the previous plan whose images all keep their key, then new shards of up to
+    `shard_size` of the remaining images (sorted)."""
+    keys = {rel: plan.image_key(rel) for rel in plan.images}
+    shards, covered = [], set()
+    for s in previous:
+        entries = list(zip(s.get("images", []), s.get("keys", [])))
+        if entries and all(keys.get(r) == k and r not in covered for r, k in entries):
+            shards.append(_shard(entries))
+            covered.update(s["images"])
+    rest = [(r, keys[r]) for r in plan.images if r not in covered]
+    shards += [_shard(rest[k:k + shard_size]) for k in range(0, len(rest), shard_size)]
+    return shards
+
+
+def _previous_plan(out: Path, fingerprint: dict) -> list[dict]:
+    """The shards of TABLE's earlier plan (empty for a new TABLE); refuses another table."""
     plan_file = out / PLAN_FILE
     if plan_file.is_file():
-        old = json.loads(plan_file.read_text()).get("fingerprint")
-        if old != fingerprint:
-            diff = sorted(k for k in set(old or {}) | set(fingerprint)
-                          if (old or {}).get(k) != fingerprint.get(k))
+        old = json.loads(plan_file.read_text())
+        if old.get("fingerprint") != fingerprint:
+            was = old.get("fingerprint") or {}
+            diff = sorted(k for k in set(was) | set(fingerprint)
+                          if was.get(k) != fingerprint.get(k))
             raise TableExistsError(
                 f"{out} holds a colony table made from other inputs/settings (differs in: "
                 f"{', '.join(diff)}); choose another --out or delete it yourself")
-    elif out.exists() and any(out.iterdir()):
+        return [s for s in old.get("shards", []) if isinstance(s, dict)]
+    if out.exists() and any(out.iterdir()):
         raise TableExistsError(f"{out} exists, is not empty and is not an ipb colony table; "
                                "choose another --out")
+    return []
 
 
 def _drop_stale(out: Path, shards: list[dict], log: Callable) -> None:
-    """Shards of an earlier run of this config whose image list changed (files added/removed
-    in SOURCE) would duplicate colonies next to their replacements: remove them."""
+    """Shards of an earlier run whose images changed or went away (files added, edited or
+    removed in SOURCE) would duplicate colonies next to their replacements: remove them."""
     keep = {s["name"] for s in shards}
     for part in sorted((out / "colonies").glob("*.parquet*")):
         name = part.name.split(".parquet")[0]
         if name not in keep:
-            log(f"ingest: removing stale shard {part.name} (SOURCE changed since it was written)")
+            log(f"ingest: removing stale shard {part.name} (its images changed in SOURCE)")
             part.unlink()
             (out / "shards" / f"{name}.json").unlink(missing_ok=True)
 
 
 def _colonies_of(path: Path, task: dict, cfg: Config) -> tuple[list, list, dict]:
-    """Rows, rejected entries and info for one image; a bad file is a rejected entry."""
+    """Rows, rejected entries and info for one file; a bad file is a rejected entry."""
     rel = task["image"]
     reason = task.get("unreadable") or unreadable_reason(path)
-    if reason is not None:
-        return [], [{"path": rel, "reason": reason}], {}
     try:
-        img = decode_image(path.read_bytes(), rel)
-        return extract_colonies(img, task, cfg.segmentation, cfg.data.min_colony_px)
-    except ValueError as e:
-        return [], [{"path": rel, "reason": str(e)}], {}
+        if reason is not None:
+            raise ValueError(reason)
+        return extract_image(path.read_bytes(), task, cfg)
     except Exception as e:  # keep the run going, but say what happened
-        return [], [{"path": rel, "reason": f"{type(e).__name__}: {e}"}], {}
+        why = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+        rejected = [{"path": rel, "reason": why}]
+        # a user's labelled boxes on an unusable file are listed one by one, never lost quietly
+        for b in task["boxes"] if task["label_mode"] == "colony" else []:
+            rejected.append({"path": rel, "label": b["label"], "where": b["where"],
+                             "reason": f"labelled box ({b['where']}) on an unusable image: {why}"})
+        info = new_info()
+        info["labelled_boxes"] = len(rejected) - 1
+        return [], rejected, info
 
 
 def _make_udf(cfg: Config, root: Path, out: Path, todo: list[dict]) -> Callable:
@@ -106,12 +134,12 @@ def _make_udf(cfg: Config, root: Path, out: Path, todo: list[dict]) -> Callable:
         cv2.setNumThreads(0)   # Ray already runs one task per CPU
         res: dict[str, list] = {"shard": [], "n_colonies": [], "n_rejected": []}
         for name in batch["shard"]:
-            rows, rejected, info = [], [], {"full_crop_mask": 0}
+            rows, rejected, info = [], [], new_info()
             for task in tasks[str(name)]:
                 r, rej, inf = _colonies_of(root / task["image"], task, cfg)
                 rows.extend(r)
                 rejected.extend(rej)
-                info["full_crop_mask"] += inf.get("full_crop_mask", 0)
+                merge_info(info, inf)
             _write_shard(out, str(name), rows, rejected, info)
             res["shard"].append(str(name))
             res["n_colonies"].append(len(rows))
@@ -133,34 +161,50 @@ def _write_shard(out: Path, name: str, rows: list[dict], rejected: list[dict],
     tmp.replace(part)
 
 
-def _summarise(out: Path, plan: SourcePlan, fingerprint: dict, cfg: Config,
-               shards: list[dict], elapsed: float) -> dict:
+def _count_labels(out: Path, shards: list[dict]) -> tuple[int, int, int, dict]:
     import pyarrow.compute as pc
     classes: dict[str, int] = {}
     n = n_multi = n_unlabeled = 0
-    rejected: list[dict] = []
-    full_crop = 0
     for s in shards:
-        side = json.loads((out / "shards" / f"{s['name']}.json").read_text())
-        rejected.extend(side["rejected"])
-        full_crop += side["info"].get("full_crop_mask", 0)
         t = pq.read_table(out / "colonies" / f"{s['name']}.parquet",
                           columns=["label", "multi_label"])
         n += t.num_rows
         n_multi += int(pc.sum(t["multi_label"]).as_py() or 0)
-        labels = t["label"].to_pylist()
-        for lab, multi in zip(labels, t["multi_label"].to_pylist()):
+        for lab, multi in zip(t["label"].to_pylist(), t["multi_label"].to_pylist()):
             if lab is not None:
                 classes[lab] = classes.get(lab, 0) + 1
             elif not multi:
                 n_unlabeled += 1
+    return n, n_multi, n_unlabeled, dict(sorted(classes.items()))
+
+
+def _summarise(out: Path, plan: SourcePlan, fingerprint: dict, cfg: Config,
+               shards: list[dict], elapsed: float) -> dict:
+    info, rejected = new_info(), list(plan.rejected)
+    for s in shards:
+        side = json.loads((out / "shards" / f"{s['name']}.json").read_text())
+        rejected.extend(side["rejected"])
+        merge_info(info, side["info"])
+    n, n_multi, n_unlabeled, classes = _count_labels(out, shards)
+    at_plan = sum(1 for r in plan.rejected if "label" in r)
+    fallback = info["pixel_size_fallback"]
     manifest = {
-        "format": "ipb-colony-table/1", "synthetic": plan.synthetic,
-        "n_images": len(plan.images), "n_colonies": n,
-        "classes": dict(sorted(classes.items())), "multi_label": n_multi,
-        "unlabeled": n_unlabeled, "rejected": rejected,
-        "full_crop_masks": full_crop,
+        "format": TABLE_FORMAT, "synthetic": plan.synthetic,
+        "n_images": len(plan.images), "n_frames": info["frames"], "n_colonies": n,
+        "classes": classes, "multi_label": n_multi, "unlabeled": n_unlabeled,
+        "labelled_boxes": {"listed": info["labelled_boxes"] + at_plan,
+                           "kept": info["labelled_kept"], "duplicates": len(info["duplicates"]),
+                           "rejected": sum(1 for r in rejected if "label" in r),
+                           "mask_source": dict(sorted(info["labelled_mask_source"].items()))},
+        "mask_source": dict(sorted(info["mask_source"].items())),
+        "pixel_size": {"from": dict(sorted(info["pixel_size"].items())),
+                       "fallback_images": len(fallback),
+                       "fallback_um": cfg.segmentation.pixel_size_um},
+        "bit_depths": dict(sorted(info["bit_depths"].items())),
+        "rejected": rejected, "duplicates": info["duplicates"], "clipped": info["clipped"],
+        "merged_labels": info["merged"], "warnings": info["warnings"],
         "source": str(plan.root), "layout": plan.layout, "label_mode": plan.label_mode,
+        "label_format": plan.label_format, "labels": plan.labels,
         "config": {"segmentation": fingerprint["segmentation"], "data": asdict(cfg.data)},
         "shards": [s["name"] for s in shards], "ingest_seconds": round(elapsed, 1),
     }
@@ -180,40 +224,96 @@ def _pipeline(cfg: Config, root: Path, out: Path, todo: list[dict]):
         compute=ray.data.TaskPoolStrategy(size=max(1, cfg.data.ingest_workers)), num_cpus=1)
 
 
+class _Progress:
+    """A tqdm bar on a terminal; one line per shard otherwise (logs, CI, `| tee`)."""
+
+    def __init__(self, total: int, log: Callable, enabled: bool):
+        self.log, self.total, self.done, self.colonies = log, total, 0, 0
+        self.t0 = time.time()
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, unit="img", desc="ingest", file=sys.stderr,
+                            dynamic_ncols=True)
+
+    def shard(self, name: str, n_images: int, n_colonies: int, n_rejected: int) -> None:
+        self.done += n_images
+        self.colonies += n_colonies
+        if self.bar is not None:
+            self.bar.update(n_images)
+            self.bar.set_postfix(colonies=self.colonies, refresh=False)
+            return
+        rate = self.done / max(time.time() - self.t0, 1e-9)
+        self.log(f"ingest: {self.done}/{self.total} images ({rate:.1f}/s), shard {name} "
+                 f"written ({n_colonies} colonies, {n_rejected} rejected)")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _run(cfg: Config, plan: SourcePlan, out: Path, todo: list[dict], log: Callable,
+         progress: bool) -> None:
+    # readability is checked here too: a file the driver cannot read is rejected whatever
+    # the workers see
+    work = [{"name": s["name"], "tasks": [
+        {**plan.task(rel), "unreadable": unreadable_reason(plan.root / rel)}
+        for rel in s["images"]]} for s in todo]
+    size = {s["name"]: len(s["images"]) for s in todo}
+    bar = _Progress(sum(size.values()), log, progress)
+    # Ray Data's INFO lines ("execution finished in ...") would interleave with ours
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    try:
+        for r in _pipeline(cfg, plan.root, out, work).iter_rows():
+            bar.shard(r["shard"], size[r["shard"]], r["n_colonies"], r["n_rejected"])
+    finally:
+        bar.close()
+
+
 def ingest(source: str | Path, out: str | Path, cfg: Config, labels: str | None = None,
-           layout: str = "auto", progress: bool = True) -> dict[str, Any]:
+           layout: str = "auto", progress: bool = True,
+           plan: SourcePlan | None = None) -> dict[str, Any]:
     """Ingest SOURCE into the colony table OUT; returns the manifest. Ray must be initialised
-    by the caller (`ipb.runtime.init_ray`)."""
+    by the caller (`ipb.runtime.init_ray`); `plan` (from `plan_sources`) skips re-planning
+    when the caller checked the inputs before starting Ray."""
     t0 = time.time()
-    plan = plan_sources(source, labels, layout)       # all input errors raise here, before work
+    plan = plan or plan_sources(source, labels, layout)   # input errors raise here, before work
     out = Path(out).expanduser().resolve()
-    fingerprint = _fingerprint(plan, cfg, labels)
-    _check_out(out, fingerprint)
-    shards = _shards(plan.images, cfg.data.shard_size)
+    fingerprint = _fingerprint(plan, cfg)
+    shards = _sticky_shards(plan, cfg.data.shard_size, _previous_plan(out, fingerprint))
     (out / "colonies").mkdir(parents=True, exist_ok=True)
     (out / "shards").mkdir(exist_ok=True)
-    write_json_atomic(out / PLAN_FILE, {"fingerprint": fingerprint,
-                                        "shards": [s["name"] for s in shards]})
+    write_json_atomic(out / PLAN_FILE, {"fingerprint": fingerprint, "shards": shards})
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
     _drop_stale(out, shards, log)
     done = {s["name"] for s in shards if (out / "colonies" / f"{s['name']}.parquet").is_file()}
     todo = [s for s in shards if s["name"] not in done]
     log(f"ingest: {len(plan.images)} images in {len(shards)} shards "
         f"({len(done)} already done) from {plan.root} [{plan.layout}, labels: {plan.label_mode}"
+        f"{' ' + plan.label_format if plan.label_format else ''}"
         f"{', SYNTHETIC' if plan.synthetic else ''}] -> {out}")
     if todo:
-        # checked here too: a file the driver cannot read is rejected whatever the workers see
-        work = [{"name": s["name"], "tasks": [
-            {**plan.task(rel), "unreadable": unreadable_reason(plan.root / rel)}
-            for rel in s["images"]]} for s in todo]
-        n_images, n_done = sum(len(s["images"]) for s in todo), 0
-        size = {s["name"]: len(s["images"]) for s in todo}
-        for r in _pipeline(cfg, plan.root, out, work).iter_rows():
-            n_done += size[r["shard"]]
-            log(f"ingest: {n_done}/{n_images} images, shard {r['shard']} written "
-                f"({r['n_colonies']} colonies, {r['n_rejected']} rejected)")
+        _run(cfg, plan, out, todo, log, progress)
     manifest = _summarise(out, plan, fingerprint, cfg, shards, time.time() - t0)
-    log(f"ingest: done, {manifest['n_colonies']} colonies, classes {manifest['classes']}, "
-        f"{manifest['multi_label']} multi-label, {manifest['unlabeled']} unlabeled, "
-        f"{len(manifest['rejected'])} rejected, {time.time() - t0:.1f}s")
+    _report(manifest, log, time.time() - t0)
     return manifest
+
+
+def _report(m: dict, log: Callable, seconds: float) -> None:
+    px = m["pixel_size"]
+    if px["fallback_images"]:
+        log(f"ingest: WARNING {px['fallback_images']} of {m['n_images']} images carry no pixel "
+            f"size (OME/ImageJ/TIFF tags): used segmentation.pixel_size_um="
+            f"{px['fallback_um']} for them; set it to your microscope's value if that is wrong")
+    boxes = m["labelled_boxes"]
+    if boxes["listed"]:
+        log(f"ingest: labelled boxes: {boxes['kept']} kept (masks {boxes['mask_source']}), "
+            f"{boxes['duplicates']} duplicates kept once, {len(m['clipped'])} clipped by more "
+            f"than a pixel or two, {boxes['rejected']} rejected (manifest.json lists each)")
+    if m["warnings"]:
+        log(f"ingest: {len(m['warnings'])} warnings in manifest.json, e.g. "
+            f"{m['warnings'][0]['path']}: {m['warnings'][0]['warning']}")
+    rate = m["n_colonies"] / max(seconds, 1e-9)
+    log(f"ingest: done, {m['n_colonies']} colonies ({rate:.0f} rows/s), classes {m['classes']}, "
+        f"{m['multi_label']} multi-label, {m['unlabeled']} unlabeled, "
+        f"{len(m['rejected'])} rejected, {seconds:.1f}s")

@@ -13,15 +13,18 @@ morphology/labelling, plus what real images need: a well mask for whole-well ima
 outside a circular well) and a watershed cut of merged colonies.
 
 Grey levels: rank entropy works on 8 bits. 8-bit input is used as is. 16-bit input is shifted
-right to its effective bit depth (the smallest k >= 8 with max < 2**k, then >> (k - 8)): linear,
-no clipping of bright debris rims, and an 8-bit image stored as 16-bit (v * 257) gives back
-exactly v. Float input in [0, 1] is scaled by 255; other floats are min-max stretched.
+to 8 bits from its effective bit depth k (max < 2**k): right by k - 8 (linear, no clipping of
+bright debris rims; an 8-bit image stored as 16-bit, v * 257, gives back exactly v), or, for a
+16-bit file holding fewer than 8 bits of data, left by 8 - k, so 4-bit data in a 16-bit file
+segment like the same levels spread over 8 bits (the 3x3 blur would otherwise round them
+away). Float input in [0, 1] is scaled by 255; other floats are min-max stretched.
+
+`box_mask` makes the mask of a labelled box the segmentation missed: Otsu of the same entropy
+image inside the box, else the whole box (ingest records which in `mask_source`).
 """
 from __future__ import annotations
 
 import csv
-import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,7 @@ class Segmentation:
     colonies: list[dict]              # id, x0, y0, x1 (exclusive), y1, area, border
     well: np.ndarray | None = None    # bool HxW well interior, None without a well mask
     info: dict[str, Any] = field(default_factory=dict)
+    entropy: np.ndarray | None = None  # float32 HxW local entropy (before thresholding)
 
 
 def to_gray(image: np.ndarray) -> np.ndarray:
@@ -79,8 +83,9 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     if g.dtype == np.uint8:
         return g
     if g.dtype == np.uint16:
-        top = int(g.max())
-        bits = max(8, top.bit_length())
+        bits = max(1, int(g.max()).bit_length())
+        if bits < 8:
+            return (g << (8 - bits)).astype(np.uint8)
         return (g >> (bits - 8)).astype(np.uint8)
     g = g.astype(np.float64)
     if not np.isfinite(g).all():
@@ -204,12 +209,17 @@ def detect_well(g8: np.ndarray, cfg: SegmentationConfig) -> np.ndarray | None:
     return inside.view(bool)
 
 
+def entropy_image(g8: np.ndarray, cfg: SegmentationConfig) -> np.ndarray:
+    """Local entropy of the blurred 8-bit image (float32), the texture every mask starts from."""
+    p = pixel_params(cfg)
+    return local_entropy(_blur(g8, p["blur"]), p["entropy_r"])
+
+
 def colony_mask(g8: np.ndarray, cfg: SegmentationConfig, well: np.ndarray | None,
-                info: dict) -> np.ndarray:
+                info: dict, ent: np.ndarray | None = None) -> np.ndarray:
     """uint8 0/1 mask after threshold, opening and hole filling (small objects still in)."""
     p = pixel_params(cfg)
-    b = _blur(g8, p["blur"])
-    ent = local_entropy(b, p["entropy_r"])
+    ent = entropy_image(g8, cfg) if ent is None else ent
     inside = None if well is None else np.asarray(well, bool).view(np.uint8)
     kern = _disk(p["open_r"]) if p["open_r"] else None
     if cfg.order == "code":
@@ -256,6 +266,12 @@ def _split_object(obj: np.ndarray, min_area: int) -> np.ndarray | None:
         np.maximum(m, 0, out=m)
         m = np.where((m == 0) & inside, cv2.dilate(m.astype(np.float32), np.ones((3, 3))), m)
         pieces = m.astype(np.int32)
+        gap = inside & (pieces == 0)
+        if gap.any():
+            # pixels still unassigned (a wide line) go to the nearest piece: left alone they
+            # kept the object's id outside its piece's box
+            _, (iy, ix) = ndi.distance_transform_edt(pieces == 0, return_indices=True)
+            pieces[gap] = pieces[iy[gap], ix[gap]]
         areas = np.bincount(pieces.ravel(), minlength=n)[1:n]
         if areas.min() >= min_area:
             return pieces
@@ -277,7 +293,8 @@ def segment(image: np.ndarray, cfg: SegmentationConfig | None = None) -> Segment
                             "opening_radius_px": p["open_r"], "min_area_px": p["min_area"]}
     well = detect_well(g8, cfg)
     info["well"] = well is not None
-    m = colony_mask(g8, cfg, well, info)
+    ent = entropy_image(g8, cfg)
+    m = colony_mask(g8, cfg, well, info, ent)
     # labels, then areas and boxes of the kept objects only: OpenCV's stats of all (mostly
     # tiny) components cost ~3x the labelling
     n, lab = cv2.connectedComponents(m, connectivity=8, ltype=cv2.CV_32S)
@@ -317,7 +334,30 @@ def segment(image: np.ndarray, cfg: SegmentationConfig | None = None) -> Segment
                               sl[0].stop - sl[0].start, int(areas[piece]))
     info.update(n_objects=next_id - 1, n_merged_split=n_split, n_split_pieces=n_pieces)
     colonies = _colonies(labels, boxes, well, cfg.pad_px)
-    return Segmentation(mask=labels > 0, labels=labels, colonies=colonies, well=well, info=info)
+    return Segmentation(mask=labels > 0, labels=labels, colonies=colonies, well=well, info=info,
+                        entropy=ent)
+
+
+def box_mask(entropy: np.ndarray, min_cover: float) -> tuple[np.ndarray, str]:
+    """(bool mask, how) for one labelled box from its crop of the entropy image: Otsu inside
+    the box, holes filled, the component under the box centre (else the largest) -> 'box_local';
+    when that covers less than `min_cover` of the box or nearly all of it (no background to
+    separate from), the whole box -> 'box'."""
+    h, w = entropy.shape
+    full = np.ones((h, w), bool)
+    if h < 3 or w < 3 or float(entropy.max()) <= float(entropy.min()):
+        return full, "box"
+    m = _fill_holes(np.greater(entropy, otsu_threshold(entropy)).view(np.uint8))
+    n, lab = cv2.connectedComponents(m, connectivity=8, ltype=cv2.CV_32S)
+    if n <= 1:
+        return full, "box"
+    centre = lab[h // 2, w // 2]
+    keep = centre if centre else 1 + int(np.argmax(np.bincount(lab.ravel(), minlength=n)[1:]))
+    obj = lab == keep
+    cover = obj.mean()
+    if cover < min_cover or cover > 0.98:
+        return full, "box"
+    return obj, "box_local"
 
 
 def _colonies(labels: np.ndarray, boxes: dict[int, tuple], well: np.ndarray | None,
@@ -376,5 +416,6 @@ def segment_files(images: list[str], out: str | Path, cfg: SegmentationConfig) -
 
 
 __all__ = ["Segmentation", "to_gray", "to_uint8", "pixel_params", "reference_segment",
-           "segment", "detect_well", "colony_mask", "otsu_threshold", "mask_iou",
+           "segment", "detect_well", "colony_mask", "entropy_image", "box_mask",
+           "otsu_threshold", "mask_iou",
            "segment_files"]

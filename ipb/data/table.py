@@ -4,6 +4,10 @@
 
 One row per colony. Crops keep their bit depth (PNG, 8- or 16-bit grey), masks are 8-bit PNG
 (0/255). Everything downstream (splits, patches, training) reads only this table.
+
+TABLE_FORMAT names the schema; it changes whenever rows of the same inputs would change (a
+cache keyed on it is rebuilt). Format 2 added `mask_source`, `pixel_size_um`, `area_um2`;
+`load_colonies` fills them for format-1 tables (segmented, the manifest's pixel size).
 """
 from __future__ import annotations
 
@@ -33,7 +37,11 @@ SCHEMA = pa.schema([
     ("crop", pa.binary()),            # PNG bytes, grey, bit depth kept
     ("mask", pa.binary()),            # PNG bytes, uint8 0/255
     ("synthetic", pa.bool_()),
+    ("mask_source", pa.string()),     # segmented | box_local | box | polygon | rle
+    ("pixel_size_um", pa.float32()),  # from the image's metadata, else the config's
+    ("area_um2", pa.float64()),       # area * pixel_size_um ** 2
 ])
+TABLE_FORMAT = "ipb-colony-table/2"
 COLUMNS = SCHEMA.names
 META_COLUMNS = [c for c in COLUMNS if c not in ("crop", "mask")]
 
@@ -130,10 +138,35 @@ def load_colonies(table: str | os.PathLike, columns: Iterable[str] | None = None
     if not files:
         raise TableError(f"{table}: no Parquet shards under colonies/; run `ipb ingest` first")
     cols = list(columns) if columns is not None else None
-    df = pq.ParquetDataset(files, filesystem=fs).read(columns=cols).to_pandas()
+    dataset = pq.ParquetDataset(files, filesystem=fs)
+    have = set(dataset.schema.names)
+    absent = [c for c in (cols if cols is not None else COLUMNS) if c not in have]
+    read = None if cols is None else [c for c in cols if c in have]
+    if read is not None and "area_um2" in absent and "area" not in read:
+        read.append("area")
+    df = dataset.read(columns=read).to_pandas()
+    if absent:
+        _fill_format1(df, absent, table)
     if "colony_id" in df.columns:
         df = df.sort_values("colony_id", kind="stable").reset_index(drop=True)
-    return df
+    return df[cols] if cols is not None else df
+
+
+def _fill_format1(df, absent: list[str], table) -> None:
+    """Columns a format-1 table lacks: every mask was segmented, one pixel size for all."""
+    unknown = [c for c in absent if c not in ("mask_source", "pixel_size_um", "area_um2")]
+    if unknown:
+        raise TableError(f"{table}: columns {unknown} are not in this colony table")
+    try:
+        px = float(read_manifest(table)["config"]["segmentation"]["pixel_size_um"])
+    except (TableError, KeyError, TypeError, ValueError):
+        px = float("nan")
+    if "mask_source" in absent:
+        df["mask_source"] = "segmented"
+    if "pixel_size_um" in absent:
+        df["pixel_size_um"] = np.float32(px)
+    if "area_um2" in absent:
+        df["area_um2"] = df["area"].to_numpy(np.float64) * px ** 2
 
 
 def class_names(table: str | os.PathLike) -> list[str]:
