@@ -174,6 +174,9 @@ class SweepConfig:
     archs: tuple[str, ...] = ()       # empty = every arch of the sweep script
     limit: int = 0                    # >0: only the first N configurations (quick checks)
     fractions: tuple[float, ...] = ()  # empty = the paper's labeled fractions
+    # Optuna study of sweeps/search.py: a SQLAlchemy URL (postgresql://...) or a journal file on
+    # a file system every node shares; empty = SQLite in train.storage (a local path only)
+    study_storage: str = ""
 
 
 @dataclass(frozen=True)
@@ -412,8 +415,20 @@ def from_dict(d: dict[str, Any]) -> Config:
     return apply(Config(), {k: v for k, v in flatten(d).items()})
 
 
+def is_uri(p: str | os.PathLike) -> bool:
+    """s3://bucket/x, gs://..., file://..., postgresql://...: a location with a scheme."""
+    return "://" in str(p)
+
+
 def expand_path(p: str) -> Path:
+    """A local path with ~ and $VARS expanded (not for URIs: see `expand_location`)."""
     return Path(os.path.expandvars(os.path.expanduser(p)))
+
+
+def expand_location(p: str) -> str:
+    """A URI as given (s3://bucket/prefix, with any ?endpoint_override=... query), else the
+    absolute local path: Path() would turn s3://b/x into s3:/b/x."""
+    return str(p) if is_uri(p) else str(expand_path(p).absolute())
 
 
 # -- value ranges (issue 13) ------------------------------------------------------------------

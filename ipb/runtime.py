@@ -1,10 +1,20 @@
-"""Ray start-up shared by the CLI, sweeps and tests: never joins a stray cluster by accident.
+"""Where runs live: Ray start-up (never a stray cluster by accident) and storage every node reaches.
 
     python -c "from ipb.runtime import init_ray; init_ray()"
+
+`train.storage` (Ray Train checkpoints, Tune results) is a URI (s3://bucket/prefix, gs://...,
+with pyarrow's query options such as ?endpoint_override=host:port&scheme=http for an
+S3-compatible server) or a path. On one node any path works; with more than one node alive a
+path must be on a file system every node mounts, which `check_storage` verifies before a run
+starts. The Optuna study lives where `sweep.study_storage` says (`study_storage`).
 """
 from __future__ import annotations
 
 import os
+import uuid
+from pathlib import Path
+
+from ipb.config import Config, ConfigError, expand_location, expand_path, is_uri
 
 # Ray Train settings for an embedded single-machine Ray (a user's own value wins). Measured on
 # 2 cores: a trial's start-up and end cost 4-5 s less (benchmarks/sweep.py).
@@ -56,3 +66,92 @@ def start_local(ray, attempts: int = 3, **kw):
             ray.shutdown()
             print(f"Ray start-up timed out (attempt {attempt}/{attempts}), retrying",
                   flush=True)
+
+
+# -- storage ---------------------------------------------------------------------------------
+
+def storage_join(location: str, *parts: str) -> str:
+    """`location`/parts, keeping a URI's query: s3://b/x?endpoint_override=H -> s3://b/x/t?..."""
+    if not is_uri(location):
+        return str(Path(location, *parts))
+    base, sep, query = location.partition("?")
+    return "/".join([base.rstrip("/"), *parts]) + sep + query
+
+
+def train_storage(cfg: Config) -> str:
+    """`train.storage` for Ray Train / Tune: a URI as given, else the absolute local path."""
+    return expand_location(cfg.train.storage)
+
+
+def _local_path(location: str) -> str | None:
+    """The directory a storage location names on this node's file system; None for object
+    storage (s3://, gs://, ...), which every node reaches over the network."""
+    if not is_uri(location):
+        return location
+    if location.startswith("file://"):
+        return location[len("file://"):].partition("?")[0]
+    return None
+
+
+def _sees(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def check_storage(cfg: Config, timeout: float = 120) -> str:
+    """`train_storage(cfg)`, after checking that every alive node reaches it: with more than one
+    node, a local path must be the same directory on all of them (a marker written here has to
+    be seen by a task on each node). Raises ConfigError naming `train.storage` otherwise."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    location = train_storage(cfg)
+    path = _local_path(location)
+    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    if path is None or len(nodes) < 2:
+        return location
+    marker = Path(path, f".ipb-shared-{uuid.uuid4().hex}")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    sees = ray.remote(num_cpus=0, max_retries=0)(_sees)
+    try:
+        seen = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node, soft=False)).remote(str(marker)) for node in nodes], timeout=timeout)
+    finally:
+        marker.unlink(missing_ok=True)
+    blind = [n for n, ok in zip(nodes, seen) if not ok]
+    if blind:
+        raise ConfigError(
+            f"train.storage={cfg.train.storage!r} is a directory that {len(blind)} of the "
+            f"{len(nodes)} nodes of this Ray cluster cannot see (node {', '.join(blind)}); Ray "
+            "Train workers and Tune trials on every node write checkpoints and results there. "
+            "Set train.storage to object storage (train.storage=s3://BUCKET/PREFIX or "
+            "gs://BUCKET/PREFIX) or to a directory on a file system every node mounts (NFS, "
+            "EFS, Filestore); see cluster/README.md")
+    return location
+
+
+def study_storage(cfg: Config):
+    """(Optuna storage, description) for `sweep.study_storage`: a SQLAlchemy URL (sqlite:///,
+    postgresql://...) -> RDBStorage; a file path -> a journal file (JournalStorage), which works
+    on a shared file system; empty -> SQLite in `train.storage` when that is a local path."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    where = cfg.sweep.study_storage
+    if not where:
+        path = _local_path(train_storage(cfg))
+        if path is None:
+            raise ConfigError(
+                f"sweep.study_storage is empty and train.storage={cfg.train.storage!r} is "
+                "object storage, where an SQLite study cannot live. Set sweep.study_storage to "
+                "a database URL (postgresql://USER:PASSWORD@HOST:5432/optuna, any SQLAlchemy "
+                "URL) or a journal file on a file system every node mounts "
+                "(/mnt/shared/ipb/optuna.journal); see cluster/README.md")
+        where = f"sqlite:///{Path(path, 'optuna.db')}"
+    if is_uri(where):
+        if where.startswith("sqlite:///"):
+            Path(where[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.RDBStorage(where), where
+    journal = expand_path(where)
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(JournalFileBackend(str(journal))), f"journal {journal}"

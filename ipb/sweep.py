@@ -59,24 +59,26 @@ def expand(base: Config, configurations: list[dict[str, Any]]) -> list[Trial]:
 
 
 def trial_driver(config: dict[str, Any]) -> None:
-    """One Tune trial: a TorchTrainer fit that reports every epoch to Tune."""
+    """One Tune trial: a TorchTrainer fit that reports every epoch to Tune, on the sweep's
+    table as put in the object store once for all trials (`ipb.train.shared_table`)."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from ipb.train import fit
+    from ipb.train import fit, table_data
     # MLflow prints a "View run at http://..." link per run against a server; in a sweep that
     # is a line per trial, and the local server's port is gone when the sweep ends
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     spec = config["trial"]
     cfg = from_dict(spec["cfg"])
-    out = fit(cfg, table=config["table"], parent_run_id=config["parent_run_id"],
+    out = fit(cfg, data=table_data(config["data"]), parent_run_id=config["parent_run_id"],
               sweep=config["sweep"], experiment=config["experiment"],
               callbacks=[TuneReportCallback()], extra_tags={"ipb.config_label": spec["label"]})
     tune.report({"test.tpr.mean": out["metrics"]["test.tpr.mean"], "done": 1.0})
 
 
 def _tune_storage(cfg: Config) -> str:
-    return str(expand_path(cfg.train.storage) / "tune")
+    from ipb.runtime import storage_join, train_storage
+    return storage_join(train_storage(cfg), "tune")
 
 
 def run_grid(kind: str, base: Config, configurations: list[dict[str, Any]], *,
@@ -86,16 +88,18 @@ def run_grid(kind: str, base: Config, configurations: list[dict[str, Any]], *,
 
     from ipb import tracking
     from ipb.pipeline import resolve_table
-    from ipb.runtime import init_ray
+    from ipb.runtime import check_storage, init_ray
+    from ipb.train import shared_table
 
     trials = expand(base, configurations)
     init_ray(quiet=not progress)
+    check_storage(base)
     table = table or resolve_table(base)
     experiment = base.tracking.experiment or f"ipb-{kind}"
     sweep_hash = config_hash({"kind": kind, "trials": sorted(t.hash for t in trials)})
     log = (lambda s: print(f"[sweep {kind}] {s}", file=sys.stderr, flush=True)) if progress \
         else (lambda s: None)
-    with tracking.writers(base, base.sweep.max_concurrent) as uri:
+    with tracking.writers(base, base.sweep.max_concurrent) as uri, shared_table(table) as data:
         cfg_uri = apply(base, {"tracking.uri": uri})
         trials = [Trial(t.label, apply(t.cfg, {"tracking.uri": uri}), t.hash) for t in trials]
         parent = tracking.sweep_parent_run(cfg_uri, experiment, kind, sweep_hash, table)
@@ -111,7 +115,7 @@ def run_grid(kind: str, base: Config, configurations: list[dict[str, Any]], *,
                 # CPUs/GPUs their workers ask for (a bundle must not be empty: memory it is)
                 tune.with_resources(trial_driver, {"CPU": 0, "memory": 256 * 2**20}),
                 param_space={"trial": tune.grid_search([t.spec() for t in todo]),
-                             "table": str(table), "parent_run_id": parent, "sweep": kind,
+                             "data": data, "parent_run_id": parent, "sweep": kind,
                              "experiment": experiment},
                 tune_config=tune.TuneConfig(max_concurrent_trials=base.sweep.max_concurrent,
                                             trial_dirname_creator=lambda t: t.trial_id),
@@ -211,7 +215,7 @@ def apply_suggestion(base: Config, params: dict[str, Any]) -> Config:
     return apply(cfg, {"patch.size": side(base.patch.size), "patch.ms_size": side(base.patch.ms_size)})
 
 
-SEARCH_FIXED_KEYS = ("base", "table", "parent_run_id", "experiment")
+SEARCH_FIXED_KEYS = ("base", "data", "parent_run_id", "experiment")
 
 
 def search_driver(config: dict[str, Any]) -> None:
@@ -220,12 +224,13 @@ def search_driver(config: dict[str, Any]) -> None:
     from ray import tune
 
     from ipb import tracking
-    from ipb.train import fit
+    from ipb.train import fit, table_data
     base = from_dict(config["base"])
     # OptunaSearch puts the sampled values next to the fixed keys of the param space
     params = {k: v for k, v in config.items() if k not in SEARCH_FIXED_KEYS}
     cfg = apply_suggestion(base, params)
     done = tracking.finished_trials(cfg, config["experiment"], metric="best.val.tpr.mean")
+    data = table_data(config["data"])
     scores = []
     for k, fold in enumerate(base.sweep.folds):
         c = apply(cfg, {"train.fold": fold})
@@ -233,8 +238,8 @@ def search_driver(config: dict[str, Any]) -> None:
         if h in done:                   # resumed search: this fold already ran
             scores.append(done[h])
         else:
-            out = fit(c, table=config["table"], parent_run_id=config["parent_run_id"],
-                      sweep="search", experiment=config["experiment"],
+            out = fit(c, data=data, parent_run_id=config["parent_run_id"], sweep="search",
+                      experiment=config["experiment"],
                       extra_tags={"ipb.config_label": configuration_label(c) + " " +
                                   config_hash(params)[:6]})
             scores.append(out["metrics"]["best.val.tpr.mean"])
@@ -244,7 +249,7 @@ def search_driver(config: dict[str, Any]) -> None:
 def run_search(base: Config, space: Callable, *, table: Path | None = None,
                progress: bool = True) -> dict[str, Any]:
     """OptunaSearch (define-by-run `space`), ConcurrencyLimiter and ASHA; the study lives in
-    an SQLite file next to the Tune results, so re-running continues the same study."""
+    `sweep.study_storage` (default: SQLite in train.storage), so re-running continues it."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -253,25 +258,25 @@ def run_search(base: Config, space: Callable, *, table: Path | None = None,
 
     from ipb import tracking
     from ipb.pipeline import resolve_table
-    from ipb.runtime import init_ray
+    from ipb.runtime import check_storage, init_ray, study_storage
+    from ipb.train import shared_table
 
     init_ray(quiet=not progress)
+    check_storage(base)
     table = table or resolve_table(base)
     experiment = base.tracking.experiment or "ipb-search"
     study = "search-" + config_hash({k: v for k, v in to_dict(base).items()
                                      if k not in ("tracking", "sweep")})[:10]
-    study_db = expand_path(base.train.storage) / "optuna.db"
-    study_db.parent.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{study_db}")
+    storage, where = study_storage(base)
     n_done = sum(t.state.is_finished() for t in optuna.load_study(
         study_name=study, storage=storage).trials) if study in [
         s.study_name for s in optuna.get_all_study_summaries(storage)] else 0
     remaining = max(0, base.sweep.num_samples - n_done)
-    with tracking.writers(base, base.sweep.max_concurrent) as uri:
+    with tracking.writers(base, base.sweep.max_concurrent) as uri, shared_table(table) as data:
         cfg_uri = apply(base, {"tracking.uri": uri})
         parent = tracking.sweep_parent_run(cfg_uri, experiment, "search", study, table)
         if progress:
-            print(f"[sweep search] study {study} in {study_db}: {n_done} trials done, "
+            print(f"[sweep search] study {study} in {where}: {n_done} trials done, "
                   f"{remaining} to run; MLflow {uri}, parent run {parent}", file=sys.stderr)
         if remaining:
             searcher = ConcurrencyLimiter(
@@ -280,7 +285,7 @@ def run_search(base: Config, space: Callable, *, table: Path | None = None,
                 max_concurrent=base.sweep.max_concurrent)
             tune.Tuner(
                 tune.with_resources(search_driver, {"CPU": 0, "memory": 256 * 2**20}),
-                param_space={"base": to_dict(cfg_uri), "table": str(table),
+                param_space={"base": to_dict(cfg_uri), "data": data,
                              "parent_run_id": parent, "experiment": experiment},
                 tune_config=tune.TuneConfig(
                     search_alg=searcher, num_samples=remaining,

@@ -2,23 +2,27 @@
 
     ipb train --method ipb --arch ms_hrnet_w18 --fold 0 [--table TABLE] [--profile smoke] [k=v ...]
 
-The driver splits the colony table (fold, labeled fraction) and puts each part in the Ray
-object store once; every worker takes its shard (unlabeled / val / test by rank, labeled whole)
-and runs `ipb.engine.run_trial` under DDP (gloo on CPU, NCCL on GPU). Rank 0 checkpoints every
-epoch; `FailureConfig(max_failures)` restarts a crashed worker group from the last checkpoint,
-and so does re-running the same command (same `train.storage` / run name).
+The colony table goes into the Ray object store once (`put_table`; a sweep does it once for
+all its trials) as an Arrow table; the driver splits it (fold, labeled fraction) into row
+indices, and every worker reads its shard's rows out of that one copy (unlabeled / val / test by
+rank, labeled whole) and runs `ipb.engine.run_trial` under DDP (gloo on CPU, NCCL on GPU). Rank
+0 checkpoints every epoch to `train.storage` (a path, or s3:// / gs:// that every node reaches);
+`FailureConfig(max_failures)` restarts a crashed worker group from the last checkpoint, and so
+does re-running the same command (same `train.storage` / run name).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
-from ipb.config import Config, config_hash, expand_path, from_dict, to_dict
+from ipb.config import Config, config_hash, from_dict, to_dict
 
 STATE_FILE = "state.pt"
 RESULT_FILE = "result.json"
@@ -29,10 +33,13 @@ SHARDED = ("unlabeled", "val", "test")    # split over workers; labeled goes who
 
 
 def shard(rows, part: str, rank: int, world: int):
-    """This worker's rows of a part: every world-th row from its rank on (all ranks together
-    cover every row once, so val/test metrics summed over ranks see each colony exactly once)."""
+    """This worker's rows (a DataFrame or row indices) of a part: every world-th row from its
+    rank on (all ranks together cover every row once, so val/test metrics summed over ranks
+    see each colony exactly once)."""
     if part not in SHARDED or world == 1:
         return rows
+    if not hasattr(rows, "iloc"):
+        return rows[rank::world]
     return rows.iloc[rank::world].reset_index(drop=True)
 
 
@@ -57,8 +64,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
     torch.set_num_threads(max(1, cfg.train.cpus_per_worker))
     size = patch_size(cfg)
-    parts = {name: Part.from_rows(shard(ray.get(ref), name, rank, world), classes, size)
-             for name, ref in config["parts"].items()}
+    # zero-copy: an Arrow table from the object store maps its buffers, so each worker
+    # decodes only the rows of its shard
+    table = ray.get(config["parts"]["rows"])
+    parts = {name: Part.from_rows(table.take(shard(index, name, rank, world)).to_pandas(),
+                                  classes, size)
+             for name, index in config["parts"]["index"].items()}
+    del table
     resume = None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
@@ -123,26 +135,73 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report(final)
 
 
-def prepare_parts(cfg: Config, table: Path | str):
-    """Split the table for (fold, seed) and put each part in the object store (ObjectRefs).
+ROW_COLUMNS = ["colony_id", "label", "multi_label", "source", "group", "crop", "mask"]
+SPLIT_COLUMNS = ["colony_id", "label", "multi_label", "source", "group"]
 
-    The driver reads the table once with pyarrow; workers `ray.get` their part and slice their
-    shard. Not Ray Data: its datasets cost every trial a DatasetManager actor, a stats actor's
-    work and a streaming executor in each worker (~6 CPU-s a trial on 2 cores,
-    benchmarks/sweep.py), and read tasks could starve behind workers holding every CPU. The
-    table (PNG crops) is small next to the decoded patches, so one copy per part is cheap."""
+
+def put_table(table: Path | str) -> dict[str, Any]:
+    """Read the colony table once and put it in the Ray object store: {"table": location,
+    "manifest", "meta": the split's columns (a DataFrame, small), "rows": ObjectRef of an Arrow
+    table of every column the workers read, in meta's row order}. A sweep shares one for all
+    its trials (`shared_table`), so the object store holds one copy whatever
+    `sweep.max_concurrent` is. Not Ray Data: its datasets cost every trial a DatasetManager
+    actor, a stats actor's work and a streaming executor in each worker (~6 CPU-s a trial on 2
+    cores, benchmarks/sweep.py), and read tasks could starve behind workers holding every CPU."""
+    import pyarrow as pa
     import ray
 
-    from ipb.data.splits import make_split
     from ipb.data.table import load_colonies, read_manifest
 
     manifest = read_manifest(table)
-    rows = load_colonies(table, columns=["colony_id", "label", "multi_label", "source", "group",
-                                         "crop", "mask"])
-    split = make_split(rows, cfg.split, fold=cfg.train.fold, multi_label=cfg.method.multi_label)
-    parts = {part: ray.put(rows.iloc[getattr(split, part)].reset_index(drop=True))
-             for part in ("labeled", "val", "test", "unlabeled")}
-    return parts, split, manifest
+    rows = load_colonies(table, columns=ROW_COLUMNS)
+    ref = ray.put(pa.Table.from_pandas(rows, preserve_index=False))
+    return {"table": str(table), "manifest": manifest, "meta": rows[SPLIT_COLUMNS], "rows": ref}
+
+
+class _TableHolder:
+    """Holds a sweep's `put_table` for its trials (an actor: see `shared_table`)."""
+
+    def __init__(self, data: dict[str, Any]):
+        self.data = data
+
+    def get(self) -> dict[str, Any]:
+        return self.data
+
+
+@contextlib.contextmanager
+def shared_table(table: Path | str):
+    """The table in the object store once for every trial of a sweep, freed on exit. Yields
+    the name under which trials find it (`table_data`). The reference is held by a named
+    actor on this node: a reference handed to Tune itself (with_parameters, the param space)
+    is pickled out of band, which pins the object until this process exits."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    name = f"ipb-table-{uuid.uuid4().hex[:12]}"
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    holder = ray.remote(_TableHolder).options(name=name, num_cpus=0, scheduling_strategy=here
+                                              ).remote(put_table(table))
+    try:
+        yield name
+    finally:
+        ray.kill(holder)
+
+
+def table_data(name: str) -> dict[str, Any]:
+    """The `put_table` dict that `shared_table` published under `name`."""
+    import ray
+    return ray.get(ray.get_actor(name).get.remote())
+
+
+def prepare_parts(cfg: Config, data: dict[str, Any]):
+    """Split the table of `put_table` for (fold, seed): row indices per part, and the ref of
+    the rows they index (the workers take their rows from it)."""
+    from ipb.data.splits import make_split
+
+    split = make_split(data["meta"], cfg.split, fold=cfg.train.fold,
+                       multi_label=cfg.method.multi_label)
+    index = {part: getattr(split, part) for part in ("labeled", "val", "test", "unlabeled")}
+    return {"rows": data["rows"], "index": index}, split, data["manifest"]
 
 
 def run_name(cfg: Config) -> str:
@@ -150,28 +209,33 @@ def run_name(cfg: Config) -> str:
             f"{config_hash(cfg)[:8]}")
 
 
-def fit(cfg: Config, table: Path | str | None = None, *, parent_run_id: str | None = None,
-        sweep: str = "", experiment: str | None = None, progress: bool = True,
-        fault: dict | None = None, callbacks: list | None = None,
+def fit(cfg: Config, table: Path | str | None = None, *, data: dict[str, Any] | None = None,
+        parent_run_id: str | None = None, sweep: str = "", experiment: str | None = None,
+        progress: bool = True, fault: dict | None = None, callbacks: list | None = None,
         extra_tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Train one (config, fold, seed) on Ray Train and log it as one MLflow run.
 
-    Returns {"run_id", "metrics", "result", "checkpoint"}. The MLflow run is FINISHED on success
-    and FAILED (with the error as a tag) on any exception, which is re-raised. `fault`
-    ({"rank", "epoch", "marker"}) kills that worker once at that epoch (tests of resume).
+    `data` is a sweep's `put_table` (its storage already checked); without it the table is
+    read and put here, after `check_storage`. Returns {"run_id", "metrics", "result",
+    "checkpoint"}. The MLflow run is FINISHED on success and FAILED (with the error as a tag)
+    on any exception, which is re-raised. `fault` ({"rank", "epoch", "marker"}) kills that
+    worker once at that epoch (tests of resume).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from ipb import tracking
     from ipb.pipeline import resolve_table
+    from ipb.runtime import check_storage, train_storage
 
-    table = table or resolve_table(cfg)       # a directory or a URI (s3://...): kept as given
-    parts, split, manifest = prepare_parts(cfg, table)
+    if data is None:
+        check_storage(cfg)
+        data = put_table(table or resolve_table(cfg))   # a directory or a URI: kept as given
+    parts, split, manifest = prepare_parts(cfg, data)
     name = run_name(cfg)
     uri = tracking.tracking_uri(cfg)
     run_id = tracking.start_trial_run(cfg, split, manifest, name=name, parent_run_id=parent_run_id,
-                                      sweep=sweep, experiment=experiment, table=str(table),
+                                      sweep=sweep, experiment=experiment, table=data["table"],
                                       extra_tags=extra_tags)
     if progress:
         print(f"[{name}] MLflow run {run_id} at {uri}; split " + "; ".join(
@@ -187,7 +251,7 @@ def fit(cfg: Config, table: Path | str | None = None, *, parent_run_id: str | No
             resources_per_worker={"CPU": cfg.train.cpus_per_worker,
                                   **({"GPU": cfg.train.gpus_per_worker} if cfg.train.use_gpu else {})}),
         run_config=ray.train.RunConfig(
-            name=name, storage_path=str(expand_path(cfg.train.storage)),
+            name=name, storage_path=train_storage(cfg),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             # Train's INFO lines (resources requested, every report's checkpoint path) would
