@@ -1,6 +1,7 @@
 """Ray Data ingest: raw microscopy -> colony table (Parquet shards + manifest.json).
 
     ipb ingest SOURCE --out TABLE [--labels CSV|VOC_DIR|COCO.json] [--layout wells|folders] [key=value ...]
+    ipb ingest SOURCE --out s3://BUCKET/tables/NAME ...     # TABLE in object storage (or gs://)
 
 plan (ipb.data.sources: images, labels, all input errors, before Ray) -> shards of up to
 `data.shard_size` images -> one Ray Data task per shard (map_batches on a pool of
@@ -11,11 +12,11 @@ same labels) and puts new or changed images into new shards, so a crash loses at
 shards in flight and adding an image re-does only that image. Bad files are listed in the
 manifest's `rejected`, never fatal; a TABLE made from other inputs or settings is refused,
 not overwritten. Progress: a tqdm bar (images, colonies, rate) on a terminal, else one line
-per shard.
+per shard. TABLE's files are written through `ipb.data.store.Store`, so TABLE may be a
+directory or a bucket URI, each write all or nothing.
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -25,12 +26,12 @@ from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ipb.config import Config
 from ipb.data.extract import extract_image, merge_info, new_info
 from ipb.data.sources import SourcePlan, plan_sources, unreadable_reason
-from ipb.data.table import SCHEMA, TABLE_FORMAT, write_json_atomic
+from ipb.data.store import Store
+from ipb.data.table import SCHEMA, TABLE_FORMAT
 
 PLAN_FILE = "ingest_plan.json"
 
@@ -72,11 +73,10 @@ def _sticky_shards(plan: SourcePlan, shard_size: int, previous: list[dict]) -> l
     return shards
 
 
-def _previous_plan(out: Path, fingerprint: dict) -> list[dict]:
+def _previous_plan(out: Store, fingerprint: dict) -> list[dict]:
     """The shards of TABLE's earlier plan (empty for a new TABLE); refuses another table."""
-    plan_file = out / PLAN_FILE
-    if plan_file.is_file():
-        old = json.loads(plan_file.read_text())
+    if out.exists(PLAN_FILE):
+        old = out.read_json(PLAN_FILE)
         if old.get("fingerprint") != fingerprint:
             was = old.get("fingerprint") or {}
             diff = sorted(k for k in set(was) | set(fingerprint)
@@ -85,22 +85,22 @@ def _previous_plan(out: Path, fingerprint: dict) -> list[dict]:
                 f"{out} holds a colony table made from other inputs/settings (differs in: "
                 f"{', '.join(diff)}); choose another --out or delete it yourself")
         return [s for s in old.get("shards", []) if isinstance(s, dict)]
-    if out.exists() and any(out.iterdir()):
+    if out.list():
         raise TableExistsError(f"{out} exists, is not empty and is not an ipb colony table; "
                                "choose another --out")
     return []
 
 
-def _drop_stale(out: Path, shards: list[dict], log: Callable) -> None:
+def _drop_stale(out: Store, shards: list[dict], log: Callable) -> None:
     """Shards of an earlier run whose images changed or went away (files added, edited or
     removed in SOURCE) would duplicate colonies next to their replacements: remove them."""
     keep = {s["name"] for s in shards}
-    for part in sorted((out / "colonies").glob("*.parquet*")):
-        name = part.name.split(".parquet")[0]
-        if name not in keep:
-            log(f"ingest: removing stale shard {part.name} (its images changed in SOURCE)")
-            part.unlink()
-            (out / "shards" / f"{name}.json").unlink(missing_ok=True)
+    for part in out.list("colonies"):
+        name = part.split(".parquet")[0]
+        if ".parquet" in part and name not in keep:
+            log(f"ingest: removing stale shard {part} (its images changed in SOURCE)")
+            out.delete("colonies", part)
+            out.delete("shards", f"{name}.json")
 
 
 def _colonies_of(path: Path, task: dict, cfg: Config) -> tuple[list, list, dict]:
@@ -123,7 +123,7 @@ def _colonies_of(path: Path, task: dict, cfg: Config) -> tuple[list, list, dict]
         return [], rejected, info
 
 
-def _make_udf(cfg: Config, root: Path, out: Path, todo: list[dict]) -> Callable:
+def _make_udf(cfg: Config, root: Path, out: Store, todo: list[dict]) -> Callable:
     """One task = one shard: read, decode, segment and cut its images, then write the shard
     itself. Only a few numbers travel back, so the driver does no per-image work and a
     second CPU goes to a second worker, not to unpickling crops and writing Parquet."""
@@ -149,25 +149,22 @@ def _make_udf(cfg: Config, root: Path, out: Path, todo: list[dict]) -> Callable:
     return process
 
 
-def _write_shard(out: Path, name: str, rows: list[dict], rejected: list[dict],
+def _write_shard(out: Store, name: str, rows: list[dict], rejected: list[dict],
                  info: dict) -> None:
     table = pa.Table.from_pylist(sorted(rows, key=lambda r: r["colony_id"]), schema=SCHEMA)
-    part = out / "colonies" / f"{name}.parquet"
-    tmp = part.with_suffix(".parquet.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    # sidecar first, then the rename that marks the shard done
-    write_json_atomic(out / "shards" / f"{name}.json",
-                      {"n_colonies": len(rows), "rejected": rejected, "info": info})
-    tmp.replace(part)
+    # sidecar first, then the shard itself, whose appearance marks the shard done
+    out.write_json({"n_colonies": len(rows), "rejected": rejected, "info": info},
+                   "shards", f"{name}.json")
+    out.write_parquet(table, "colonies", f"{name}.parquet", compression="zstd")
 
 
-def _count_labels(out: Path, shards: list[dict]) -> tuple[int, int, int, dict]:
+def _count_labels(out: Store, shards: list[dict]) -> tuple[int, int, int, dict]:
     import pyarrow.compute as pc
     classes: dict[str, int] = {}
     n = n_multi = n_unlabeled = 0
     for s in shards:
-        t = pq.read_table(out / "colonies" / f"{s['name']}.parquet",
-                          columns=["label", "multi_label"])
+        t = out.read_parquet("colonies", f"{s['name']}.parquet",
+                             columns=["label", "multi_label"])
         n += t.num_rows
         n_multi += int(pc.sum(t["multi_label"]).as_py() or 0)
         for lab, multi in zip(t["label"].to_pylist(), t["multi_label"].to_pylist()):
@@ -178,11 +175,11 @@ def _count_labels(out: Path, shards: list[dict]) -> tuple[int, int, int, dict]:
     return n, n_multi, n_unlabeled, dict(sorted(classes.items()))
 
 
-def _summarise(out: Path, plan: SourcePlan, fingerprint: dict, cfg: Config,
+def _summarise(out: Store, plan: SourcePlan, fingerprint: dict, cfg: Config,
                shards: list[dict], elapsed: float) -> dict:
     info, rejected = new_info(), list(plan.rejected)
     for s in shards:
-        side = json.loads((out / "shards" / f"{s['name']}.json").read_text())
+        side = out.read_json("shards", f"{s['name']}.json")
         rejected.extend(side["rejected"])
         merge_info(info, side["info"])
     n, n_multi, n_unlabeled, classes = _count_labels(out, shards)
@@ -208,14 +205,15 @@ def _summarise(out: Path, plan: SourcePlan, fingerprint: dict, cfg: Config,
         "config": {"segmentation": fingerprint["segmentation"], "data": asdict(cfg.data)},
         "shards": [s["name"] for s in shards], "ingest_seconds": round(elapsed, 1),
     }
-    write_json_atomic(out / "manifest.json", manifest)
+    out.write_json(manifest, "manifest.json")
     return manifest
 
 
-def _pipeline(cfg: Config, root: Path, out: Path, todo: list[dict]):
+def _pipeline(cfg: Config, root: Path, out: Store, todo: list[dict]):
     """Shards -> `data.ingest_workers` tasks at a time, one shard per task (a shard of 8
-    wells is seconds of segmentation, so Ray's per-task cost is noise). SOURCE and TABLE must
-    be visible to every node that runs a task: one machine, or a shared file system."""
+    wells is seconds of segmentation, so Ray's per-task cost is noise). SOURCE must be visible
+    to every node that runs a task (one machine, or a shared file system); TABLE too, unless it
+    is in object storage."""
     import ray
 
     items = [{"shard": s["name"]} for s in todo]
@@ -252,7 +250,7 @@ class _Progress:
             self.bar.close()
 
 
-def _run(cfg: Config, plan: SourcePlan, out: Path, todo: list[dict], log: Callable,
+def _run(cfg: Config, plan: SourcePlan, out: Store, todo: list[dict], log: Callable,
          progress: bool) -> None:
     # readability is checked here too: a file the driver cannot read is rejected whatever
     # the workers see
@@ -278,15 +276,16 @@ def ingest(source: str | Path, out: str | Path, cfg: Config, labels: str | None 
     when the caller checked the inputs before starting Ray."""
     t0 = time.time()
     plan = plan or plan_sources(source, labels, layout)   # input errors raise here, before work
-    out = Path(out).expanduser().resolve()
+    out = Store(out)         # a directory, or s3:// / gs:// (every write all or nothing)
     fingerprint = _fingerprint(plan, cfg)
     shards = _sticky_shards(plan, cfg.data.shard_size, _previous_plan(out, fingerprint))
-    (out / "colonies").mkdir(parents=True, exist_ok=True)
-    (out / "shards").mkdir(exist_ok=True)
-    write_json_atomic(out / PLAN_FILE, {"fingerprint": fingerprint, "shards": shards})
+    out.makedirs("colonies")
+    out.makedirs("shards")
+    out.write_json({"fingerprint": fingerprint, "shards": shards}, PLAN_FILE)
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
     _drop_stale(out, shards, log)
-    done = {s["name"] for s in shards if (out / "colonies" / f"{s['name']}.parquet").is_file()}
+    written = set(out.list("colonies"))
+    done = {s["name"] for s in shards if f"{s['name']}.parquet" in written}
     todo = [s for s in shards if s["name"] not in done]
     log(f"ingest: {len(plan.images)} images in {len(shards)} shards "
         f"({len(done)} already done) from {plan.root} [{plan.layout}, labels: {plan.label_mode}"
