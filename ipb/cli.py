@@ -69,6 +69,7 @@ def cmd_ingest(args) -> int:
     cfg = _config(args)
     # labels and images are checked before Ray starts: a bad label file fails in a second
     plan = plan_sources(args.source, args.labels, args.layout)
+    _reap_on_exit()
     init_ray(num_cpus=args.num_cpus)
     manifest = ingest(args.source, args.out, cfg, plan=plan)
     tag = " (SYNTHETIC)" if manifest["synthetic"] else ""
@@ -98,6 +99,12 @@ def cmd_splits(args) -> int:
     return 0
 
 
+def _reap_on_exit() -> None:
+    """Commands that start an embedded Ray leave no process behind, even after kill -9."""
+    from ipb.reaper import start
+    start()
+
+
 def _check_tracking(cfg) -> None:
     """An unreachable MLflow server fails here in seconds, not after Ray and minutes of retries."""
     from ipb.preflight import check_tracking_uri
@@ -114,6 +121,7 @@ def cmd_train(args) -> int:
                                "tracking.uri": args.tracking_uri}.items() if v is not None}
     cfg = _config(args, extra)
     _check_tracking(cfg)
+    _reap_on_exit()
     init_ray(quiet=False)
     out = fit(cfg)
     m = out["metrics"]
@@ -143,7 +151,9 @@ def cmd_predict(args) -> int:
     print(f"{out['n_images']} images, {out['n_colonies']} colonies ("
           + ", ".join(f"{c} {n}" for c, n in out["counts"].items())
           + f"), {out['n_skipped']} skipped, {out['seconds']:.1f}s -> {args.out}/colonies.csv, "
-          "counts.csv" + (", counts_over_time.png" if "counts_over_time" in out["files"] else ""))
+          "counts.csv" + (", counts_over_time.png" if "counts_over_time" in out["files"] else "")
+          + ", labels/*.ome.tif (napari, Fiji), geojson/*.geojson (QuPath)"
+          + (f"; {len(out['warnings'])} warning(s) in README.txt" if out["warnings"] else ""))
     if meta.get("synthetic"):
         print("NOTE: the model was trained on SYNTHETIC data.")
     return 0 if out["n_images"] else 1
@@ -165,6 +175,7 @@ def cmd_run(args) -> int:
     from ipb.pipeline import main_job
     cfg = _config(args)
     _check_tracking(cfg)
+    _reap_on_exit()
     return main_job(cfg)
 
 

@@ -213,12 +213,11 @@ def _rows(res: ImageResult, classes: list[str], first_id: int
           ) -> tuple[list[dict], list[dict], list[dict[int, int]]]:
     """colonies.csv rows (ids from `first_id`), counts.csv rows, and per frame the map
     segmentation instance -> row id (what the label image holds)."""
-    from ipb.data.sources import group_and_time
+    from ipb.data.sources import group_and_time, stem_of
     colony_rows, count_rows, ids = [], [], []
     next_id = first_id
     for fr in res.frames:
-        group, t = (str(Path(res.rel).with_suffix("")), fr.t) if fr.t is not None \
-            else group_and_time(res.rel)
+        group, t = (stem_of(res.rel), fr.t) if fr.t is not None else group_and_time(res.rel)
         pred = fr.probs.argmax(axis=1) if len(fr.probs) else np.zeros(0, np.int64)
         frame_ids = {}
         for c, p, j in zip(fr.seg.colonies, fr.probs, pred):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ipb.config import Config
+from ipb.data.sources import stem_of
 
 COLONY_FIELDS = ["id", "image", "time", "colony", "x0", "y0", "x1", "y1", "area", "area_um2",
                  "pixel_size_um", "border", "class"]
@@ -30,7 +31,7 @@ def output_names(rels: list[str]) -> dict[str, str]:
     used: set[str] = set()
     out = {}
     for rel in rels:
-        name = _SAFE.sub("_", str(Path(rel).with_suffix(""))).strip("_") or "image"
+        name = _SAFE.sub("_", stem_of(rel)).strip("_") or "image"
         while name in used:
             name += "_"
         used.add(name)
@@ -124,8 +125,8 @@ def write_outputs(out: Path, classes: list[str], colony_rows, count_rows, skippe
             f"{title}all {len(series)} series (sum)", fractions=True)
     lines = [f"ipb predict: model {meta['source']} ({meta['arch']}, width {meta['width']}, "
              f"patch {meta['patch_size']} px, classes {', '.join(classes)})",
-             f"{len(count_rows)} images/frames, {len(colony_rows)} colonies, {len(skipped)} skipped "
-             "(skipped.csv)",
+             f"{len(count_rows)} images/frames, {len(colony_rows)} colonies, {len(skipped)} "
+             "skipped (skipped.csv)",
              f"class = argmax of the softmax averaged over {k} patch(es) inside each colony mask",
              f"segmentation: {json.dumps(asdict(cfg.segmentation))} (pixel_size_um: the "
              f"image's own when it has one, data.pixel_size_from={cfg.data.pixel_size_from}; "

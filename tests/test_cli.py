@@ -37,3 +37,150 @@ def test_synth_cli_writes_synthetic_wells(tmp_path, capsys):
                  "synth.colonies_per_well=3"]) == 0
     assert "SYNTHETIC" in capsys.readouterr().out
     assert (out / "labels.csv").is_file() and (out / "SYNTHETIC.md").is_file()
+
+
+# ---------------------------------------------------------------- issue 13: bad input corpus
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fails the test if a command starts Ray: these errors must come before it."""
+    import ipb.runtime
+
+    def boom(*a, **k):
+        raise AssertionError("Ray was started before the input was checked")
+
+    monkeypatch.setattr(ipb.runtime, "init_ray", boom)
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_bad_labels_fail_before_ray(tmp_path, capsys, no_ray):
+    import time
+
+    import cv2
+    import numpy as np
+    src = tmp_path / "src"
+    src.mkdir()
+    cv2.imwrite(str(src / "a.png"), np.zeros((64, 64), np.uint8))
+    bad = tmp_path / "labels.csv"
+    bad.write_text("image,x0,y0,x1,label\na.png,1,1,9,A\n")
+    t0 = time.time()
+    assert main(["ingest", str(src), "--labels", str(bad), "--out", str(tmp_path / "T")]) == 2
+    err = _one_line_error(capsys)
+    assert "labels.csv" in err and "missing column(s) ['y1']" in err and time.time() - t0 < 5
+    assert not (tmp_path / "T").exists()
+    (tmp_path / "voc").mkdir()
+    (tmp_path / "voc" / "a.xml").write_text("<annotation><filename>a.png</filename><object>"
+                                            "<name>A</name></object></annotation>")
+    assert main(["ingest", str(src), "--labels", str(tmp_path / "voc"), "--out",
+                 str(tmp_path / "T")]) == 2
+    assert "a.xml object 1 (A): no <bndbox>" in _one_line_error(capsys)
+
+
+def test_malformed_yaml_and_out_of_range_values(tmp_path, capsys):
+    f = tmp_path / "mine.yaml"
+    f.write_text("train:\n  epochs: 3\n  lr: [0.1\nmodel: {arch: vgg19\n")
+    assert main(["config", "--profile", str(f)]) == 2
+    err = _one_line_error(capsys)
+    assert "mine.yaml" in err and "not valid YAML" in err and "line " in err
+    for item, allowed in [("train.lr=-0.1", "(0, inf)"), ("train.epochs=0", "[1, inf)"),
+                          ("patch.size=1", "[16, inf)"),
+                          ("split.labeled_fraction=1.5", "(0, 1]")]:
+        assert main(["config", item]) == 2
+        err = _one_line_error(capsys)
+        assert item.split("=")[0] in err and allowed in err
+    f.write_text("data:\n  box_min_cover: 2\n")
+    assert main(["config", "--profile", str(f)]) == 2
+    assert "data.box_min_cover" in _one_line_error(capsys)
+
+
+def test_splits_counts_are_not_doubled(tmp_path, capsys):
+    import re
+
+    from tiny import write_tiny_table
+    table = write_tiny_table(tmp_path / "t")
+    assert main(["splits", str(table), "--fold", "0", "split.folds=2"]) == 0
+    out = capsys.readouterr().out
+    parts = re.findall(r"(\w+) (\d+) (\{[^}]*\})", out)
+    assert parts
+    for name, n, counts in parts:
+        assert int(n) == sum(eval(counts).values()), (name, n, counts)   # total, not 2x total
+    assert sum(int(n) for _, n, _ in parts) == 70          # every colony once over the parts
+
+
+def test_unreachable_tracking_server_fails_fast(tmp_path, capsys, no_ray):
+    import time
+    t0 = time.time()
+    assert main(["train", "--tracking-uri", "http://127.0.0.1:9"]) == 2
+    err = _one_line_error(capsys)
+    assert "http://127.0.0.1:9" in err and "does not answer" in err and time.time() - t0 < 15
+    t0 = time.time()
+    assert main(["predict", "0" * 32, str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--tracking-uri", "http://127.0.0.1:9"]) == 2
+    err = _one_line_error(capsys)
+    assert "does not answer" in err and "not found" not in err and time.time() - t0 < 15
+
+
+def test_no_process_outlives_a_killed_ingest(tmp_path):
+    """kill -9 of `ipb ingest` while Ray runs: every process it started is gone soon after
+    (Ray's DashboardAgent/RuntimeEnvAgent used to stay, under init, ignoring SIGTERM)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import cv2
+    import numpy as np
+
+    from ipb.reaper import descendants
+    src = tmp_path / "src"
+    src.mkdir()
+    img = (np.random.default_rng(0).random((256, 256)) * 255).astype(np.uint8)
+    for i in range(300):
+        cv2.imwrite(str(src / f"img_{i:03d}.png"), img)
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "ipb.cli", "ingest", str(src), "--out",
+                             str(tmp_path / "T"), "data.shard_size=1"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen: dict[int, int] = {}
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            seen.update(descendants(proc.pid))
+            names = [_name(p) for p in seen]
+            if any("DashboardAgent" in n for n in names) and \
+                    any("MapBatches" in n or "IDLE" in n for n in names):
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "ingest ended before it could be killed"
+        seen.update(descendants(proc.pid))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 20
+        while time.time() < deadline and _alive(seen):
+            time.sleep(0.5)
+        left = {p: _name(p) for p in _alive(seen)}
+        assert not left, f"still alive after kill -9 of ingest: {left}"
+    finally:
+        for p in _alive(seen):              # never leave our own processes behind
+            os.kill(p, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")[:120]
+    except OSError:
+        return ""
+
+
+def _alive(seen: dict[int, int]) -> list[int]:
+    from ipb.reaper import _stat
+    return [p for p, start in seen.items() if (_stat(p) or (0, None))[1] == start]

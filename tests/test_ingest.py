@@ -55,6 +55,19 @@ def _parquet_mtimes(table: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in (table / "colonies").glob("*.parquet")}
 
 
+def _spy_pipeline(monkeypatch) -> list[list[str]]:
+    """The images each ingest run sends to Ray, appended per run."""
+    seen: list[list[str]] = []
+    real_pipeline = ingest_mod._pipeline
+
+    def spy(cfg_, root, out, todo):
+        seen.append(sorted(t["image"] for s in todo for t in s["tasks"]))
+        return real_pipeline(cfg_, root, out, todo)
+
+    monkeypatch.setattr(ingest_mod, "_pipeline", spy)
+    return seen
+
+
 def test_colony_csv_labels_multilabel_and_unlabeled(ray_local, wells, tmp_path):
     header, *rows = _rows(wells / "labels.csv")
     # two colonies nobody labelled: segmentation still finds them, they join the pool U
@@ -268,14 +281,7 @@ def test_resume_and_refusal(ray_local, wells, tmp_path, monkeypatch):
     lost_shard = next(s for s in plan["shards"] if s["images"] == ["images/well_001.tif"])
     lost = f"{lost_shard['name']}.parquet"
     (table / "colonies" / lost).unlink()
-    seen: list[list[str]] = []
-    real_pipeline = ingest_mod._pipeline
-
-    def spy(cfg_, root, out, todo):
-        seen.append(sorted(t["image"] for s in todo for t in s["tasks"]))
-        return real_pipeline(cfg_, root, out, todo)
-
-    monkeypatch.setattr(ingest_mod, "_pipeline", spy)
+    seen = _spy_pipeline(monkeypatch)
     m2 = ingest(wells, table, cfg)
     assert seen == [["images/well_001.tif"]]            # only the lost shard's image
     after = _parquet_mtimes(table)
@@ -325,3 +331,161 @@ def test_changed_source_never_duplicates(ray_local, wells, tmp_path):
     assert m2["n_colonies"] == m1["n_colonies"] + per["images/a_new.tif"]
     assert len(list((tmp_path / "table" / "colonies").glob("*.parquet"))) == len(m2["shards"])
     assert read_manifest(tmp_path / "table")["n_images"] == SYNTH.wells + 1
+
+
+# ---------------------------------------------------------------- issue 13: nothing lost
+
+def _link_bccd(real_dir: Path, dst: Path, stems: list[str]) -> tuple[Path, Path]:
+    bccd = real_dir / "bccd" / "BCCD"
+    (dst / "JPEGImages").mkdir(parents=True)
+    (dst / "Annotations").mkdir()
+    for s in stems:
+        (dst / "JPEGImages" / f"{s}.jpg").symlink_to(bccd / "JPEGImages" / f"{s}.jpg")
+        (dst / "Annotations" / f"{s}.xml").symlink_to(bccd / "Annotations" / f"{s}.xml")
+    return dst / "JPEGImages", dst / "Annotations"
+
+
+def test_real_voc_boxes_none_lost(ray_local, real_dir, tmp_path):
+    """Real blood smears (BCCD, Pascal VOC): every in-image box is a row, whatever the
+    segmentation finds; the one zero-size box of BloodImage_00338 is listed, not lost."""
+    import xml.etree.ElementTree as ET
+    if not (real_dir / "bccd" / "BCCD" / "Annotations").is_dir():
+        pytest.skip("BCCD missing")
+    stems = [f"BloodImage_{i:05d}" for i in (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 338)]
+    images, ann = _link_bccd(real_dir, tmp_path / "bccd", stems)
+    expected, zero = Counter(), 0
+    for s in stems:
+        for o in ET.parse(ann / f"{s}.xml").getroot().iter("object"):
+            b = [float(o.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")]
+            if b[2] > b[0] and b[3] > b[1]:
+                expected[o.findtext("name")] += 1
+            else:
+                zero += 1
+    m = ingest(images, tmp_path / "table", CFG, labels=str(ann))
+    df = load_colonies(tmp_path / "table", columns=["label", "mask_source", "pixel_size_um",
+                                                    "area", "area_um2", "width", "height"])
+    assert m["classes"] == dict(sorted(expected.items())) and zero == 1
+    assert m["labelled_boxes"] == {"listed": sum(expected.values()) + 1,
+                                   "kept": sum(expected.values()), "duplicates": 0,
+                                   "rejected": 1,
+                                   "mask_source": m["labelled_boxes"]["mask_source"]}
+    assert sum(m["labelled_boxes"]["mask_source"].values()) == sum(expected.values())
+    [rej] = m["rejected"]
+    assert rej["path"] == "BloodImage_00338.jpg" and "zero width" in rej["reason"]
+    assert "BloodImage_00338.xml object" in rej["reason"]
+    lab = df[df["label"].notna()]
+    assert set(lab["mask_source"]) <= {"segmented", "box_local", "box"}
+    assert (lab["width"].clip(upper=lab["height"]) < CFG.data.min_colony_px).any()  # small kept
+    # JPEGs carry no pixel size: the config's, once, with a warning count
+    assert m["pixel_size"]["fallback_images"] == len(stems) and (df["pixel_size_um"] == np.float32(
+        CFG.segmentation.pixel_size_um)).all()
+    assert np.allclose(df["area_um2"], df["area"] * CFG.segmentation.pixel_size_um ** 2,
+                       rtol=1e-5)
+
+
+def test_stack_pixel_size_and_labelled_frames(ray_local, wells, tmp_path):
+    src = tmp_path / "stacks"
+    src.mkdir()
+    well = tifffile.imread(wells / "images" / "well_000.tif")
+    frames = np.stack([well, np.roll(well, 7, axis=0), np.roll(well, 14, axis=0)])
+    tifffile.imwrite(src / "plate_a.ome.tif", frames, ome=True,
+                     metadata={"axes": "TYX", "PhysicalSizeX": 0.8, "PhysicalSizeY": 0.8})
+    tifffile.imwrite(src / "single.tif", well, resolution=(1e4 / 0.8, 1e4 / 0.8),
+                     resolutionunit="CENTIMETER")
+    tifffile.imwrite(src / "z.tif", frames, imagej=True, metadata={"axes": "ZYX"})
+    m = ingest(src, tmp_path / "table", CFG)
+    df = load_colonies(tmp_path / "table")
+    st = df[df["source"] == "plate_a.ome.tif"]
+    assert sorted(st["time"].unique()) == [0, 1, 2] and set(st["group"]) == {"plate_a"}
+    assert (df.loc[df["source"] == "single.tif", "time"] == -1).all()
+    n0 = (st["time"] == 0).sum()
+    assert n0 == (df["source"] == "single.tif").sum() and n0 >= 4
+    assert m["n_frames"] == 4 and m["pixel_size"]["from"] == {"OME-XML": 1, "TIFF resolution": 1}
+    assert m["pixel_size"]["fallback_images"] == 0 and df["colony_id"].is_unique
+    [rej] = m["rejected"]
+    assert rej["path"] == "z.tif" and "Z stack" in rej["reason"] and "Z Project" in rej["reason"]
+
+
+def test_symlink_loop_and_duplicate_rows(ray_local, wells, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(wells / "images", src)
+    (src / "selfdir").symlink_to(".")               # `ln -s . src/selfdir`
+    header, *rows = _rows(wells / "labels.csv")
+    rows = [[r[0].removeprefix("images/"), *r[1:]] for r in rows]
+    labels = _write_rows(tmp_path / "labels.csv", [header] + rows + rows[:5])   # 5 twice
+    m = ingest(src, tmp_path / "table", CFG, labels=str(labels))
+    df = load_colonies(tmp_path / "table")
+    assert m["layout"] == "wells" and m["n_images"] == SYNTH.wells    # not class "selfdir"
+    assert not df["source"].str.startswith("selfdir").any()
+    assert any(r["path"] == "selfdir" and "symlink" in r["reason"] for r in m["rejected"])
+    assert m["labelled_boxes"]["duplicates"] == 5 and len(m["duplicates"]) == 5
+    assert m["labelled_boxes"]["kept"] == len(rows) and df["colony_id"].is_unique
+    assert all(d["where"].startswith("labels.csv line ") for d in m["duplicates"])
+
+
+def test_adding_an_image_mid_list_redoes_only_it(ray_local, wells, tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    shutil.copytree(wells / "images", src / "images")
+    cfg = load_config("smoke", ["data.shard_size=2"])
+    ingest(src, tmp_path / "table", cfg)
+    before = _parquet_mtimes(tmp_path / "table")
+    shutil.copy(src / "images" / "well_001.tif", src / "images" / "well_001b.tif")
+    seen = _spy_pipeline(monkeypatch)
+    m = ingest(src, tmp_path / "table", cfg)
+    assert seen == [["images/well_001b.tif"]]
+    after = _parquet_mtimes(tmp_path / "table")
+    assert {k: v for k, v in after.items() if k in before} == before     # nothing rewritten
+    df = load_colonies(tmp_path / "table")
+    per = df.groupby("source").size()
+    assert per["images/well_001b.tif"] == per["images/well_001.tif"] and df["colony_id"].is_unique
+    assert m["n_images"] == SYNTH.wells + 1
+
+
+def test_format1_tables_still_load(tmp_path):
+    """A table written before mask_source/pixel_size_um/area_um2 existed (no Ray)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ipb.data.table import SCHEMA, write_json_atomic
+    old = pa.schema([f for f in SCHEMA if f.name not in ("mask_source", "pixel_size_um",
+                                                          "area_um2")])
+    row = {"colony_id": "b", "source": "a.png", "group": "a", "time": -1, "x0": 0, "y0": 0,
+           "x1": 4, "y1": 4, "label": "A", "multi_label": False, "labels": "A", "height": 4,
+           "width": 4, "area": 10, "border": False, "bit_depth": 8, "crop": b"", "mask": b"",
+           "synthetic": False}
+    (tmp_path / "colonies").mkdir()
+    pq.write_table(pa.Table.from_pylist([row, {**row, "colony_id": "a", "area": 5}], schema=old),
+                   tmp_path / "colonies" / "shard-00000.parquet")
+    write_json_atomic(tmp_path / "manifest.json", {
+        "format": "ipb-colony-table/1", "classes": {"A": 2},
+        "config": {"segmentation": {"pixel_size_um": 0.5}}})
+    df = load_colonies(tmp_path)
+    assert list(df["colony_id"]) == ["a", "b"] and set(df["mask_source"]) == {"segmented"}
+    assert list(df["area_um2"]) == [1.25, 2.5] and (df["pixel_size_um"] == 0.5).all()
+    part = load_colonies(tmp_path, columns=["colony_id", "area_um2"])
+    assert list(part.columns) == ["colony_id", "area_um2"] and list(part["area_um2"]) == [1.25, 2.5]
+
+
+def test_progress_bar_on_a_terminal_lines_otherwise(monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    lines: list[str] = []
+    bar = ingest_mod._Progress(10, lines.append, enabled=True)
+    bar.shard("shard-a", 4, 30, 0)
+    bar.shard("shard-b", 6, 20, 1)
+    bar.close()
+    assert "10/10" in term.getvalue() and "colonies=50" in term.getvalue()
+    assert "img/s" in term.getvalue() and not lines          # a bar, no lines
+    monkeypatch.setattr(sys, "stderr", io.StringIO())         # a log file / CI
+    bar = ingest_mod._Progress(10, lines.append, enabled=True)
+    bar.shard("shard-a", 4, 30, 0)
+    bar.close()
+    assert len(lines) == 1 and lines[0].startswith("ingest: 4/10 images (")
+    assert "/s), shard shard-a written (30 colonies, 0 rejected)" in lines[0]

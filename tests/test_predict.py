@@ -240,4 +240,73 @@ def test_real_tile(student, real_dir, tmp_path):
     assert out["n_images"] == 1 and out["n_skipped"] == 0
     assert out["n_colonies"] >= 10 and sum(out["counts"].values()) == out["n_colonies"]
     assert seconds < 30, f"one real tile took {seconds:.1f}s"
+    # opens as labels (napari/Fiji) and annotations (QuPath), one to one with colonies.csv
+    rows = _read(tmp_path / "o" / "colonies.csv")
+    _check_interchange(tmp_path / "o", rows)
+    assert {float(r["pixel_size_um"]) for r in rows} == {1.0}     # its 96 dpi tag is ignored
+    assert any("96 dpi" in w["warning"] for w in out["warnings"])
     print(f"real tile {tiles[0].name}: {out['n_colonies']} colonies in {seconds:.2f}s")
+
+
+def test_corrupt_model_error_gives_no_unsafe_advice(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"PK\x03\x04 definitely not a checkpoint" * 20)
+    with pytest.raises(ValueError) as e:
+        load_student(tmp_path / "junk.pt")
+    assert "weights_only" not in str(e.value) and "ipb train" in str(e.value)
+
+    import datetime       # not a tensor or plain value: torch refuses it under weights_only
+    torch.save({"state_dict": datetime.datetime(2020, 1, 1)}, tmp_path / "code.pt")
+    with pytest.raises(ValueError) as e:
+        load_student(tmp_path / "code.pt")
+    assert "weights_only" not in str(e.value) and "more than tensors" in str(e.value)
+
+
+def test_python_api_returns_a_dataframe(student, wells, tmp_path):
+    import tifffile
+
+    import ipb
+    img = tifffile.imread(wells / "single.tif")
+    df = ipb.predict(str(student), [wells / "single.tif", img, tmp_path / "missing.tif"])
+    assert list(df.columns[:4]) == ["id", "image", "time", "colony"]
+    assert list(df.columns[-4:]) == [f"p_{c}" for c in CLASSES]
+    assert len(df) > 0 and df["id"].tolist() == list(range(1, len(df) + 1))
+    a, b = df[df["image"] == str(wells / "single.tif")], df[df["image"] == "array_1"]
+    assert len(a) == len(b) and (a["class"].values == b["class"].values).all()
+    assert np.allclose(df[[f"p_{c}" for c in CLASSES]].sum(axis=1), 1, atol=1e-4)
+    assert [s["image"] for s in df.attrs["skipped"]] == [str(tmp_path / "missing.tif")]
+    assert df.attrs["synthetic"] is True
+    net, meta = load_student(student)          # a loaded student works too, files match
+    out = predict_images(net, meta, [wells / "single.tif"], tmp_path / "o", progress=False)
+    assert out["n_colonies"] == len(a)
+    rows = _read(tmp_path / "o" / "colonies.csv")
+    assert [r["class"] for r in rows] == list(a["class"])
+
+
+def test_stack_16bit_predicts_time_points_with_warning(student, wells, tmp_path, capsys):
+    import json
+
+    import tifffile
+    net, meta = load_student(student)
+    img = tifffile.imread(wells / "single.tif")
+    stack = np.stack([img, np.roll(img, 9, axis=1), np.roll(img, 18, axis=1)]).astype(
+        np.uint16) * 257
+    tifffile.imwrite(tmp_path / "movie.ome.tif", stack, ome=True,
+                     metadata={"axes": "TYX", "PhysicalSizeX": 0.8, "PhysicalSizeY": 0.8})
+    out = predict_images(net, meta, [tmp_path / "movie.ome.tif"], tmp_path / "o",
+                         progress=True)
+    err = capsys.readouterr().err
+    assert "[1/1]" in err and "3 frames" in err          # not a terminal: one line per image
+    d = tmp_path / "o"
+    rows = _read(d / "colonies.csv")
+    assert sorted({int(r["time"]) for r in rows}) == [0, 1, 2] and out["n_frames"] == 3
+    _check_interchange(d, rows)
+    lab = tifffile.imread(d / "labels" / "movie.ome.tif")
+    assert lab.shape == stack.shape
+    feats = json.loads((d / "geojson" / "movie.geojson").read_text())["features"]
+    assert {f["geometry"]["plane"]["t"] for f in feats} == {0, 1, 2}
+    counts = _read(d / "counts.csv")
+    assert [(c["group"], int(c["time"])) for c in counts] == [("movie", t) for t in range(3)]
+    # trained on 8-bit SYNTHETIC wells: a 16-bit input is called out, not silently darkened
+    assert any("16-bit image, but the model was trained on 8-bit" in w["warning"]
+               for w in out["warnings"])
+    assert "16-bit image, but the model" in (d / "README.txt").read_text()

@@ -215,3 +215,24 @@ def test_whole_well_gives_many_colonies_not_one():
     off = segment(small, replace(cfg, well_mask="off", split_touching=False))
     assert max(c["area"] for c in off.colonies) > 0.5 * seg.well.sum()   # the paper's failure
     assert mask_iou(seg.mask, reference_segment(small, cfg, well=seg.well)) >= 0.97
+
+
+def test_segment_files_reads_stacks_and_pixel_size(tmp_path):
+    import csv
+
+    import tifffile
+
+    from ipb.data.segment import segment_files
+    img, _ = _well(size=256, colonies=3, seed=4)
+    stack = np.stack([img, np.roll(img, 6, axis=1), np.roll(img, 12, axis=1)])
+    tifffile.imwrite(tmp_path / "movie.tif", stack, imagej=True, metadata={"axes": "TYX"})
+    tifffile.imwrite(tmp_path / "one.tif", img, resolution=(1e4 / 0.8, 1e4 / 0.8),
+                     resolutionunit="CENTIMETER")
+    n = segment_files([tmp_path / "movie.tif", tmp_path / "one.tif"], tmp_path / "o", CFG)
+    rows = list(csv.DictReader(open(tmp_path / "o" / "colonies.csv")))
+    assert n == len(rows) and {r["time"] for r in rows} == {"-1", "0", "1", "2"}
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.png")) == [
+        "movie_t0_mask.png", "movie_t1_mask.png", "movie_t2_mask.png", "one_mask.png"]
+    tifffile.imwrite(tmp_path / "z.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    with pytest.raises(ValueError, match=r"z\.tif.*Z stack"):
+        segment_files([tmp_path / "z.tif"], tmp_path / "o2", CFG)

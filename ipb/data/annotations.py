@@ -325,38 +325,41 @@ def read_coco_labels(path: Path, names: _Names) -> Labels:
         raise _missing_error(path, missing, names.root)
     out = Labels("colony", "coco")
     for i, a in enumerate(data["annotations"]):
-        aid = a.get("id", i) if isinstance(a, dict) else i
-        where = f"{path.name} annotation id {aid}"
-        full = f"{path} annotations[{i}] (id {aid})"
-        if not isinstance(a, dict) or "image_id" not in a or "category_id" not in a:
-            raise IngestError(f"{full}: needs 'image_id', 'category_id' and 'bbox'")
-        if a["image_id"] not in images:
-            raise IngestError(f"{full}: image_id {a['image_id']!r} is not in 'images'")
-        if a["category_id"] not in cats:
-            raise IngestError(f"{full}: category_id {a['category_id']!r} is not in "
-                              "'categories'")
-        rel, size = images[a["image_id"]]
-        mask = _coco_mask(a["segmentation"], full) if a.get("segmentation") else {}
-        bbox = a.get("bbox")
-        if bbox is None and "polygon" in mask:
-            xs = [v for p in mask["polygon"] for v in p[0::2]]
-            ys = [v for p in mask["polygon"] for v in p[1::2]]
-            bbox = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(
-                isinstance(v, (int, float)) for v in bbox):
-            raise IngestError(f"{full}: bbox must be [x, y, width, height] in pixels, got "
-                              f"{bbox!r}")
-        x, y, w, h = (float(v) for v in bbox)
-        box = {"x0": int(math.floor(x)), "y0": int(math.floor(y)),
-               "x1": int(math.ceil(x + w)), "y1": int(math.ceil(y + h)),
-               "label": cats[a["category_id"]], "where": where, **mask}
-        if all(isinstance(v, int) and v > 0 for v in size):
-            box["ann_size"] = size
-        if w <= 0 or h <= 0:
-            out.rejected.append(_zero_size(rel, box, where, f"bbox={bbox}"))
-            continue
-        out.boxes.setdefault(rel, []).append(box)
+        _coco_annotation(path, i, a, images, cats, out)
     return out
+
+
+def _coco_annotation(path: Path, i: int, a: Any, images: dict, cats: dict, out: Labels) -> None:
+    """One entry of `annotations` -> a box (with its polygon / RLE) in `out`, or an error."""
+    aid = a.get("id", i) if isinstance(a, dict) else i
+    where = f"{path.name} annotation id {aid}"
+    full = f"{path} annotations[{i}] (id {aid})"
+    if not isinstance(a, dict) or "image_id" not in a or "category_id" not in a:
+        raise IngestError(f"{full}: needs 'image_id', 'category_id' and 'bbox'")
+    if a["image_id"] not in images:
+        raise IngestError(f"{full}: image_id {a['image_id']!r} is not in 'images'")
+    if a["category_id"] not in cats:
+        raise IngestError(f"{full}: category_id {a['category_id']!r} is not in 'categories'")
+    rel, size = images[a["image_id"]]
+    mask = _coco_mask(a["segmentation"], full) if a.get("segmentation") else {}
+    bbox = a.get("bbox")
+    if bbox is None and "polygon" in mask:
+        xs = [v for p in mask["polygon"] for v in p[0::2]]
+        ys = [v for p in mask["polygon"] for v in p[1::2]]
+        bbox = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(
+            isinstance(v, (int, float)) for v in bbox):
+        raise IngestError(f"{full}: bbox must be [x, y, width, height] in pixels, got {bbox!r}")
+    x, y, w, h = (float(v) for v in bbox)
+    box = {"x0": int(math.floor(x)), "y0": int(math.floor(y)),
+           "x1": int(math.ceil(x + w)), "y1": int(math.ceil(y + h)),
+           "label": cats[a["category_id"]], "where": where, **mask}
+    if all(isinstance(v, int) and v > 0 for v in size):
+        box["ann_size"] = size
+    if w <= 0 or h <= 0:
+        out.rejected.append(_zero_size(rel, box, where, f"bbox={bbox}"))
+    else:
+        out.boxes.setdefault(rel, []).append(box)
 
 
 def read_labels(labels: str | Path, root: Path, images: set[str]) -> Labels:

@@ -1,12 +1,12 @@
 """One image file -> colony rows: frames, pixel size, segmentation, labelled boxes. No Ray.
 
-    python -c "from ipb.data.extract import extract_image; from ipb.config import Config; print(len(extract_image(open('w.tif','rb').read(), {'image': 'w.tif', 'layout': 'wells', 'label_mode': 'none', 'boxes': [], 'label': None, 'synthetic': False}, Config())[0]))"
+    python -c "from ipb.data.extract import extract_image; help(extract_image)"   # used by ingest
 
 Every labelled box inside the image is a row. Its mask, in this order (`mask_source`):
   polygon / rle  the annotation's own mask (COCO segmentation);
   segmented      the colony segmentation inside the box, when it covers at least
                  `data.box_min_cover` of the box;
-  box_local      Otsu of the same entropy image inside the box (ipb.data.segment.box_mask);
+  box_local      Otsu of the same entropy image inside the box (`box_mask`);
   box            the whole box (patch sampling then treats all of it as colony).
 Boxes are clipped to the image (each clip of more than CLIP_LISTED_PX is listed); identical
 boxes are kept once and listed; one box with two different labels becomes one multi-label
@@ -17,7 +17,6 @@ Colonies the segmentation finds outside every labelled box join the unlabeled po
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -25,7 +24,7 @@ import numpy as np
 
 from ipb.config import Config
 from ipb.data.microscopy import ImageData, grey_level_note, read_image
-from ipb.data.sources import colony_id, group_and_time
+from ipb.data.sources import colony_id, group_and_time, stem_of
 from ipb.data.table import encode_png
 
 CLIP_LISTED_PX = 2          # VOC boxes overrun the border by a pixel all the time: not news
@@ -34,9 +33,10 @@ FOUND_OVERLAP = 0.5         # a found colony mostly inside a labelled box is tha
 
 def new_info() -> dict[str, Any]:
     """Per-shard counters the manifest sums (see ipb.data.ingest)."""
-    return {"mask_source": {}, "labelled_mask_source": {}, "pixel_size": {}, "pixel_size_fallback": [], "duplicates": [],
-            "clipped": [], "merged": [], "warnings": [], "bit_depths": {}, "frames": 0,
-            "labelled_boxes": 0, "labelled_kept": 0}
+    return {"mask_source": {}, "labelled_mask_source": {}, "pixel_size": {},
+            "pixel_size_fallback": [], "duplicates": [], "clipped": [], "merged": [],
+            "warnings": [], "bit_depths": {}, "frames": 0, "labelled_boxes": 0,
+            "labelled_kept": 0}
 
 
 def merge_info(total: dict, part: dict) -> dict:
@@ -81,8 +81,7 @@ class _Frame:
         self.grey, self.task, self.t, self.px = grey, task, t, px
         rel = task["image"]
         # a stack is its own group, its frames the time points
-        self.group, self.time = (str(Path(rel).with_suffix("")), t) if t is not None \
-            else group_and_time(rel)
+        self.group, self.time = (stem_of(rel), t) if t is not None else group_and_time(rel)
 
     def row(self, box: tuple, mask: np.ndarray, label: str | None, border: bool,
             source: str) -> dict[str, Any]:
@@ -115,8 +114,31 @@ def _annotation_mask(b: dict, box: tuple) -> tuple[np.ndarray | None, str]:
     return None, ""
 
 
+def box_mask(entropy: np.ndarray, min_cover: float) -> tuple[np.ndarray, str]:
+    """(bool mask, how) of a labelled box the segmentation missed, from the box's crop of the
+    entropy image: Otsu inside the box, holes filled, the component under the box centre
+    (else the largest) -> 'box_local'; when that covers less than `min_cover` of the box or
+    nearly all of it (no background to separate it from), the whole box -> 'box'."""
+    from scipy import ndimage as ndi
+
+    from ipb.data.segment import otsu_threshold
+    h, w = entropy.shape
+    full = np.ones((h, w), bool)
+    if h < 3 or w < 3 or float(entropy.max()) <= float(entropy.min()):
+        return full, "box"
+    m = ndi.binary_fill_holes(entropy > otsu_threshold(entropy)).astype(np.uint8)
+    n, lab = cv2.connectedComponents(m, connectivity=8, ltype=cv2.CV_32S)
+    if n <= 1:
+        return full, "box"
+    centre = lab[h // 2, w // 2]
+    keep = centre if centre else 1 + int(np.argmax(np.bincount(lab.ravel(), minlength=n)[1:]))
+    obj = lab == keep
+    if not min_cover <= obj.mean() <= 0.98:
+        return full, "box"
+    return obj, "box_local"
+
+
 def _box_mask_of(seg, b: dict, box: tuple, min_cover: float) -> tuple[np.ndarray, str]:
-    from ipb.data.segment import box_mask
     m, how = _annotation_mask(b, box)
     if m is not None:
         return m, how
@@ -271,4 +293,4 @@ def extract_image(data: bytes, task: dict, cfg: Config) -> tuple[list[dict], lis
     return rows, rejected, info
 
 
-__all__ = ["extract_image", "new_info", "merge_info", "CLIP_LISTED_PX"]
+__all__ = ["extract_image", "box_mask", "new_info", "merge_info", "CLIP_LISTED_PX"]

@@ -1,6 +1,6 @@
 """Microscopy files -> frames + pixel size: OME-XML, ImageJ and TIFF resolution tags, T-stacks.
 
-    python -c "from ipb.data.microscopy import read_image; d = read_image(open('a.ome.tif', 'rb').read(), 'a.ome.tif'); print(len(d.frames), d.pixel_size_um, d.pixel_size_from)"
+    python -c "from ipb.data.microscopy import read_image as r; print(r(open('a.tif', 'rb').read(), 'a.tif'))"
 
 A TIFF is read by its axes (tifffile's series): Y and X are the image, S is colour only when the
 file says RGB, one of T (time), I or Q (a plain multi-page stack) is a time series with one frame
@@ -32,7 +32,7 @@ _UNIT_UM = {"um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0, "m
             "micrometre": 1.0, "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3,
             "cm": 1e4, "centimeter": 1e4, "m": 1e6, "meter": 1e6, "å": 1e-4, "angstrom": 1e-4,
             "pm": 1e-6, "inch": 25400.0, "in": 25400.0}
-_AXIS_WHAT = {"Z": "a Z stack (focal planes)", "C": "a multi-channel image",
+_AXIS_WHAT = {"Z": "a Z stack of focal planes", "C": "a multi-channel image",
               "S": "an image with extra samples per pixel"}
 
 
@@ -162,7 +162,7 @@ def _tiff_frames(tif, name: str) -> tuple[list[np.ndarray], bool]:
                             "as its own file" if a in "CS" else
                             "split it into one file per image")
                          + "; if the planes are time points, mark them as frames (Fiji: "
-                           "Image > Properties) or save them as a multi-page TIFF")
+                           "Image > Properties, frames = planes) and save again")
     if len(stack_axes) > 1:
         raise StackError(f"{name} has two stack axes {[a for a, _ in stack_axes]} (axes {axes}, "
                          f"shape {shape}); one time axis is supported: split it into files")

@@ -18,13 +18,11 @@ bright debris rims; an 8-bit image stored as 16-bit, v * 257, gives back exactly
 16-bit file holding fewer than 8 bits of data, left by 8 - k, so 4-bit data in a 16-bit file
 segment like the same levels spread over 8 bits (the 3x3 blur would otherwise round them
 away). Float input in [0, 1] is scaled by 255; other floats are min-max stretched.
-
-`box_mask` makes the mask of a labelled box the segmentation missed: Otsu of the same entropy
-image inside the box, else the whole box (ingest records which in `mask_source`).
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -338,28 +336,6 @@ def segment(image: np.ndarray, cfg: SegmentationConfig | None = None) -> Segment
                         entropy=ent)
 
 
-def box_mask(entropy: np.ndarray, min_cover: float) -> tuple[np.ndarray, str]:
-    """(bool mask, how) for one labelled box from its crop of the entropy image: Otsu inside
-    the box, holes filled, the component under the box centre (else the largest) -> 'box_local';
-    when that covers less than `min_cover` of the box or nearly all of it (no background to
-    separate from), the whole box -> 'box'."""
-    h, w = entropy.shape
-    full = np.ones((h, w), bool)
-    if h < 3 or w < 3 or float(entropy.max()) <= float(entropy.min()):
-        return full, "box"
-    m = _fill_holes(np.greater(entropy, otsu_threshold(entropy)).view(np.uint8))
-    n, lab = cv2.connectedComponents(m, connectivity=8, ltype=cv2.CV_32S)
-    if n <= 1:
-        return full, "box"
-    centre = lab[h // 2, w // 2]
-    keep = centre if centre else 1 + int(np.argmax(np.bincount(lab.ravel(), minlength=n)[1:]))
-    obj = lab == keep
-    cover = obj.mean()
-    if cover < min_cover or cover > 0.98:
-        return full, "box"
-    return obj, "box_local"
-
-
 def _colonies(labels: np.ndarray, boxes: dict[int, tuple], well: np.ndarray | None,
               pad: int) -> list[dict]:
     """One dict per object from its (x, y, w, h, area): labelling stats, or the watershed's."""
@@ -386,8 +362,10 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def segment_files(images: list[str], out: str | Path, cfg: SegmentationConfig) -> int:
-    """`ipb segment`: one mask PNG (0/255) per image and colonies.csv; returns the colony count."""
-    import tifffile
+    """`ipb segment`: one mask PNG (0/255) per image (per frame of a time series,
+    `<stem>_t<T>_mask.png`) and colonies.csv; returns the colony count. Each image is segmented
+    at its own pixel size when its metadata has one (ipb.data.microscopy)."""
+    from ipb.data.microscopy import read_image
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -395,20 +373,20 @@ def segment_files(images: list[str], out: str | Path, cfg: SegmentationConfig) -
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"image {path} does not exist")
-        if path.suffix.lower() in (".tif", ".tiff"):
-            img = tifffile.imread(str(path))
-        else:
-            img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            if img is None:
-                raise ValueError(f"image {path}: cannot be decoded (TIFF, PNG or JPEG expected)")
-            if img.ndim == 3:
-                img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA if img.shape[2] == 4
-                                   else cv2.COLOR_BGR2RGB)
-        seg = segment(img, cfg)
-        cv2.imwrite(str(out / f"{path.stem}_mask.png"), seg.mask.astype(np.uint8) * 255)
-        rows += [{"image": str(path), **c} for c in seg.colonies]
+        try:
+            data = read_image(path.read_bytes(), path.name)
+        except ValueError as e:
+            raise ValueError(f"image {path}: {e}") from None
+        px = data.pixel_size_um or cfg.pixel_size_um
+        for t, frame in enumerate(data.frames):
+            seg = segment(frame, dataclasses.replace(cfg, pixel_size_um=px))
+            name = f"{path.stem}_t{t}_mask.png" if data.stack else f"{path.stem}_mask.png"
+            cv2.imwrite(str(out / name), seg.mask.astype(np.uint8) * 255)
+            rows += [{"image": str(path), "time": t if data.stack else -1,
+                      "pixel_size_um": px, **c} for c in seg.colonies]
     with open(out / "colonies.csv", "w", newline="") as f:
-        fields = ["image", "id", "x0", "y0", "x1", "y1", "area", "border"]
+        fields = ["image", "time", "id", "x0", "y0", "x1", "y1", "area", "border",
+                  "pixel_size_um"]
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
@@ -416,6 +394,6 @@ def segment_files(images: list[str], out: str | Path, cfg: SegmentationConfig) -
 
 
 __all__ = ["Segmentation", "to_gray", "to_uint8", "pixel_params", "reference_segment",
-           "segment", "detect_well", "colony_mask", "entropy_image", "box_mask",
-           "otsu_threshold", "mask_iou",
+           "segment", "detect_well", "colony_mask", "entropy_image", "otsu_threshold",
+           "mask_iou",
            "segment_files"]

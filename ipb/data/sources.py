@@ -33,7 +33,8 @@ SPECIAL_FOLDERS = ("multi_label", "unlabeled")
 _TIME_RE = re.compile(r"^(?P<group>.+?)[_-]t(?P<t>\d+)$")
 
 __all__ = ["IngestError", "SourcePlan", "plan_sources", "list_images", "unreadable_reason",
-           "colony_id", "group_and_time", "IMAGE_EXTS", "COLONY_COLUMNS", "IMAGE_COLUMNS"]
+           "colony_id", "group_and_time", "stem_of", "IMAGE_EXTS", "COLONY_COLUMNS",
+           "IMAGE_COLUMNS"]
 
 
 @dataclass
@@ -207,8 +208,14 @@ def colony_id(source: str, box: tuple[int, int, int, int], time: int | None = No
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
+def stem_of(rel: str) -> str:
+    """`wells/a.ome.tif` -> `wells/a`: the path without its image suffix (and OME's `.ome`)."""
+    stem = str(Path(rel).with_suffix(""))
+    return stem[:-4] if stem.lower().endswith(".ome") else stem
+
+
 def group_and_time(rel: str) -> tuple[str, int]:
     """`wells/well_003_t07.tif` -> ("wells/well_003", 7): frames of one well are one group."""
-    stem = str(Path(rel).with_suffix(""))
+    stem = stem_of(rel)
     m = _TIME_RE.match(stem)
     return (m["group"], int(m["t"])) if m else (stem, -1)
