@@ -439,6 +439,7 @@ def test_adding_an_image_mid_list_redoes_only_it(ray_local, wells, tmp_path, mon
     per = df.groupby("source").size()
     assert per["images/well_001b.tif"] == per["images/well_001.tif"] and df["colony_id"].is_unique
     assert m["n_images"] == SYNTH.wells + 1
+    assert m["this_run"]["images"] == 1 and m["this_run"]["rows"] == per["images/well_001b.tif"]
 
 
 def test_format1_tables_still_load(tmp_path):

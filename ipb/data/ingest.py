@@ -176,7 +176,7 @@ def _count_labels(out: Store, shards: list[dict]) -> tuple[int, int, int, dict]:
 
 
 def _summarise(out: Store, plan: SourcePlan, fingerprint: dict, cfg: Config,
-               shards: list[dict], elapsed: float) -> dict:
+               shards: list[dict], this_run: dict) -> dict:
     info, rejected = new_info(), list(plan.rejected)
     for s in shards:
         side = out.read_json("shards", f"{s['name']}.json")
@@ -203,7 +203,9 @@ def _summarise(out: Store, plan: SourcePlan, fingerprint: dict, cfg: Config,
         "source": str(plan.root), "layout": plan.layout, "label_mode": plan.label_mode,
         "label_format": plan.label_format, "labels": plan.labels,
         "config": {"segmentation": fingerprint["segmentation"], "data": asdict(cfg.data)},
-        "shards": [s["name"] for s in shards], "ingest_seconds": round(elapsed, 1),
+        # this run only: a resumed run re-does a few shards, and says so
+        "shards": [s["name"] for s in shards], "ingest_seconds": this_run["seconds"],
+        "this_run": this_run,
     }
     out.write_json(manifest, "manifest.json")
     return manifest
@@ -251,7 +253,8 @@ class _Progress:
 
 
 def _run(cfg: Config, plan: SourcePlan, out: Store, todo: list[dict], log: Callable,
-         progress: bool) -> None:
+         progress: bool) -> tuple[int, int]:
+    """Run the shards in `todo`; (images, colony rows) this run wrote."""
     # readability is checked here too: a file the driver cannot read is rejected whatever
     # the workers see
     work = [{"name": s["name"], "tasks": [
@@ -266,6 +269,7 @@ def _run(cfg: Config, plan: SourcePlan, out: Store, todo: list[dict], log: Calla
             bar.shard(r["shard"], size[r["shard"]], r["n_colonies"], r["n_rejected"])
     finally:
         bar.close()
+    return bar.done, bar.colonies
 
 
 def ingest(source: str | Path, out: str | Path, cfg: Config, labels: str | None = None,
@@ -291,14 +295,14 @@ def ingest(source: str | Path, out: str | Path, cfg: Config, labels: str | None 
         f"({len(done)} already done) from {plan.root} [{plan.layout}, labels: {plan.label_mode}"
         f"{' ' + plan.label_format if plan.label_format else ''}"
         f"{', SYNTHETIC' if plan.synthetic else ''}] -> {out}")
-    if todo:
-        _run(cfg, plan, out, todo, log, progress)
-    manifest = _summarise(out, plan, fingerprint, cfg, shards, time.time() - t0)
-    _report(manifest, log, time.time() - t0)
+    n_images, n_rows = _run(cfg, plan, out, todo, log, progress) if todo else (0, 0)
+    this_run = {"images": n_images, "rows": n_rows, "seconds": round(time.time() - t0, 1)}
+    manifest = _summarise(out, plan, fingerprint, cfg, shards, this_run)
+    _report(manifest, log)
     return manifest
 
 
-def _report(m: dict, log: Callable, seconds: float) -> None:
+def _report(m: dict, log: Callable) -> None:
     px = m["pixel_size"]
     if px["fallback_images"]:
         log(f"ingest: WARNING {px['fallback_images']} of {m['n_images']} images carry no pixel "
@@ -312,7 +316,9 @@ def _report(m: dict, log: Callable, seconds: float) -> None:
     if m["warnings"]:
         log(f"ingest: {len(m['warnings'])} warnings in manifest.json, e.g. "
             f"{m['warnings'][0]['path']}: {m['warnings'][0]['warning']}")
-    rate = m["n_colonies"] / max(seconds, 1e-9)
-    log(f"ingest: done, {m['n_colonies']} colonies ({rate:.0f} rows/s), classes {m['classes']}, "
+    run = m["this_run"]
+    rate = run["rows"] / max(run["seconds"], 1e-9)
+    log(f"ingest: done, {m['n_colonies']} colonies, classes {m['classes']}, "
         f"{m['multi_label']} multi-label, {m['unlabeled']} unlabeled, "
-        f"{len(m['rejected'])} rejected, {seconds:.1f}s")
+        f"{len(m['rejected'])} rejected; this run {run['images']} images, {run['rows']} rows in "
+        f"{run['seconds']:.1f}s ({rate:.0f} rows/s)")
