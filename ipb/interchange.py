@@ -59,7 +59,8 @@ def outline(mask: np.ndarray, x0: int, y0: int) -> dict | None:
     cnts, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
                                cv2.CHAIN_APPROX_SIMPLE)
     rings = []
-    for c in cnts:
+    # the largest piece first: viewers that show one ring of a MultiPolygon show the colony
+    for c in sorted(cnts, key=cv2.contourArea, reverse=True):
         pts = c.reshape(-1, 2).astype(np.float64) + (x0 + 0.5, y0 + 0.5)
         if len(pts) < 3:
             continue

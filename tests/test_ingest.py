@@ -490,3 +490,29 @@ def test_progress_bar_on_a_terminal_lines_otherwise(monkeypatch):
     bar.close()
     assert len(lines) == 1 and lines[0].startswith("ingest: 4/10 images (")
     assert "/s), shard shard-a written (30 colonies, 0 rejected)" in lines[0]
+
+
+def test_coco_labels_with_polygons(ray_local, wells, tmp_path):
+    """The SYNTHETIC wells' boxes as COCO JSON; one colony also drawn as a polygon."""
+    header, *rows = _rows(wells / "labels.csv")
+    single = [r for r in rows if "|" not in r[5]]
+    names = sorted({r[5] for r in single})
+    images = sorted({r[0] for r in single})
+    x0, y0, x1, y1 = (int(v) for v in single[0][1:5])
+    anns = [{"id": k, "image_id": images.index(r[0]), "category_id": names.index(r[5]),
+             "bbox": [int(r[1]), int(r[2]), int(r[3]) - int(r[1]), int(r[4]) - int(r[2])]}
+            for k, r in enumerate(single)]
+    anns[0]["segmentation"] = [[x0, y0, x1, y0, x1, y1, x0, (y0 + y1) / 2]]
+    coco = {"images": [{"id": i, "file_name": Path(n).name} for i, n in enumerate(images)],
+            "categories": [{"id": i, "name": n} for i, n in enumerate(names)],
+            "annotations": anns}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    m = ingest(wells, tmp_path / "table", CFG, labels=str(tmp_path / "coco.json"))
+    assert m["label_format"] == "coco" and m["classes"] == dict(Counter(r[5] for r in single))
+    assert m["labelled_boxes"]["kept"] == len(single) and m["labelled_boxes"]["rejected"] == 0
+    assert m["labelled_boxes"]["mask_source"].get("polygon") == 1
+    df = load_colonies(tmp_path / "table", columns=["x0", "y0", "mask_source", "mask"])
+    poly = df[df["mask_source"] == "polygon"].iloc[0]
+    assert (poly["x0"], poly["y0"]) == (x0, y0)
+    mask = decode_png(poly["mask"]) > 0
+    assert mask[0, 0] and not mask[-1, 0]        # the polygon, not the box or the segmentation
