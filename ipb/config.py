@@ -110,6 +110,11 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     weak: Literal["flips", "none"] = "flips"
     normalize: bool = True
+    # pixel: brightness scales and contrast stretches the [0,1] patch, then the z-score uses the
+    # incoming patch's statistics, so on a low-contrast patch (std ~0.02) a x1.4 brightness
+    # shifts the network input by ~10 std. normalized: z-score first, then brightness is an
+    # offset of +-brightness std and contrast a factor on the z-scores (bounded shifts)
+    jitter_space: Literal["pixel", "normalized"] = "pixel"
 
 
 @dataclass(frozen=True)
@@ -121,8 +126,14 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """Method hyper-parameters (PAPER.md section 6); each method reads the ones it uses."""
+    """Method hyper-parameters (PAPER.md section 6); each method reads the ones it uses.
+
+    The keys after `simclr_proj_dim` are the robust switches of MPL/IPB (ipb/methods/mpl.py):
+    each is off (the paper's behaviour) by default; `preset: robust` turns on the set that the
+    study (sweeps/study.py) found to work -- a row of its own, never "the paper's IPB".
+    """
     name: str = "ipb"                 # any name in ipb.methods registry
+    preset: Literal["paper", "robust"] = "paper"
     threshold: float = 0.65
     temperature: float = 1.0          # UDA softmax temperature on the weak view
     lambda_u: float = 1.0
@@ -135,9 +146,23 @@ class MethodConfig:
     student_warmup_lr_scale: float = 0.1
     multi_label: bool = False
     teacher_pretrain_epochs: int = 0  # supervised teacher epochs before MPL/IPB starts
+    # the pre-trained teacher MPL starts from: its best validation epoch (= the supervised
+    # row's selected model, so a sweep reuses that run's weights) or its last epoch
+    teacher_select: Literal["val", "last"] = "val"
     simclr_temperature: float = 0.5
     simclr_epochs: int = 100
     simclr_proj_dim: int = 64
+    # -- robust switches (off = the paper) ----------------------------------------------------
+    student_init: Literal["random", "teacher"] = "random"
+    ema: float = 0.0                  # >0: evaluate an EMA of the student with this decay
+    h_mode: Literal["paper", "clean"] = "paper"   # clean: x_l-only eval forwards around the step
+    mpl_target: Literal["teacher_strong", "student"] = "teacher_strong"
+    teacher_lr: Literal["restart", "continue"] = "restart"   # schedule at the MPL stage start
+    label_smoothing: float = 0.0      # on the student's pseudo-label loss
+    bn_recalibrate: int = 0           # >0: re-estimate the student's BN on this many clean U batches
+    dist_align: Literal["off", "uniform", "prior"] = "off"
+    dist_prior: tuple[float, ...] = ()   # class order of the table; used by dist_align=prior
+    threshold_mode: Literal["fixed", "relative", "flexmatch"] = "fixed"
 
 
 @dataclass(frozen=True)
@@ -217,18 +242,20 @@ PROFILES: dict[str, dict[str, Any]] = {
               "method.student_warmup_epochs": 1, "method.uda_steps": 10,
               "method.teacher_pretrain_epochs": 1, "method.simclr_epochs": 2,
               "sweep.folds": [0, 1], "sweep.max_concurrent": 1},
-    # sized for a 2-core CPU in under an hour: 3 folds, small widths and patches. As in the
-    # paper the teacher is pre-trained as long as the supervised CNN trains (4 pre-training
-    # epochs left it at chance and every MPL-family student collapsed to one class)
-    "study": {"profile": "study", "synth.wells": 48, "synth.size": 1024,
-              "split.folds": 5, "split.labeled_fraction": 0.15,
-              "patch.size": 64, "patch.ms_size": 96, "model.width": 0.125, "model.dropout": 0.2,
-              "train.epochs": 24, "train.batch_size": 32, "train.unlabeled_batch_size": 32,
-              "train.steps_per_epoch": 20, "train.lr_step_epoch": 18, "train.num_workers": 1,
-              "train.optimizer": "adam", "train.lr": 0.002, "train.eval_every": 2,
-              "method.student_warmup_epochs": 2, "method.uda_steps": 100,
-              "method.teacher_pretrain_epochs": 24, "method.simclr_epochs": 8,
-              "sweep.folds": [0, 1, 2], "sweep.max_concurrent": 2},
+    # the CPU study of sweeps/study.py: a paper-sized SYNTHETIC set (17.9k colonies, the
+    # paper's class mix; >= 50 of every class in each 10 % test fold), the small fast network
+    # at 48 px, and budgets that fit the whole study in ~30 min on 2 cores. The supervised row
+    # trains as long as the teacher is pre-trained: it IS the teacher MPL/IPB start from
+    "study": {"profile": "study", "synth.wells": 320, "synth.size": 1536,
+              "synth.colonies_per_well": 56, "split.folds": 10, "split.labeled_fraction": 0.10,
+              "patch.size": 48, "patch.ms_size": 96, "model.arch": "small_cnn",
+              "model.width": 1.0, "model.dropout": 0.5,
+              "train.epochs": 5, "train.batch_size": 32, "train.unlabeled_batch_size": 32,
+              "train.steps_per_epoch": 100, "train.lr_step_epoch": 15, "train.num_workers": 1,
+              "train.optimizer": "adam", "train.lr": 0.002, "train.eval_every": 1,
+              "method.student_warmup_epochs": 1, "method.uda_steps": 100,
+              "method.teacher_pretrain_epochs": 20, "method.simclr_epochs": 8,
+              "sweep.folds": [0, 1, 2, 3, 4], "sweep.max_concurrent": 2},
 }
 
 
@@ -309,9 +336,37 @@ def _set(obj: Any, path: list[str], value: Any, full: str) -> Any:
     return replace(obj, **{name: _set(current, path[1:], value, full)})
 
 
+# `method.preset`: a named set of method switches, applied before the other keys of the same
+# update (so `method.preset=robust method.ema=0` is the preset without the EMA). `paper` puts
+# every switch back to the paper's value. `robust` is the set sweeps/study.py found to work on
+# the development data (synthetic seed 1, validation split); see README "The study".
+_SWITCHES = ("student_init", "ema", "h_mode", "h_sign", "h_baseline_ema", "mpl_target",
+             "teacher_lr", "label_smoothing", "bn_recalibrate", "dist_align", "dist_prior",
+             "threshold_mode")
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {f"method.{k}": getattr(MethodConfig(), k) for k in _SWITCHES},
+    "robust": {"method.student_init": "teacher", "method.ema": 0.99, "method.h_mode": "clean",
+               "method.h_sign": "old_minus_new", "method.h_baseline_ema": 0.95,
+               "method.mpl_target": "student", "method.teacher_lr": "continue",
+               "method.label_smoothing": 0.1, "method.bn_recalibrate": 8,
+               "method.threshold_mode": "flexmatch"},
+}
+
+
+def _with_preset(updates: dict[str, Any]) -> dict[str, Any]:
+    nested = updates.get("method") if isinstance(updates.get("method"), dict) else {}
+    name = updates.get("method.preset", nested.get("preset"))
+    if name is None:
+        return updates
+    if name not in PRESETS:
+        raise ConfigError(f"config key 'method.preset': bad value {name!r}; allowed: "
+                          f"{' | '.join(map(repr, PRESETS))}")
+    return {**PRESETS[name], **updates}
+
+
 def apply(cfg: Config, updates: dict[str, Any]) -> Config:
     """Apply dotted-key (or nested) updates, validating every key and value."""
-    for key, value in updates.items():
+    for key, value in _with_preset(updates).items():
         cfg = _set(cfg, key.split("."), value, key)
     return validate(cfg)
 
@@ -410,6 +465,27 @@ def trial_hash(cfg: Config) -> str:
     return config_hash(flat, cfg.train.fold, cfg.train.seed)
 
 
+def teacher_key(cfg: Config) -> str | None:
+    """Identity of the supervised model that an MPL-family trial's teacher pre-training
+    reproduces (same table, split, fold, seed, network, patches, augmentation, optimiser and
+    budget; selected on validation): a supervised trial's own key, an MPL/IPB trial's teacher's
+    key, None when there is no such model (no pre-training, or the last epoch is kept). The
+    method switches act only after pre-training and the multi-label colonies only join U, so
+    neither is part of it."""
+    if cfg.method.name != "supervised":
+        m = cfg.method
+        if m.teacher_pretrain_epochs <= 0 or m.teacher_select != "val" or m.name == "simclr":
+            return None
+        cfg = apply(cfg, {"method.name": "supervised", "train.epochs": m.teacher_pretrain_epochs,
+                          "train.finetune_epochs": 0})
+    neutral = {f"method.{f.name}": getattr(MethodConfig(), f.name)
+               for f in fields(MethodConfig) if f.name != "name"}
+    flat = {k: v for k, v in flatten(to_dict(cfg)).items()
+            if not any(k == p or k.startswith(p) for p in _NOT_IN_TRIAL_HASH)}
+    flat.update({k: v for k, v in neutral.items()})
+    return "teacher-" + config_hash(flat, cfg.train.fold, cfg.train.seed)
+
+
 def from_dict(d: dict[str, Any]) -> Config:
     """Inverse of `to_dict` (used to ship configs to Ray workers as plain dicts)."""
     return apply(Config(), {k: v for k, v in flatten(d).items()})
@@ -458,7 +534,8 @@ RANGES: dict[str, str] = {
     "method.h_baseline_ema": "[0, 1)", "method.student_warmup_epochs": "[0, inf)",
     "method.student_warmup_lr_scale": "(0, inf)", "method.teacher_pretrain_epochs": "[0, inf)",
     "method.simclr_temperature": "(0, inf)", "method.simclr_epochs": "[0, inf)",
-    "method.simclr_proj_dim": "[1, inf)",
+    "method.simclr_proj_dim": "[1, inf)", "method.ema": "[0, 1)",
+    "method.label_smoothing": "[0, 1)", "method.bn_recalibrate": "[0, inf)",
     "train.epochs": "[1, inf)", "train.batch_size": "[1, inf)",
     "train.unlabeled_batch_size": "[1, inf)", "train.lr": "(0, inf)",
     "train.momentum": "[0, 1)", "train.weight_decay": "[0, inf)",

@@ -22,10 +22,11 @@ import torch
 from ipb.config import Config
 from ipb.data.augment import make_augment
 from ipb.data.patches import ColonyBank
+from ipb.dist import all_reduce_sum, global_sum
+from ipb.evaluation import collapsed, evaluate, predict_proba, unlabeled_shares  # noqa: F401
 from ipb.methods import PHASE_INPUTS, create_method
-from ipb.methods.base import unwrap
-from ipb.methods.ipb import all_reduce_sum, balanced_draw, predict_classes
-from ipb.metrics import confusion_matrix, metrics_from_confusion
+from ipb.methods.base import UnlabeledPool, unwrap
+from ipb.methods.stabilize import recalibrate_bn
 from ipb.models import model_info
 
 
@@ -49,10 +50,6 @@ class Part:
 
     def __len__(self):
         return len(self.y)
-
-
-def global_sum(x: float) -> float:
-    return float(all_reduce_sum(torch.tensor([float(x)], dtype=torch.float64))[0])
 
 
 class Batches:
@@ -92,7 +89,8 @@ class Batches:
         self.cursor += n
         x = self.parts["unlabeled"].bank.extract(self.order[take], self.order_pos[take])
         return {"x_uw": self.aug["weak"](x, generator=self.gen).to(self.device),
-                "x_us": self.aug["strong"](x, generator=self.gen).to(self.device)}
+                "x_us": self.aug["strong"](x, generator=self.gen).to(self.device),
+                "i_u": torch.from_numpy(self.order[take])}
 
     def contrastive(self) -> dict[str, torch.Tensor]:
         # U + L pooled, in proportion to their sizes on this worker
@@ -117,44 +115,6 @@ class Batches:
         raise ValueError(f"unknown phase {phase!r}; known: {', '.join(PHASE_INPUTS)}")
 
 
-@torch.no_grad()
-def predict_proba(model: torch.nn.Module, part: Part, cfg: Config, device: torch.device,
-                  rng: np.random.Generator, batch: int = 128) -> np.ndarray:
-    """Softmax per colony: the centre patch, or the mean over `patch.test_patches` in the mask."""
-    model = unwrap(model)
-    was = model.training
-    model.eval()
-    test = make_augment(cfg.augment, "test")
-    k = cfg.patch.test_patches
-    out = []
-    for s in range(0, len(part), batch):
-        idx = np.arange(s, min(len(part), s + batch))
-        if k <= 1:
-            idx_k, pos = idx, part.bank.center_positions(idx)
-        else:
-            pos = part.bank.random_positions_in_mask(idx, k, rng).reshape(-1, 2)
-            idx_k = np.repeat(idx, k)
-        x = test(part.bank.extract(idx_k, pos)).to(device)
-        p = torch.softmax(model(x)[0].float(), dim=1).cpu().numpy()
-        out.append(p.reshape(len(idx), max(k, 1), -1).mean(axis=1))
-    model.train(was)
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
-def evaluate(model, part: Part, classes: list[str], cfg: Config, device, rng,
-             prefix: str) -> tuple[dict[str, float], np.ndarray]:
-    """Metrics over ALL workers: each predicts its shard, confusion matrices are all-reduced."""
-    c = len(classes)
-    known = part.y >= 0
-    if len(part):
-        pred = predict_proba(model, part, cfg, device, rng).argmax(axis=1)
-        cm = confusion_matrix(part.y[known], pred[known], c)
-    else:
-        cm = np.zeros((c, c), np.int64)
-    cm = all_reduce_sum(torch.from_numpy(cm.astype(np.float64))).numpy().astype(np.int64)
-    return metrics_from_confusion(cm, classes, prefix=prefix), cm
-
-
 def steps_for(phase: str, cfg: Config, parts: dict[str, Part], world: int) -> int:
     """Steps per epoch, identical on every rank (DDP must run the same number of steps)."""
     if cfg.train.steps_per_epoch > 0:
@@ -167,48 +127,26 @@ def steps_for(phase: str, cfg: Config, parts: dict[str, Part], world: int) -> in
 
 
 def plan_unlabeled_epoch(method, epoch: int, part: Part, classes: list[str], cfg: Config,
-                         device, rng: np.random.Generator, gen: torch.Generator) -> dict[str, float]:
-    """Positions fixed for the epoch; order = uniform shuffle or (pseudo-)balanced draws."""
-    n = len(part)
+                         device, rng: np.random.Generator, gen: torch.Generator) -> dict[str, Any]:
+    """Patch positions fixed for the epoch; the order comes from the method's own hook
+    (a uniform shuffle for MPL, pseudo-class balanced draws for IPB: ipb/methods/ipb.py)."""
     p = cfg.patch
-    positions = part.bank.sample_positions(np.arange(n), rng, p.min_cover, p.max_tries)
-    mode = method.balance(epoch)
-    stats: dict[str, float] = {}
-    if mode is None:
-        order = rng.permutation(n)
-    else:
-        if mode == "pseudo":
-            test = make_augment(cfg.augment, "test")
-            teacher = unwrap(method.pseudo_model())
-
-            def batches():
-                for s in range(0, n, 256):
-                    idx = np.arange(s, min(n, s + 256))
-                    yield test(part.bank.extract(idx, positions[idx])).to(device)
-
-            cls = predict_classes(teacher, batches)
-        else:
-            unknown = global_sum(int((part.y < 0).sum()))
-            if unknown:
-                raise ValueError(f"method {method.name} resamples U by its true classes, but "
-                                 f"{int(unknown)} unlabeled colonies have none (multi-label or "
-                                 "unlabeled); use method.name=ipb, or method.multi_label=false "
-                                 "with a fully labelled U")
-            cls = torch.from_numpy(part.y)
-        draw = balanced_draw(cls, len(classes), n, gen)
-        order = draw["indices"].numpy()
-        for i, name in enumerate(classes):
-            stats[f"ipb.pseudo_frac.{name}"] = float(draw["fractions"][i])
-            stats[f"ipb.weight.{name}"] = float(draw["class_weights"][i])
-        drawn = all_reduce_sum(draw["drawn"].to(torch.float64))
-        for i, name in enumerate(classes):
-            stats[f"ipb.drawn_frac.{name}"] = float(drawn[i] / drawn.sum().clamp(min=1))
-        known = part.y >= 0
-        if mode == "pseudo":
-            agree = global_sum(int((cls.numpy()[known] == part.y[known]).sum()))
-            stats["ipb.pseudo_acc"] = agree / max(1.0, global_sum(int(known.sum())))
+    positions = part.bank.sample_positions(np.arange(len(part)), rng, p.min_cover, p.max_tries)
+    pool = clean_pool(part, positions, classes, cfg, device, rng, gen)
+    order, stats = method.unlabeled_epoch(epoch, pool)
     return {"order": order, "positions": positions[order] if len(order) else positions,
-            "stats": stats}
+            "stats": stats, "pool": pool}
+
+
+def clean_pool(part: Part, positions: np.ndarray, classes: list[str], cfg: Config, device,
+               rng: np.random.Generator, gen: torch.Generator) -> UnlabeledPool:
+    """The unlabeled part as a method sees it: true classes (-1 unknown) and clean patches."""
+    test = make_augment(cfg.augment, "test")
+
+    def patches(idx: np.ndarray) -> torch.Tensor:
+        return test(part.bank.extract(idx, positions[idx])).to(device)
+
+    return UnlabeledPool(y=part.y, classes=classes, patches=patches, rng=rng, gen=gen)
 
 
 def true_fractions(part: Part, classes: list[str]) -> dict[str, float]:
@@ -219,15 +157,52 @@ def true_fractions(part: Part, classes: list[str]) -> dict[str, float]:
     return {f"ipb.true_frac.{c}": float(counts[i]) / total for i, c in enumerate(classes)}
 
 
+def bn_batches(pool: UnlabeledPool, n_batches: int, size: int, rng: np.random.Generator):
+    """`n_batches` batches of clean patches of distinct random unlabeled colonies."""
+    k = min(len(pool), n_batches * size)
+    idx = rng.choice(len(pool), size=k, replace=False)
+    for s in range(0, k, size):
+        yield pool.patches(np.sort(idx[s:s + size]))
+
+
+def _evaluate_epoch(method, phase: str, final_phase: str, parts: dict[str, Part],
+                    classes: list[str], cfg: Config, device, rng, pool) -> dict[str, float]:
+    """Validation metrics of the phase's model (the student after BN re-estimation when
+    switched on), and for MPL-family students the collapse shares on U and test."""
+    model = method.phase_model(phase)
+    student = phase == final_phase
+    if student and method.recalibrates_bn():
+        recalibrate_bn(model, bn_batches(pool, method.recalibrates_bn(),
+                                         cfg.train.unlabeled_batch_size, rng))
+    metrics, _ = evaluate(model, parts["val"], classes, cfg, device, rng, "val")
+    if student and method.pseudo_model() is not None:
+        # shares only: the test split's TPR is never looked at before the end
+        shares, _ = evaluate(model, parts["test"], classes, cfg, device, rng, "test")
+        metrics.update({k: v for k, v in shares.items() if "_share." in k})
+        metrics.update(unlabeled_shares(model, parts["unlabeled"], len(classes), cfg, device,
+                                        rng))
+        metrics["collapse.now"] = float(collapsed(metrics, "u") or collapsed(metrics, "test"))
+    return metrics
+
+
+def _keep_if_best(best: dict, score: float, epoch: int, model) -> dict:
+    if score > best["score"]:
+        return {"score": score, "epoch": epoch,
+                "state": copy.deepcopy(unwrap(model).state_dict())}
+    return best
+
+
 def run_trial(cfg: Config, parts: dict[str, Part], classes: list[str], *,
               device: torch.device | str = "cpu", wrap=None, rank: int = 0, world: int = 1,
-              resume: dict[str, Any] | None = None,
+              resume: dict[str, Any] | None = None, teacher_state: dict | None = None,
               report: Callable[[dict[str, float], Callable[[], dict] | None], None] | None = None,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train `cfg.method.name` and evaluate; returns final metrics, confusion matrices, history.
 
-    `report(metrics, state_fn)` is called once per epoch (and once at the end with test.*);
-    `state_fn()` gives the checkpoint dict to save. `resume` is such a dict.
+    `report(metrics, state_fn)` is called once per epoch; `state_fn()` gives the checkpoint
+    dict to save, and `resume` is such a dict. `teacher_state`: a pre-trained teacher (the
+    supervised run of the same split, seed and budget) -- MPL-family methods then skip their
+    pre-training stage and start the final one from it.
     """
     device = torch.device(device)
     seed = cfg.train.seed * 1000 + cfg.train.fold
@@ -236,30 +211,47 @@ def run_trial(cfg: Config, parts: dict[str, Part], classes: list[str], *,
     rng = np.random.default_rng([seed, rank])
     gen = torch.Generator().manual_seed(seed * 7919 + rank)
     batches = Batches(cfg, parts, rng, gen, device)
-    start, history, best = 0, [], {"score": -1.0, "epoch": -1, "state": None}
+    n_epochs = method.num_epochs()
+    final_phase = method.phase(n_epochs - 1)
+    first_final = next(e for e in range(n_epochs) if method.phase(e) == final_phase)
+    empty = {"score": -1.0, "epoch": -1, "state": None}
+    start, history, best, pre_best = 0, [], dict(empty), dict(empty)
     if resume:
         method.load_state_dict(resume["method"])
         start, history, best = resume["epoch"] + 1, resume["history"], resume["best"]
+        pre_best = resume.get("pre_best", pre_best)
         log(f"resumed from the checkpoint of epoch {resume['epoch']}")
+    elif teacher_state is not None and first_final > 0:
+        start, pre_best = first_final, {**empty, "state": teacher_state}
+        log("teacher pre-training skipped: starting from the given pre-trained teacher")
     select = cfg.train.select_on            # val (default) | test (reproduction only)
     if select == "val" and global_sum(len(parts["val"])) == 0:
         log("no validation colonies: the student of the last epoch is kept (no selection)")
         select = "last"
     u_true = true_fractions(parts["unlabeled"], classes) if method.uses_unlabeled else {}
-    n_epochs = method.num_epochs()
-    final_phase = method.phase(n_epochs - 1)
+    stage_teacher, pool = None, None
     for epoch in range(start, n_epochs):
         t0 = time.time()
         # per-epoch streams: a resumed run draws exactly what an uninterrupted one would
         rng = batches.rng = np.random.default_rng([seed, rank, epoch])
         gen.manual_seed(seed * 7919 + rank * 1_000_003 + epoch)
-        method.start_epoch(epoch)
+        # dropout draws from the global stream: per epoch too, so a supervised run and an
+        # MPL teacher's pre-training of the same split and seed are the same computation
+        torch.manual_seed(seed * 104_729 + rank * 1_000_003 + epoch)
         phase = method.phase(epoch)
+        if epoch == first_final and first_final > 0:
+            stage_teacher = pre_best["state"] if cfg.method.teacher_select == "val" else None
+            if stage_teacher is None:
+                stage_teacher = copy.deepcopy(unwrap(method.phase_model(
+                    method.phase(epoch - 1))).state_dict())
+            method.begin_final_stage(stage_teacher)
+        method.start_epoch(epoch)
         metrics: dict[str, float] = {"epoch": epoch}
         if phase == "mpl":
             plan = plan_unlabeled_epoch(method, epoch, parts["unlabeled"], classes, cfg,
                                         device, rng, gen)
             batches.set_unlabeled_epoch(plan["order"], plan["positions"])
+            pool = plan["pool"]
             metrics.update(plan["stats"])
             metrics["time.balance"] = time.time() - t0
             if plan["stats"]:
@@ -270,50 +262,70 @@ def run_trial(cfg: Config, parts: dict[str, Part], classes: list[str], *,
             for k, v in method.train_step(batches.batch(phase), epoch).items():
                 sums[k] = sums.get(k, 0.0) + v
         metrics.update({k: v / n_steps for k, v in sums.items()})
-        last = epoch == n_epochs - 1
-        if (epoch + 1) % cfg.train.eval_every == 0 or last:
-            m_val, _ = evaluate(method.eval_model(), parts["val"], classes, cfg, device, rng, "val")
-            metrics.update(m_val)
+        if (epoch + 1) % cfg.train.eval_every == 0 or epoch == n_epochs - 1:
+            metrics.update(_evaluate_epoch(method, phase, final_phase, parts, classes, cfg,
+                                           device, rng, pool))
             if select == "test":
-                score = evaluate(method.eval_model(), parts["test"], classes, cfg, device, rng,
-                                 "select")[0]["select.tpr.mean"]
+                score = evaluate(method.phase_model(phase), parts["test"], classes, cfg, device,
+                                 rng, "select")[0]["select.tpr.mean"]
             else:
-                score = m_val["val.tpr.mean"] if select == "val" else float(epoch)
-            # only the final phase's models compete (not an untrained student during the
-            # teacher's pre-training, nor SimCLR's encoder before its classifier is trained)
-            if phase == final_phase and score > best["score"]:
-                best = {"score": score, "epoch": epoch,
-                        "state": copy.deepcopy(unwrap(method.eval_model()).state_dict())}
+                score = metrics["val.tpr.mean"] if select == "val" else float(epoch)
+            # the final phase's models compete for the result; an earlier stage's (MPL's
+            # teacher pre-training) for the model the final stage starts from
+            if phase == final_phase:
+                best = _keep_if_best(best, score, epoch, method.eval_model())
+            else:
+                pre_best = _keep_if_best(pre_best, score, epoch, method.phase_model(phase))
         metrics["time.epoch"] = time.time() - t0
         metrics["phase." + phase] = 1.0
         history.append(metrics)
         log(f"epoch {epoch + 1}/{n_epochs} [{phase}] " + " ".join(
             f"{k}={v:.4g}" for k, v in metrics.items()
-            if k.startswith(("train.", "val.tpr.mean", "ipb.pseudo_acc"))))
+            if k.startswith(("train.", "val.tpr.mean", "ipb.pseudo_acc", "u.pred_share"))))
         if report:
             def state_fn(epoch=epoch):
                 return {"method": method.state_dict(), "epoch": epoch, "history": history,
-                        "best": best}
+                        "best": best, "pre_best": pre_best}
             report(metrics, state_fn)
-    # test with the selected student (or a fine-tuned copy of it)
+    return _finish(method, cfg, parts, classes, batches, world, device, rng, gen, best,
+                   history, stage_teacher if teacher_state is None else None, log)
+
+
+def _finish(method, cfg: Config, parts, classes, batches, world, device, rng, gen, best,
+            history, teacher, log) -> dict[str, Any]:
+    """Test the selected model (fine-tuned on L first when train.finetune_epochs > 0)."""
     model = unwrap(method.eval_model())
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     if cfg.train.finetune_epochs > 0:
-        finetune(method, cfg, batches, world, log)
+        target = method.train_model()
+        if unwrap(target) is not model:      # e.g. the EMA was selected: tune the student
+            unwrap(target).load_state_dict(model.state_dict())
+        finetune(method, target, cfg, batches, world, log)
+        model = unwrap(target)
+        if method.recalibrates_bn():
+            u = parts["unlabeled"]
+            pool = clean_pool(u, u.bank.center_positions(np.arange(len(u))), classes, cfg,
+                              device, rng, gen)
+            recalibrate_bn(model, bn_batches(pool, method.recalibrates_bn(),
+                                             cfg.train.unlabeled_batch_size, rng))
     m_test, cm_test = evaluate(model, parts["test"], classes, cfg, device, rng, "test")
     m_val, cm_val = evaluate(model, parts["val"], classes, cfg, device, rng, "val")
     final = {**m_test, **{f"best.{k}": v for k, v in m_val.items()},
              "best.epoch": best["epoch"], "selected_on": cfg.train.select_on}
+    if method.pseudo_model() is not None:
+        final["collapse.final"] = float(collapsed(m_test, "test"))
+        final["collapse.any"] = float(final["collapse.final"] or any(
+            h.get("collapse.now", 0.0) for h in history))
     return {"metrics": final, "cm_test": cm_test, "cm_val": cm_val, "history": history,
-            "model": model, "classes": classes}
+            "model": model, "classes": classes,
+            "teacher": teacher if method.pseudo_model() is not None else None}
 
 
-def finetune(method, cfg: Config, batches: Batches, world: int, log) -> None:
+def finetune(method, model, cfg: Config, batches: Batches, world: int, log) -> None:
     """Optional stage (off by default): fine-tune the selected student on L (reference code),
-    at a tenth of the learning rate, through the same DDP wrapper as training."""
+    at a tenth of the learning rate, through the method's training (DDP) wrapper `model`."""
     from ipb.methods.base import make_optimizer
-    model = method.train_model()
     opt = make_optimizer(cfg, model.parameters(), lr_scale=0.1)
     for epoch in range(cfg.train.finetune_epochs):
         losses = [method.supervised_step(model, opt, batches.labeled())

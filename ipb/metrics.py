@@ -114,6 +114,25 @@ def ttest(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     return float(res.statistic), float(res.pvalue)
 
 
+def paired_ttest(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
+    """Paired Student t-test of matched values (the same (fold, seed) pairs, in the same
+    order): (mean difference a - b, statistic, two-sided p). p is nan for fewer than 2 pairs
+    and 1.0 when every difference is exactly 0."""
+    from scipy import stats
+
+    x = np.asarray(a, dtype=np.float64).ravel()
+    y = np.asarray(b, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"paired t-test needs matched pairs, got {x.size} and {y.size} values")
+    d = x - y
+    if d.size < 2:
+        return (float(d.mean()) if d.size else math.nan), math.nan, math.nan
+    if np.all(d == 0):
+        return 0.0, 0.0, 1.0
+    res = stats.ttest_rel(x, y)
+    return float(d.mean()), float(res.statistic), float(res.pvalue)
+
+
 def ttest_per_class(a: Mapping[str, Sequence[float]],
                     b: Mapping[str, Sequence[float]]) -> dict[str, tuple[float, float]]:
     """`ttest` for every key the two configurations share (e.g. class names or metric names)."""

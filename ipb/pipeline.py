@@ -30,7 +30,7 @@ def synthetic_table(cfg: Config, progress: bool = True) -> Path:
     t0 = time.time()
     if progress:
         print(f"making the SYNTHETIC data set once, cached in {root}", file=sys.stderr)
-    synthesize(wells, cfg.synth, progress=progress)
+    synthesize(wells, cfg.synth, progress=progress, workers=max(1, cfg.data.ingest_workers))
     init_ray(quiet=not progress)
     ingest(wells, table, cfg, labels=str(wells / "labels.csv"), layout="wells", progress=progress)
     if progress:

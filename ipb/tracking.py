@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ipb.config import Config, flatten, to_dict, to_yaml, trial_hash
+from ipb.config import Config, flatten, teacher_key, to_dict, to_yaml, trial_hash
 
 TAG_KEYS = ("ipb.method", "ipb.arch", "ipb.scales", "ipb.multi_label", "ipb.labeled_fraction",
             "ipb.fold", "ipb.seed", "ipb.sweep")
@@ -62,6 +62,12 @@ def trial_tags(cfg: Config, synthetic: bool, sweep: str = "") -> dict[str, str]:
             "ipb.synthetic": str(bool(synthetic)).lower(),
             "ipb.selected_on": cfg.train.select_on,
             "ipb.trial_hash": trial_hash(cfg)}
+    if cfg.method.preset != "paper":
+        tags["ipb.preset"] = cfg.method.preset
+    if cfg.method.name == "supervised" and teacher_key(cfg):
+        # this run's selected model is the pre-trained teacher of MPL-family trials of the
+        # same split, seed and budget (find_teacher)
+        tags["ipb.teacher_key"] = teacher_key(cfg)
     if cfg.train.select_on == "test":
         tags["ipb.note"] = "model selected on the TEST split (reproduction of the reference code)"
     return tags
@@ -146,6 +152,44 @@ def log_trial_result(run_id: str, cfg: Config, out: dict[str, Any], model_file: 
         for f in d.iterdir():
             c.log_artifact(run_id, str(f))
         c.log_artifact(run_id, str(model_file), artifact_path="model")
+    teacher_file = model_file.parent / TEACHER_ARTIFACT.split("/")[-1]
+    if teacher_file.is_file() and teacher_key(cfg):
+        c.log_artifact(run_id, str(teacher_file), artifact_path="model")
+        c.set_tag(run_id, "ipb.teacher_artifact", TEACHER_ARTIFACT)
+        c.set_tag(run_id, "ipb.teacher_key", teacher_key(cfg))
+    m = out["metrics"]
+    if "collapse.final" in m:
+        c.set_tag(run_id, "ipb.collapsed", str(bool(m["collapse.final"])).lower())
+        c.set_tag(run_id, "ipb.collapsed_during", str(bool(m["collapse.any"])).lower())
+
+
+TEACHER_ARTIFACT = "model/teacher.pt"
+
+
+def find_teacher(cfg: Config, classes: list[str]) -> tuple[str, dict] | None:
+    """(run id, state dict) of the pre-trained teacher an MPL-family trial would train first:
+    the selected model of a FINISHED supervised run with the same `teacher_key` (or the
+    teacher an earlier MPL-family trial pre-trained), in any experiment of the store."""
+    if cfg.method.name == "supervised":
+        return None
+    key = teacher_key(cfg)
+    if key is None:
+        return None
+    import torch
+    c = client(tracking_uri(cfg))
+    exps = [e.experiment_id for e in c.search_experiments()]
+    runs = c.search_runs(exps, f"tags.`ipb.teacher_key` = '{key}' and "
+                               "attributes.status = 'FINISHED'", max_results=1) if exps else []
+    if not runs:
+        return None
+    run = runs[0]
+    with tempfile.TemporaryDirectory() as d:
+        path = c.download_artifacts(run.info.run_id, run.data.tags.get(
+            "ipb.teacher_artifact", "model/student.pt"), d)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    if list(saved.get("classes", [])) != list(classes) or saved.get("arch") != cfg.model.arch:
+        return None        # the same key over a table whose classes changed: train afresh
+    return run.info.run_id, saved["state_dict"]
 
 
 def end_run(cfg: Config, run_id: str, status: str, error: str | None = None) -> None:

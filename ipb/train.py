@@ -27,6 +27,7 @@ from ipb.config import Config, config_hash, from_dict, to_dict
 STATE_FILE = "state.pt"
 RESULT_FILE = "result.json"
 MODEL_FILE = "student.pt"
+TEACHER_FILE = "teacher.pt"   # an MPL-family trial's pre-trained teacher, for later trials
 
 
 SHARDED = ("unlabeled", "val", "test")    # split over workers; labeled goes whole to each
@@ -87,6 +88,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0 and config.get("run_id"):
         from ipb.tracking import EpochLogger
         tracker = EpochLogger(config["tracking_uri"], config["run_id"])
+        if resume is not None:      # the run says that a restart continued it, and from where
+            tracker.client.set_tag(config["run_id"], "ipb.resumed_from_epoch",
+                                   str(resume["epoch"]))
 
     fault = config.get("fault") or {}
 
@@ -116,8 +120,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     log(f"worker 0/{world}: {', '.join(f'{k} {len(v)}' for k, v in parts.items())} colonies "
         f"on this worker, patch {size}px, device {device}")
+    teacher = ray.get(config["teacher"]) if config.get("teacher") is not None else None
     out = run_trial(cfg, parts, classes, device=device, wrap=wrap, rank=rank, world=world,
-                    resume=resume, report=report, log=log)
+                    resume=resume, teacher_state=teacher, report=report, log=log)
     final = {k: v for k, v in out["metrics"].items() if isinstance(v, (int, float))}
     final["final"] = 1.0
     if rank == 0:
@@ -126,6 +131,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                         "width": cfg.model.width, "classes": classes,
                         "patch_size": size, "config": to_dict(cfg),
                         "synthetic": bool(config.get("synthetic"))}, Path(d) / MODEL_FILE)
+            if out["teacher"] is not None:
+                torch.save({"state_dict": out["teacher"], "arch": cfg.model.arch,
+                            "classes": classes}, Path(d) / TEACHER_FILE)
             (Path(d) / RESULT_FILE).write_text(json.dumps({
                 "metrics": out["metrics"], "cm_test": out["cm_test"].tolist(),
                 "cm_val": out["cm_val"].tolist(), "history": out["history"],
@@ -204,6 +212,29 @@ def prepare_parts(cfg: Config, data: dict[str, Any]):
     return {"rows": data["rows"], "index": index}, split, data["manifest"]
 
 
+def _before_training(cfg: Config, run_id: str, split, progress: bool, name: str):
+    """Checks that fail a trial before any training (the run is marked FAILED with the
+    reason), and the pre-trained teacher of an MPL-family trial when a finished supervised run
+    (or an earlier trial) of the same split, seed and budget has one: its ObjectRef, or None."""
+    import ray
+
+    from ipb import tracking
+    from ipb.methods import method_class
+    try:
+        method_class(cfg.method.name).check_data(cfg, split.counts.get("unlabeled", {}))
+        found = tracking.find_teacher(cfg, split.classes)
+    except BaseException as e:
+        tracking.end_run(cfg, run_id, "FAILED", error=f"{type(e).__name__}: {e}")
+        raise
+    if found is None:
+        return None
+    tracking.client(tracking.tracking_uri(cfg)).set_tag(run_id, "ipb.teacher_run", found[0])
+    if progress:
+        print(f"[{name}] teacher: the selected model of run {found[0]} (no pre-training)",
+              file=sys.stderr, flush=True)
+    return ray.put(found[1])
+
+
 def run_name(cfg: Config) -> str:
     return (f"{cfg.method.name}-{cfg.model.arch}-f{cfg.train.fold}-s{cfg.train.seed}-"
             f"{config_hash(cfg)[:8]}")
@@ -236,7 +267,9 @@ def fit(cfg: Config, table: Path | str | None = None, *, data: dict[str, Any] | 
     uri = tracking.tracking_uri(cfg)
     run_id = tracking.start_trial_run(cfg, split, manifest, name=name, parent_run_id=parent_run_id,
                                       sweep=sweep, experiment=experiment, table=data["table"],
-                                      extra_tags=extra_tags)
+                                      extra_tags={**(extra_tags or {}),
+                                                  "ipb.storage": train_storage(cfg)})
+    teacher = _before_training(cfg, run_id, split, progress, name)
     if progress:
         print(f"[{name}] MLflow run {run_id} at {uri}; split " + "; ".join(
             f"{p} {len(getattr(split, p))}" for p in ("labeled", "val", "unlabeled", "test")),
@@ -245,7 +278,8 @@ def fit(cfg: Config, table: Path | str | None = None, *, data: dict[str, Any] | 
         train_loop_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "classes": split.classes, "parts": parts,
                            "run_id": run_id, "tracking_uri": uri, "name": name, "fault": fault,
-                           "t_start": time.time(), "synthetic": bool(manifest.get("synthetic"))},
+                           "t_start": time.time(), "synthetic": bool(manifest.get("synthetic")),
+                           "teacher": teacher},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker,

@@ -163,16 +163,16 @@ def test_mpl_h_baseline_ema_subtracts_moving_average():
 def test_student_mask_and_soft_targets():
     p = torch.tensor([[0.9, 0.05, 0.05], [0.4, 0.3, 0.3]])
     m = create_method("mpl", cfg_for("mpl", "method.threshold=0.65"), 3)
-    t, w, mask = m.student_targets(p)
+    t, w, mask, _ = m.student_targets(p)
     assert t.tolist() == [0, 0] and w.tolist() == [1.0, 0.0] and mask.tolist() == [1.0, 0.0]
     m = create_method("mpl", cfg_for("mpl", "method.student_mask=false",
                                      "method.soft_targets=true"), 3)
-    t, w, _ = m.student_targets(p)
+    t, w, _, _ = m.student_targets(p)
     assert torch.equal(t, p) and w.tolist() == [1.0, 1.0]
 
 
 def test_empty_confidence_mask_still_updates_every_teacher_parameter(parts):
-    cfg = cfg_for("mpl", "method.threshold=1.01", "method.teacher_pretrain_epochs=0")
+    cfg = cfg_for("mpl", "method.threshold=1.0", "method.teacher_pretrain_epochs=0")
     m = create_method("mpl", cfg, 3)
     b = Batches(cfg, parts, np.random.default_rng(0), torch.Generator().manual_seed(0), "cpu")
     b.set_unlabeled_epoch(np.arange(10), parts["unlabeled"].bank.center_positions(np.arange(10)))

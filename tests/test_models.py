@@ -27,9 +27,18 @@ def test_registry_holds_the_paper_models():
     assert PAPER_NAMES <= set(list_models())
     for name in list_models():
         info = model_info(name)
-        assert info["family"] in ("vgg", "hrnet")
+        assert info["family"] in ("vgg", "hrnet", "small")
         assert info["multi_scale"] == name.startswith("ms_")
-        assert info["min_size"] >= 32
+        assert info["min_size"] >= (16 if info["family"] == "small" else 32)
+        # a network of the paper carries its parameter count; the CPU-study one does not
+        assert (info["paper_params"] > 0) == (name in PAPER_NAMES)
+
+
+def test_small_cnn_is_small_and_takes_48px_patches():
+    """The CPU-study network: a few hundred thousand parameters at width 1, 48 px in."""
+    assert 2e5 <= count("small_cnn", 1.0) <= 5e5
+    logits, emb = create_model("small_cnn", 4)(torch.zeros(2, 1, 48, 48))
+    assert logits.shape == (2, 4) and emb.shape == (2, 128)
 
 
 @pytest.mark.parametrize("name", list_models())

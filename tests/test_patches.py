@@ -268,6 +268,28 @@ def test_normalisation_keeps_the_jitter_visible():
     assert y.mean(dim=(1, 2, 3)).abs().max() > 0.3
 
 
+def test_normalized_jitter_space_bounds_the_shift_on_low_contrast_patches():
+    """jitter_space=normalized: brightness moves a z-scored patch by at most `brightness` std
+    and contrast scales it; in pixel space the same jitter moves a low-contrast patch (std
+    0.01 around 0.5) by many std."""
+    g = torch.Generator().manual_seed(0)
+    x = 0.5 + 0.01 * torch.randn(256, 1, 16, 16, generator=g)
+    shifts = {}
+    for space in ("pixel", "normalized"):
+        chain = Chain(p_jitter=1.0, brightness=0.4, contrast=0.4, normalize=True,
+                      jitter_space=space)
+        y = Augment(chain)(x, torch.Generator().manual_seed(1))
+        shifts[space] = y.mean(dim=(1, 2, 3)).abs()
+        if space == "normalized":
+            std = y.std(dim=(1, 2, 3))
+            assert std.min() >= 0.6 - 0.01 and std.max() <= 1.4 + 0.01   # ddof=1 std
+    assert shifts["normalized"].max() <= 0.4 + 1e-4
+    assert shifts["pixel"].max() > 5.0
+    # the config key reaches the views
+    aug = make_augment(AugmentConfig(jitter_space="normalized"), "strong")
+    assert aug.chain.jitter_space == "normalized"
+
+
 def test_strong_differs_more_than_weak():
     # a flip-symmetric blob: the weak view (flips) leaves it as is, the strong view does not
     s = 32

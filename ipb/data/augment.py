@@ -19,6 +19,9 @@ applied after the photometric ops. Statistics of the incoming patch make 8- and 
 uneven illumination look alike, while a brightness/contrast jitter or blur still changes what the
 network sees (a z-score of the jittered patch itself would cancel the jitter exactly). The
 reference code skipped normalisation; `normalize=false` reproduces that.
+`jitter_space=normalized` z-scores first and jitters the z-scores instead (brightness = an offset
+of at most `brightness` std, contrast = a factor): a low-contrast patch is then shifted by at
+most that, not by the several std that a pixel-space brightness factor gives it.
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ class Chain:
     p_blur: float = 0.0
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     normalize: bool = False
+    jitter_space: str = "pixel"     # "normalized": z-score first, jitter the z-scores
 
 
 def center_half(x: torch.Tensor) -> torch.Tensor:
@@ -78,6 +82,15 @@ def _jitter(x: torch.Tensor, bright: torch.Tensor, contrast: torch.Tensor) -> to
     x = (x * b).clamp_(0.0, 1.0)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return ((x - mean) * c + mean).clamp_(0.0, 1.0)
+
+
+def _jitter_z(x: torch.Tensor, offset: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
+    """Jitter of z-scored patches: contrast scales about the patch mean, brightness adds an
+    offset in units of the patch's own std (bounded, whatever the patch's contrast)."""
+    o = offset.to(x.device, x.dtype).view(-1, 1, 1, 1)
+    c = contrast.to(x.device, x.dtype).view(-1, 1, 1, 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) * c + mean + o
 
 
 def _blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
@@ -146,13 +159,18 @@ class Augment(torch.nn.Module):
         lo, hi = c.blur_sigma
         sigma = lo + r[:, 3] * (hi - lo)
 
-        x = x.clone()      # never write into the caller's tensor (extract may reuse a buffer)
+        z_first = c.normalize and c.jitter_space == "normalized"
+        # never write into the caller's tensor (extract may reuse a buffer)
+        x = x.sub(mean).div_(std) if z_first else x.clone()
         x = _apply(x, sel[:, 0], lambda t: t.flip(-1))
         x = _apply(x, sel[:, 1], lambda t: t.flip(-2))
         x = _apply(x, sel[:, 2], _rotate, angle)
-        x = _apply(x, sel[:, 3], _jitter, bright, contrast)
+        if z_first:
+            x = _apply(x, sel[:, 3], _jitter_z, bright - 1.0, contrast)
+        else:
+            x = _apply(x, sel[:, 3], _jitter, bright, contrast)
         x = _apply(x, sel[:, 4], lambda t, s: _blur(t, s, self._radius), sigma)
-        if c.normalize:
+        if c.normalize and not z_first:
             x = x.sub_(mean).div_(std)
         return x
 
@@ -160,7 +178,7 @@ class Augment(torch.nn.Module):
 def make_augment(cfg: AugmentConfig, view: View) -> Augment:
     """The augmentation of one view ('train' labeled, 'weak'/'strong' unlabeled, 'test')."""
     common = dict(rotate_deg=cfg.rotate_deg, blur_sigma=tuple(cfg.blur_sigma),
-                       normalize=cfg.normalize)
+                  normalize=cfg.normalize, jitter_space=cfg.jitter_space)
 
     def full(p: float, p_flip: float, brightness: float, contrast: float) -> Chain:
         return Chain(p_hflip=p_flip, p_vflip=p_flip, p_rotate=p, p_jitter=p, brightness=brightness,

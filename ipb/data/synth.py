@@ -18,6 +18,7 @@ import dataclasses
 import json
 import sys
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -78,9 +79,31 @@ def _well_rngs(cfg: SynthConfig, n: int, salt: int = 0) -> list[np.random.Genera
     return [np.random.default_rng(s) for s in np.random.SeedSequence([cfg.seed, salt]).spawn(n)]
 
 
-def synthesize(out_dir, cfg: SynthConfig, progress: bool = True) -> dict:
+def _write_well(out: Path, cfg: SynthConfig, w: int, rng: np.random.Generator, T: int,
+                classes: list[str]) -> tuple[list, list, list]:
+    """Render well `w` (all its time points) and write its images and masks; returns its
+    label rows, image-label rows and colony labels."""
+    rows, image_rows, seen = [], [], []
+    for t, (img, inst, cols) in enumerate(render_well(cfg, rng, T, classes)):
+        stem = f"well_{w:03d}" + (f"_t{t:02d}" if T > 1 else "")
+        rel = f"images/{stem}.tif"
+        tifffile.imwrite(out / rel, img, compression="zlib", metadata=None,
+                         description=_description(cfg, w, t))
+        cv2.imwrite(str(out / "masks" / f"{stem}.png"), inst)
+        for c in cols:
+            rows.append([rel, c["x0"], c["y0"], c["x1"], c["y1"], c["label"]])
+            seen.append(c["label"])
+        votes = Counter(c["label"] for c in cols if not c["multi_label"]) or \
+            Counter(c["label"].split("|")[0] for c in cols)
+        image_rows.append([rel, min(votes, key=lambda k: (-votes[k], k)) if votes else ""])
+    return rows, image_rows, seen
+
+
+def synthesize(out_dir, cfg: SynthConfig, progress: bool = True, workers: int = 1) -> dict:
     """Write cfg.wells synthetic wells (time series if cfg.time_points > 1) under `out_dir`;
-    return the synth.json summary. A complete earlier output of the same config is reused."""
+    return the synth.json summary. A complete earlier output of the same config is reused.
+    `workers` > 1 renders wells in that many processes (the output is the same: every well
+    has its own random stream)."""
     out = Path(out_dir).expanduser()
     cached = _check_out_dir(out, cfg, "wells")
     if cached is not None:
@@ -88,26 +111,24 @@ def synthesize(out_dir, cfg: SynthConfig, progress: bool = True) -> dict:
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(exist_ok=True)
     T = max(1, int(cfg.time_points))
-    n = cfg.wells * cfg.colonies_per_well
-    all_labels = allocate_labels(n, cfg, np.random.default_rng([cfg.seed, 7]))
+    per = cfg.colonies_per_well
+    all_labels = allocate_labels(cfg.wells * per, cfg, np.random.default_rng([cfg.seed, 7]))
     write_json_atomic(out / "synth.json", {**_summary(cfg, "wells", 0, []), "complete": False})
+    jobs = [(out, cfg, w, rng, T, all_labels[w * per:(w + 1) * per])
+            for w, rng in enumerate(_well_rngs(cfg, cfg.wells))]
     rows, image_rows, seen = [], [], []
-    for w, rng in enumerate(_well_rngs(cfg, cfg.wells)):
-        classes = all_labels[w * cfg.colonies_per_well:(w + 1) * cfg.colonies_per_well]
-        for t, (img, inst, cols) in enumerate(render_well(cfg, rng, T, classes)):
-            stem = f"well_{w:03d}" + (f"_t{t:02d}" if T > 1 else "")
-            rel = f"images/{stem}.tif"
-            tifffile.imwrite(out / rel, img, compression="zlib", metadata=None,
-                             description=_description(cfg, w, t))
-            cv2.imwrite(str(out / "masks" / f"{stem}.png"), inst)
-            for c in cols:
-                rows.append([rel, c["x0"], c["y0"], c["x1"], c["y1"], c["label"]])
-                seen.append(c["label"])
-            votes = Counter(c["label"] for c in cols if not c["multi_label"]) or \
-                Counter(c["label"].split("|")[0] for c in cols)
-            image_rows.append([rel, min(votes, key=lambda k: (-votes[k], k)) if votes else ""])
-        if progress and (w + 1) % max(1, cfg.wells // 10) == 0:
-            print(f"synth: {w + 1}/{cfg.wells} wells", file=sys.stderr, flush=True)
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
+    results = pool.map(_write_well, *zip(*jobs)) if pool else (_write_well(*j) for j in jobs)
+    try:
+        for w, (r, ir, sn) in enumerate(results):
+            rows += r
+            image_rows += ir
+            seen += sn
+            if progress and (w + 1) % max(1, cfg.wells // 10) == 0:
+                print(f"synth: {w + 1}/{cfg.wells} wells", file=sys.stderr, flush=True)
+    finally:
+        if pool:
+            pool.shutdown()
     with open(out / "labels.csv", "w", newline="") as fh:
         csv.writer(fh).writerows([["image", "x0", "y0", "x1", "y1", "label"], *rows])
     with open(out / "image_labels.csv", "w", newline="") as fh:

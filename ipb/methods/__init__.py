@@ -5,9 +5,11 @@
 `create_method(name, cfg, num_classes, ...)` builds one; every registered method is exercised
 by tests/test_methods.py (a few steps on a tiny table: finite, decreasing losses).
 """
-from ipb.methods.base import PHASE_INPUTS, Method, create_method, list_methods, register_method
+from ipb.methods.base import PHASE_INPUTS, Method, create_method, list_methods, method_class, \
+    register_method
 
 # importing registers them
 from ipb.methods import supervised, mpl, ipb, simclr  # noqa: E402,F401
 
-__all__ = ["PHASE_INPUTS", "Method", "create_method", "list_methods", "register_method"]
+__all__ = ["PHASE_INPUTS", "Method", "create_method", "list_methods", "method_class",
+           "register_method"]

@@ -9,8 +9,10 @@ distributed wrapper comes in as `wrap` (DDP under Ray Train, identity in unit te
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,7 +25,7 @@ _REGISTRY: dict[str, type["Method"]] = {}
 # batch keys per phase: what the engine must put in the batch dict
 PHASE_INPUTS = {
     "supervised": ("x_l", "y_l"),           # labeled patches, GT-balanced sampler
-    "mpl": ("x_l", "y_l", "x_uw", "x_us"),  # + weak and strong views of unlabeled patches
+    "mpl": ("x_l", "y_l", "x_uw", "x_us", "i_u"),  # + weak/strong unlabeled views, their U index
     "contrastive": ("x_1", "x_2"),          # two strong views of U+L patches
 }
 
@@ -33,15 +35,19 @@ def register_method(cls: type["Method"]) -> type["Method"]:
     return cls
 
 
+def method_class(name: str) -> type["Method"]:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; registered: {', '.join(list_methods())}")
+    return _REGISTRY[name]
+
+
 def list_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
 def create_method(name: str, cfg: Config, num_classes: int, device: str | torch.device = "cpu",
                   wrap: Callable[[nn.Module], nn.Module] | None = None) -> "Method":
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; registered: {', '.join(list_methods())}")
-    return _REGISTRY[name](cfg, num_classes, torch.device(device), wrap or (lambda m: m))
+    return method_class(name)(cfg, num_classes, torch.device(device), wrap or (lambda m: m))
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -61,6 +67,25 @@ def set_lr(opt: torch.optim.Optimizer, epoch: int, cfg: Config, scale: float = 1
     lr = cfg.train.lr * scale * (0.1 if epoch >= cfg.train.lr_step_epoch else 1.0)
     for g in opt.param_groups:
         g["lr"] = lr
+
+
+@dataclass
+class UnlabeledPool:
+    """This worker's unlabeled colonies at the start of an epoch (patch positions fixed)."""
+    y: np.ndarray              # true class index, -1 unknown (only to score pseudo-labels)
+    classes: list[str]
+    patches: Callable[[np.ndarray], torch.Tensor]   # clean test-view patches, on the device
+    rng: np.random.Generator
+    gen: torch.Generator
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def clean_batches(self, size: int = 256, limit: int | None = None):
+        """Clean patches of every colony (or the first `limit`), `size` at a time."""
+        n = len(self) if limit is None else min(limit, len(self))
+        for s in range(0, n, size):
+            yield self.patches(np.arange(s, min(n, s + size)))
 
 
 class Method:
@@ -129,14 +154,35 @@ class Method:
         ranks' gradients in sync), used by the optional fine-tuning stage."""
         return self.eval_model()
 
+    def phase_model(self, phase: str) -> nn.Module:
+        """The network evaluated (and selected on val) during an epoch of `phase`: MPL's
+        teacher while it is pre-trained, eval_model() otherwise."""
+        return self.eval_model()
+
+    def begin_final_stage(self, pretrained: dict[str, Any] | None) -> None:
+        """Called once at the first epoch of the final phase when an earlier stage ran (or was
+        loaded): `pretrained` is that stage's selected phase_model state (None = keep the
+        last one). MPL starts its teacher (and, switched on, its student) from it."""
+
+    def recalibrates_bn(self) -> int:
+        """Batches of clean unlabeled patches to re-estimate eval_model()'s BatchNorm
+        statistics on before each evaluation (0 = off; MPL's method.bn_recalibrate)."""
+        return 0
+
     def pseudo_model(self) -> nn.Module | None:
         """The network whose predictions steer unlabeled resampling (IPB's teacher), if any."""
         return None
 
-    def balance(self, epoch: int) -> str | None:
-        """How this unlabeled epoch is resampled: None = uniform shuffle, "pseudo" = by the
-        pseudo_model's classes (IPB), "true" = by the true classes of U (oracle)."""
-        return None
+    def unlabeled_epoch(self, epoch: int, pool: "UnlabeledPool") -> tuple[np.ndarray, dict]:
+        """The order in which this worker's unlabeled colonies are drawn this epoch, and what
+        to log about it. Default: a uniform shuffle (MPL). IPB resamples by pseudo-class."""
+        return pool.rng.permutation(len(pool)), {}
+
+    @classmethod
+    def check_data(cls, cfg: Config, unlabeled_counts: dict[str, int]) -> None:
+        """Raise ValueError naming the reason when this method cannot run on a split whose
+        unlabeled part has these counts (class -> n, plus 'multi_label' and 'unlabeled');
+        called before any training starts."""
 
     # -- checkpoints -----------------------------------------------------------------------
     def modules(self) -> dict[str, Any]:

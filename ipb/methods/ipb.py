@@ -1,47 +1,38 @@
 """Iterative Pseudo Balancing: MPL whose student sees pseudo-class-balanced unlabeled epochs.
 
-    ipb train --method ipb --arch ms_hrnet_w18 --fold 0
+    ipb train --method ipb --arch ms_hrnet_w18 --fold 0      # + method.preset=robust
 
-At the start of every unlabeled epoch (PAPER.md section 6, "the IPB part"):
- 1 the teacher (eval mode) predicts one random patch of every unlabeled colony of this worker;
+The whole algorithm is MPL's step (ipb/methods/mpl.py) plus this, at the start of every
+unlabeled epoch (PAPER.md section 6, "the IPB part"):
+ 1 the teacher (eval mode) predicts one clean patch of every unlabeled colony of this worker
+   (the patch positions the engine fixed for the epoch);
  2 per-pseudo-class counts are all-reduced over workers; weight = 1 / global count;
  3 each worker draws len(shard) colonies with replacement from those weights, so every
    pseudo-class gets about 1/C of the epoch. Patch positions stay fixed for the epoch,
    augmentations stay random, the student still gets its targets from the teacher per batch;
- 4 proportions and weights are returned for logging (paper Figs. 6 and 7).
+ 4 proportions, weights and the teacher's pseudo-label accuracy on U (where U's classes are
+   known, e.g. synthetic data) are returned for logging (paper Figs. 6 and 7).
 `mpl_balanced` resamples by the TRUE classes of U instead (our reading of the paper's
-"MPL (Balanced)": an oracle that needs a U whose classes are known, e.g. synthetic data).
+"MPL (Balanced)": an oracle that needs a U whose classes are all known, e.g. synthetic data).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Iterable
 
+import numpy as np
 import torch
-import torch.distributed as dist
 
-from ipb.methods.base import register_method
+from ipb.dist import all_reduce_sum, global_sum
+from ipb.methods.base import register_method, unwrap
 from ipb.methods.mpl import MPL
 
 
-def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    """Sum over workers when a process group is up (Ray Train's DDP), else identity."""
-    if dist.is_available() and dist.is_initialized():
-        x = x.clone()
-        backend = dist.get_backend()
-        if backend == "nccl" and x.device.type != "cuda":
-            y = x.cuda()
-            dist.all_reduce(y)
-            return y.to(x.device)
-        dist.all_reduce(x)
-    return x
-
-
 @torch.no_grad()
-def predict_classes(model: torch.nn.Module, batches: Callable[[], object]) -> torch.Tensor:
-    """argmax of `model` (eval mode) over an iterator of input batches; training mode restored."""
+def predict_classes(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> torch.Tensor:
+    """argmax of `model` (eval mode) over input batches; its training mode is restored."""
     was = model.training
     model.eval()
-    out = [model(x)[0].argmax(dim=1).cpu() for x in batches()]
+    out = [model(x)[0].argmax(dim=1).cpu() for x in batches]
     model.train(was)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
@@ -49,8 +40,7 @@ def predict_classes(model: torch.nn.Module, batches: Callable[[], object]) -> to
 def balanced_draw(classes: torch.Tensor, num_classes: int, n_draws: int,
                   generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Draw `n_draws` indices with weight 1 / global count of each colony's class."""
-    local = torch.bincount(classes, minlength=num_classes).to(torch.float64)
-    counts = all_reduce_sum(local)
+    counts = all_reduce_sum(torch.bincount(classes, minlength=num_classes).to(torch.float64))
     weights = 1.0 / counts.clamp(min=1)[classes]
     if len(classes) == 0:
         idx = torch.zeros(0, dtype=torch.long)
@@ -62,17 +52,49 @@ def balanced_draw(classes: torch.Tensor, num_classes: int, n_draws: int,
             "drawn": torch.bincount(classes[idx], minlength=num_classes)}
 
 
+def balanced_epoch(classes: torch.Tensor, pool, prefix: str = "ipb") -> tuple[np.ndarray, dict]:
+    """The epoch order drawn by `balanced_draw` and its statistics (pseudo_frac, weight,
+    drawn_frac per class; drawn fractions summed over workers)."""
+    names = pool.classes
+    draw = balanced_draw(classes, len(names), len(pool), pool.gen)
+    drawn = all_reduce_sum(draw["drawn"].to(torch.float64))
+    stats = {}
+    for i, name in enumerate(names):
+        stats[f"{prefix}.pseudo_frac.{name}"] = float(draw["fractions"][i])
+        stats[f"{prefix}.weight.{name}"] = float(draw["class_weights"][i])
+        stats[f"{prefix}.drawn_frac.{name}"] = float(drawn[i] / drawn.sum().clamp(min=1))
+    return draw["indices"].numpy(), stats
+
+
 @register_method
 class IPB(MPL):
     name = "ipb"
 
-    def balance(self, epoch):
-        return "pseudo" if self.phase(epoch) == "mpl" else None
+    def resample(self, pool):
+        teacher = unwrap(self.pseudo_model())
+        pseudo = predict_classes(teacher, pool.clean_batches())
+        order, stats = balanced_epoch(pseudo, pool)
+        known = pool.y >= 0
+        agree = global_sum(int((pseudo.numpy()[known] == pool.y[known]).sum()))
+        stats["ipb.pseudo_acc"] = agree / max(1.0, global_sum(int(known.sum())))
+        return order, stats
 
 
 @register_method
 class MPLBalanced(MPL):
     name = "mpl_balanced"
 
-    def balance(self, epoch):
-        return "true" if self.phase(epoch) == "mpl" else None
+    @classmethod
+    def check_data(cls, cfg, unlabeled_counts):
+        unknown = unlabeled_counts.get("multi_label", 0) + unlabeled_counts.get("unlabeled", 0)
+        if unknown:
+            raise ValueError(
+                f"method {cls.name} resamples U by its true classes, but {unknown} unlabeled "
+                "colonies have none (multi-label or unlabeled); it needs a fully labelled U "
+                "(e.g. synthetic data with method.multi_label=false): use method.name=ipb here")
+
+    def resample(self, pool):
+        unknown = int(global_sum(int((pool.y < 0).sum())))
+        if unknown:
+            self.check_data(self.cfg, {"unlabeled": unknown})
+        return balanced_epoch(torch.from_numpy(pool.y), pool)

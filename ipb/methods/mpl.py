@@ -1,22 +1,39 @@
 """Meta Pseudo Labels with UDA (the paper's "MPL (Imbalanced)" row), PAPER.md section 6.
 
-    ipb train --method mpl --arch vgg19 --fold 0
+    ipb train --method mpl --arch vgg19 --fold 0            # method.preset=robust: the switches
 
-One step, in the reference code's order made explicit:
+Stage 1 pre-trains the teacher on L (`teacher_pretrain_epochs`; the engine keeps its best
+validation epoch, or reuses the supervised run of the same split, seed and budget). Stage 2,
+one step in the reference code's order made explicit:
  1 teacher forward on labeled, weak and strong unlabeled in one batch
  2 teacher supervised loss            3 UDA consistency, masked by confidence >= threshold
  4 student loss on the strong view against the teacher's (hard, masked) pseudo-labels
- 5 student step; its labeled loss before (from 4) and after (a no-grad forward)
- 6 MPL feedback h = (after - before) [h_sign] times CE(T(x_us), argmax T(x_us))
+ 5 student step; its labeled loss before and after it
+ 6 MPL feedback h = (after - before) [h_sign] times the teacher's CE on the strong view
  7 teacher step on supervised + UDA + MPL losses.
 Every rank runs the same graph even when its confidence mask is empty (DDP needs that).
+
+Robust switches (config `method.*`, paper behaviour by default; ipb/methods/stabilize.py):
+ student_init=teacher  the student starts from the pre-trained teacher, not random weights
+ ema>0                 an EMA of the student is evaluated and saved
+ h_mode=clean          h from the SAME eval-mode forward on x_l alone before and after the step
+                       (BN statistics frozen, no dropout); with h_baseline_ema, a baseline
+ h_sign=old_minus_new  the sign the first-order derivation gives: a pseudo-label that lowered
+                       the student's labeled loss is reinforced
+ mpl_target=student    the teacher's MPL term on the student's targets, weighted by its mask
+ teacher_lr=continue   the teacher's schedule goes on at stage 2 (no x10 jump back)
+ label_smoothing, dist_align, threshold_mode=relative|flexmatch, bn_recalibrate (the engine).
 """
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ipb.methods.base import Method, make_optimizer, register_method, set_lr
+from ipb.methods.base import Method, make_optimizer, register_method, set_lr, unwrap
+from ipb.methods.stabilize import DistAlign, FlexThreshold, ModelEMA, relative_threshold
 
 
 @register_method
@@ -26,13 +43,24 @@ class MPL(Method):
 
     def __init__(self, cfg, num_classes, device, wrap):
         super().__init__(cfg, num_classes, device, wrap)
+        m = cfg.method
         self.teacher = self.new_model()
         self.student = self.new_model()
         self.opt_t = make_optimizer(cfg, self.teacher.parameters())
         self.opt_s = make_optimizer(cfg, self.student.parameters())
         self.h_baseline = 0.0
         self.mpl_steps = 0   # steps since the MPL phase began (UDA ramp)
+        self.ema = ModelEMA(self.student, m.ema) if m.ema > 0 else None
+        self.align = None
+        if m.dist_align != "off":
+            prior = m.dist_prior if m.dist_align == "prior" else (1.0,) * num_classes
+            if len(prior) != num_classes:
+                raise ValueError(f"method.dist_prior has {len(prior)} values for "
+                                 f"{num_classes} classes (give one per class, table order)")
+            self.align = DistAlign(torch.tensor(prior))
+        self.flex: FlexThreshold | None = None     # sized at the first unlabeled epoch
 
+    # -- stages ------------------------------------------------------------------------------
     def phase(self, epoch):
         # the teacher is pre-trained on L first (the paper's supervised stage)
         return "supervised" if epoch < self.cfg.method.teacher_pretrain_epochs else "mpl"
@@ -43,25 +71,56 @@ class MPL(Method):
     def start_epoch(self, epoch):
         m = self.cfg.method
         mpl_epoch = epoch - m.teacher_pretrain_epochs
-        # each stage runs its own step schedule (the paper: 200 pre-training epochs, lr / 10
-        # at 100, then 200 MPL/IPB epochs), as SimCLR's fine-tuning does
-        set_lr(self.opt_t, epoch if mpl_epoch < 0 else mpl_epoch, self.cfg)
+        # restart: each stage runs its own schedule from its epoch 0 (the teacher's lr jumps
+        # back up at stage 2); continue: the teacher's pre-training schedule goes on
+        t_epoch = mpl_epoch if mpl_epoch >= 0 and m.teacher_lr == "restart" else epoch
+        set_lr(self.opt_t, t_epoch, self.cfg)
         # student warm-up: a low student lr for the first epochs of MPL
         scale = m.student_warmup_lr_scale if 0 <= mpl_epoch < m.student_warmup_epochs else 1.0
         set_lr(self.opt_s, max(mpl_epoch, 0), self.cfg, scale)
 
+    def begin_final_stage(self, pretrained):
+        if pretrained is not None:
+            unwrap(self.teacher).load_state_dict(pretrained)
+        # a fresh teacher optimizer: the same start whether the teacher was pre-trained here
+        # or loaded from the supervised run
+        self.opt_t = make_optimizer(self.cfg, self.teacher.parameters())
+        if self.cfg.method.student_init == "teacher":
+            unwrap(self.student).load_state_dict(unwrap(self.teacher).state_dict())
+        if self.ema is not None:
+            self.ema.reset(self.student)
+
+    def unlabeled_epoch(self, epoch, pool):
+        if self.cfg.method.threshold_mode == "flexmatch" and (
+                self.flex is None or len(self.flex.selected) != len(pool)):
+            self.flex = FlexThreshold(len(pool), self.num_classes, self.cfg.method.threshold)
+        return self.resample(pool)
+
+    def resample(self, pool) -> tuple[np.ndarray, dict]:
+        """MPL (imbalanced): the unlabeled epoch is a uniform shuffle; IPB overrides this."""
+        return pool.rng.permutation(len(pool)), {}
+
+    # -- one step ----------------------------------------------------------------------------
     def train_step(self, batch, epoch):
         if self.phase(epoch) == "supervised":
             return {"train.teacher_sup": self.supervised_step(self.teacher, self.opt_t, batch)}
         return self._mpl_step(batch)
 
-    def student_targets(self, p_uw: torch.Tensor):
-        """(targets, per-sample weight) for the student from the teacher's weak-view softmax."""
+    def student_targets(self, p_uw: torch.Tensor, idx: torch.Tensor | None = None):
+        """(targets, per-sample weight, mask, p) for the student from the teacher's weak-view
+        softmax p (distribution-aligned when switched on)."""
         m = self.cfg.method
+        if self.align is not None:
+            p_uw = self.align(p_uw)
         conf, hard = p_uw.max(dim=1)
-        mask = (conf >= m.threshold).float()
+        if m.threshold_mode == "flexmatch" and self.flex is not None and idx is not None:
+            mask = self.flex.mask(p_uw, idx)
+        else:
+            tau = m.threshold if m.threshold_mode == "fixed" else \
+                relative_threshold(m.threshold, self.num_classes)
+            mask = (conf >= tau).float()
         weight = mask if m.student_mask else torch.ones_like(mask)
-        return (p_uw if m.soft_targets else hard), weight, mask
+        return (p_uw if m.soft_targets else hard), weight, mask, p_uw
 
     def feedback(self, s_loss_l_old: torch.Tensor, s_loss_l_new: torch.Tensor) -> float:
         """The MPL signal h; its sign is disputed (MPL issue 602 / MPL-pytorch issue 6)."""
@@ -73,8 +132,30 @@ class MPL(Method):
             h = h - self.h_baseline
         return h
 
+    @torch.no_grad()
+    def _labeled_loss_clean(self, x_l, y_l) -> torch.Tensor:
+        """The student's labeled loss in eval mode (running BN statistics, no dropout), on
+        the bare module so DDP neither syncs nor prepares a backward for it."""
+        model = unwrap(self.student)
+        model.eval()
+        with self.autocast():
+            logits, _ = model(x_l)
+        model.train()
+        return F.cross_entropy(logits.float(), y_l)
+
+    def _student_loss(self, s_us, targets, weight) -> torch.Tensor:
+        ls = self.cfg.method.label_smoothing
+        if self.cfg.method.soft_targets:
+            soft = targets * (1 - ls) + ls / self.num_classes
+            per = -(soft * F.log_softmax(s_us, dim=1)).sum(dim=1)
+        else:
+            per = F.cross_entropy(s_us, targets, reduction="none", label_smoothing=ls)
+        # mean of weight * loss (not a masked mean): an empty mask still backprops zeros
+        return (weight * per).mean()
+
     def _mpl_step(self, batch):
         m = self.cfg.method
+        clean = m.h_mode == "clean"
         x_l, y_l, x_uw, x_us = batch["x_l"], batch["y_l"], batch["x_uw"], batch["x_us"]
         n_l, n_u = len(x_l), len(x_uw)
         self.teacher.train()
@@ -86,31 +167,38 @@ class MPL(Method):
         t_l, t_uw, t_us = t_logits[:n_l], t_logits[n_l:n_l + n_u], t_logits[n_l + n_u:]
         t_sup = F.cross_entropy(t_l, y_l)
         p_uw = torch.softmax(t_uw.detach() / m.temperature, dim=1)
-        targets, weight, mask = self.student_targets(p_uw)
+        targets, weight, mask, p_uw = self.student_targets(p_uw, batch.get("i_u"))
         uda = (mask * -(p_uw * F.log_softmax(t_us, dim=1)).sum(dim=1)).mean()
         lambda_u = m.lambda_u * min(1.0, (self.mpl_steps + 1) / max(1, m.uda_steps))
-        # 4: student on labeled + strong unlabeled (labeled part only measured)
+        # 4: student; paper: one train-mode forward on cat(x_l, x_us), its x_l part is the
+        # "before" loss. clean: x_us alone, then the "before" loss from an eval forward that
+        # sees the BN statistics this forward just updated, as the "after" one will
         with self.autocast():
-            s_logits, _ = self.student(torch.cat([x_l, x_us]))
+            s_logits, _ = self.student(x_us if clean else torch.cat([x_l, x_us]))
         s_logits = s_logits.float()
-        s_l, s_us = s_logits[:n_l], s_logits[n_l:]
-        s_loss_l_old = F.cross_entropy(s_l.detach(), y_l)
-        if m.soft_targets:
-            per = -(targets * F.log_softmax(s_us, dim=1)).sum(dim=1)
-        else:
-            per = F.cross_entropy(s_us, targets, reduction="none")
-        # mean of weight * loss (not a masked mean): an empty mask still backprops zeros
-        s_loss = (weight * per).mean()
+        s_us = s_logits if clean else s_logits[n_l:]
+        s_loss_l_old = self._labeled_loss_clean(x_l, y_l) if clean else \
+            F.cross_entropy(s_logits[:n_l].detach(), y_l)
+        s_loss = self._student_loss(s_us, targets, weight)
         # 5: student step, then its labeled loss after the step
         self.opt_s.zero_grad(set_to_none=True)
         s_loss.backward()
         self.opt_s.step()
-        with torch.no_grad(), self.autocast():
-            s_l_new, _ = self.student(x_l)
-        s_loss_l_new = F.cross_entropy(s_l_new.float(), y_l)
+        if self.ema is not None:
+            self.ema.update(self.student)
+        if clean:
+            s_loss_l_new = self._labeled_loss_clean(x_l, y_l)
+        else:
+            with torch.no_grad(), self.autocast():
+                s_l_new, _ = self.student(x_l)
+            s_loss_l_new = F.cross_entropy(s_l_new.float(), y_l)
         # 6: MPL feedback on the teacher
         h = self.feedback(s_loss_l_old, s_loss_l_new)
-        t_mpl = h * F.cross_entropy(t_us, t_us.detach().argmax(dim=1))
+        if m.mpl_target == "student":
+            hard = targets.argmax(dim=1) if m.soft_targets else targets
+            t_mpl = h * (weight * F.cross_entropy(t_us, hard, reduction="none")).mean()
+        else:
+            t_mpl = h * F.cross_entropy(t_us, t_us.detach().argmax(dim=1))
         # 7: teacher step
         t_loss = t_sup + lambda_u * uda + t_mpl
         self.opt_t.zero_grad(set_to_none=True)
@@ -123,15 +211,35 @@ class MPL(Method):
                 "train.student": s_loss.item(), "train.student_l_new": s_loss_l_new.item(),
                 "train.mask_rate": mask.mean().item()}
 
+    # -- models and checkpoints --------------------------------------------------------------
     def eval_model(self):
+        return self.ema if self.ema is not None else self.student
+
+    def train_model(self):
         return self.student
+
+    def phase_model(self, phase):
+        return self.teacher if phase == "supervised" else self.eval_model()
 
     def pseudo_model(self):
         return self.teacher
 
+    def recalibrates_bn(self) -> int:
+        return self.cfg.method.bn_recalibrate
+
     def modules(self):
-        return {"teacher": self.teacher, "student": self.student,
-                "opt_t": self.opt_t, "opt_s": self.opt_s}
+        out: dict[str, Any] = {"teacher": self.teacher, "student": self.student,
+                               "opt_t": self.opt_t, "opt_s": self.opt_s}
+        for name in ("ema", "align", "flex"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
+    def load_state_dict(self, state):
+        if "flex" in state and self.cfg.method.threshold_mode == "flexmatch":
+            self.flex = FlexThreshold(len(state["flex"]["selected"]), self.num_classes,
+                                      self.cfg.method.threshold)
+        super().load_state_dict(state)
 
     def extra_state(self):
         return {"h_baseline": self.h_baseline, "mpl_steps": self.mpl_steps}

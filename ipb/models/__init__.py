@@ -7,7 +7,7 @@ attributes `multi_scale`, `embed_dim`, `num_classes`. Multi-scale models take th
 and cut its centre half themselves. Smallest S: model_info(name)["min_size"] (32 single-scale,
 64 multi-scale).
 """
-from . import hrnet, multiscale, vgg  # noqa: F401  (importing registers the models)
+from . import hrnet, multiscale, small, vgg  # noqa: F401  (importing registers the models)
 from .registry import create_model, list_models, model_info, register_model
 
 __all__ = ["create_model", "list_models", "model_info", "register_model"]
