@@ -86,6 +86,12 @@ def test_stacks_are_time_series_and_z_or_c_is_an_error():
         read_image(_tiff(stack, ome=True, metadata={"axes": "ZYX"}), "z.ome.tif")
     with pytest.raises(StackError, match=r"multi-channel.*channel"):
         read_image(_tiff(stack, imagej=True, metadata={"axes": "CYX"}), "c.tif")
+    buf = io.BytesIO()
+    with tifffile.TiffWriter(buf, ome=True) as w:      # two positions of a plate in one file
+        for f in stack[:2]:
+            w.write(f, metadata={"axes": "YX"})
+    with pytest.raises(StackError, match=r"plate\.ome\.tif holds 2 image series.*own file"):
+        read_image(buf.getvalue(), "plate.ome.tif")
     with pytest.raises(StackError, match="two stack axes"):
         read_image(_tiff(np.stack([stack, stack]), ome=True, metadata={"axes": "TQYX"}),
                    "tq.tif")

@@ -137,10 +137,11 @@ def _tiff_frames(tif, name: str) -> tuple[list[np.ndarray], bool]:
     series = tif.series
     if not series:
         raise ImageError("TIFF holds no image data (truncated or not an image file); re-copy it")
-    if len(series) > 1 and len({(s.shape, s.axes) for s in series}) > 1:
+    if len(series) > 1:      # positions/wells of a plate: taking the first would drop the rest
         shapes = ", ".join(f"{s.axes} {tuple(s.shape)}" for s in series[:4])
-        raise StackError(f"TIFF holds {len(series)} image series of different shapes ({shapes}); "
-                         "save each series (position/well) as its own file")
+        raise StackError(f"{name} holds {len(series)} image series ({shapes}"
+                         f"{', ...' if len(series) > 4 else ''}); ipb reads one image or time "
+                         "series per file: save each series (position/well) as its own file")
     s = series[0]
     axes, shape = s.axes, tuple(s.shape)
     if 0 in shape:
