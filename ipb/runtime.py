@@ -6,7 +6,9 @@
 with pyarrow's query options such as ?endpoint_override=host:port&scheme=http for an
 S3-compatible server) or a path. On one node any path works; with more than one node alive a
 path must be on a file system every node mounts, which `check_storage` verifies before a run
-starts. The Optuna study lives where `sweep.study_storage` says (`study_storage`).
+starts. The Optuna study lives where `sweep.study_storage` says (`study_storage`). Cluster
+configs set both for every node with IPB_TRAIN_STORAGE / IPB_STUDY_STORAGE, which an explicit
+setting overrides (as MLFLOW_TRACKING_URI does for tracking.uri).
 """
 from __future__ import annotations
 
@@ -78,9 +80,15 @@ def storage_join(location: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts]) + sep + query
 
 
+STORAGE_ENV, STUDY_ENV = "IPB_TRAIN_STORAGE", "IPB_STUDY_STORAGE"
+
+
 def train_storage(cfg: Config) -> str:
-    """`train.storage` for Ray Train / Tune: a URI as given, else the absolute local path."""
-    return expand_location(cfg.train.storage)
+    """`train.storage` for Ray Train / Tune (a URI as given, else the absolute local path): an
+    explicit setting wins, then $IPB_TRAIN_STORAGE, then the default (~/ray_results)."""
+    default = Config().train.storage
+    chosen = cfg.train.storage if cfg.train.storage != default else None
+    return expand_location(chosen or os.environ.get(STORAGE_ENV) or default)
 
 
 def _local_path(location: str) -> str | None:
@@ -121,12 +129,12 @@ def check_storage(cfg: Config, timeout: float = 120) -> str:
     blind = [n for n, ok in zip(nodes, seen) if not ok]
     if blind:
         raise ConfigError(
-            f"train.storage={cfg.train.storage!r} is a directory that {len(blind)} of the "
+            f"train.storage={location!r} is a directory that {len(blind)} of the "
             f"{len(nodes)} nodes of this Ray cluster cannot see (node {', '.join(blind)}); Ray "
             "Train workers and Tune trials on every node write checkpoints and results there. "
             "Set train.storage to object storage (train.storage=s3://BUCKET/PREFIX or "
             "gs://BUCKET/PREFIX) or to a directory on a file system every node mounts (NFS, "
-            "EFS, Filestore); see cluster/README.md")
+            f"EFS, Filestore), here or with ${STORAGE_ENV}; see cluster/README.md")
     return location
 
 
@@ -137,16 +145,18 @@ def study_storage(cfg: Config):
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
-    where = cfg.sweep.study_storage
+    where = cfg.sweep.study_storage or os.environ.get(STUDY_ENV, "")
     if not where:
         path = _local_path(train_storage(cfg))
         if path is None:
             raise ConfigError(
-                f"sweep.study_storage is empty and train.storage={cfg.train.storage!r} is "
+                f"sweep.study_storage (or ${STUDY_ENV}) is empty and train.storage="
+                f"{train_storage(cfg)!r} is "
                 "object storage, where an SQLite study cannot live. Set sweep.study_storage to "
                 "a database URL (postgresql://USER:PASSWORD@HOST:5432/optuna, any SQLAlchemy "
-                "URL) or a journal file on a file system every node mounts "
-                "(/mnt/shared/ipb/optuna.journal); see cluster/README.md")
+                "URL) or a journal file on storage that outlives the cluster, a shared file "
+                "system or the head's persistent volume (/mnt/shared/ipb/optuna.journal); "
+                "see cluster/README.md")
         where = f"sqlite:///{Path(path, 'optuna.db')}"
     if is_uri(where):
         if where.startswith("sqlite:///"):

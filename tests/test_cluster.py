@@ -16,8 +16,6 @@ import copy
 import json
 import re
 import socket
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -25,9 +23,10 @@ import pytest
 import ray
 import yaml
 
+from raycluster import PRELUDE, run_script
+
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
-TESTS = Path(__file__).resolve().parent
 LAUNCHERS = ["aws.yaml", "gcp.yaml"]
 RAY_VERSION = ray.__version__
 
@@ -95,6 +94,23 @@ def test_launcher_config_passes_ray_schema_offline(name, monkeypatch):
         assert "export MLFLOW_TRACKING_URI=http://" in start.split("ray start")[0], \
             f"cluster/{name}: {key} must export MLFLOW_TRACKING_URI before `ray start`"
     assert "$RAY_HEAD_IP:5000" in " ".join(config["worker_start_ray_commands"])
+    # checkpoints and Tune results in the bucket on every node; the study on the head's disk
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = next(c for c in config[key] if "ray start" in c).split("ray start")[0]
+        assert re.search(rf"export IPB_TRAIN_STORAGE={store}my-ipb-bucket/", start), key
+    head_start = next(c for c in config["head_start_ray_commands"] if "ray start" in c)
+    journal = re.search(r"export IPB_STUDY_STORAGE=(/home/ray/state/\S+);", head_start)
+    assert journal and "/home/ray/state" in " ".join(config["docker"]["head_run_options"])
+    for tname, t in types.items():
+        node = t["node_config"]
+        if config["provider"]["type"] == "aws":
+            # Ray's default AMI (Ubuntu 18.04 DLAMI, CUDA 11.2) is too old for the image
+            assert node.get("ImageId", "").startswith("ami-") and \
+                node["ImageId"].lower() != "latest_dlami", tname
+        elif "scheduling" in node:
+            assert isinstance(node["scheduling"], dict), "GCP scheduling is a mapping"
+            assert node["scheduling"] == {"preemptible": True, "onHostMaintenance": "TERMINATE",
+                                          "automaticRestart": False}
 
 
 # ---------------------------------------------------------------- KubeRay manifests
@@ -190,47 +206,6 @@ def test_dockerfile_installs_the_pinned_package():
 
 
 # ---------------------------------------------------------------- local clusters
-
-# Shared by both scripts: a private temp dir, auth token and ports (tests/raycluster.py, made
-# importable by _run_script); cleanup by process id.
-PRELUDE = r'''
-import json, os, sys, threading, time
-from raycluster import LocalCluster, free_port
-CLUSTER = LocalCluster()
-ROOT = CLUSTER.root
-for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN"):   # this script's own ray.init uses the token too
-    os.environ.pop(key, None)
-os.environ.update(CLUSTER.env)
-import ray
-
-T0 = CLUSTER.t0
-PROCS = CLUSTER.procs
-stamp = CLUSTER.stamp
-start = CLUSTER.start
-
-def connect(address, restarts=2):
-    deadline = time.monotonic() + 180   # a loaded 2-core machine starts GCS slowly
-    while True:
-        try:
-            return ray.init(address=address, log_to_driver=False)
-        except Exception:
-            ray.shutdown()
-            head = PROCS[0]
-            if head.poll() is not None and restarts > 0:
-                tail = CLUSTER.log("head").strip().splitlines()[-3:]
-                print(f"{stamp()} head exited (rc {head.returncode}), starting it again; its "
-                      f"log ends: {' | '.join(tail)}", flush=True)
-                restarts -= 1
-                CLUSTER.restart(head)
-            elif time.monotonic() > deadline or head.poll() is not None:
-                raise
-            time.sleep(1)
-
-def stop_all():
-    ray.shutdown()
-    left = CLUSTER.stop()
-    print(f"{stamp()} stopped; processes left: {left}", flush=True)
-'''
 
 AUTOSCALE = PRELUDE + r'''
 from ray import tune
@@ -358,25 +333,9 @@ finally:
 '''
 
 
-def _run_script(tmp_path, name, source, timeout):
-    script = tmp_path / f"{name}.py"
-    script.write_text(f"import sys\nsys.path.insert(0, {str(TESTS)!r})\n{source}")
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=timeout)
-    lines = proc.stdout.splitlines()
-    for line in lines:
-        if line.startswith("+"):
-            print(f"[{name}] {line}")
-    results = [json.loads(ln[7:]) for ln in lines if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and results, \
-        f"{name} failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    assert lines[-1].endswith("processes left: []"), lines[-1]
-    return results[0]
-
-
 @pytest.mark.slow
 def test_autoscaler_adds_and_removes_a_node(tmp_path):
-    res = _run_script(tmp_path, "autoscale", AUTOSCALE, timeout=240)
+    res, _ = run_script(tmp_path, "autoscale", AUTOSCALE, timeout=240)
     assert res["errors"] == 0 and res["scores"] == [2, 4]
     added = [e for e in res["events"] if e[0] == "added"]
     removed = [e for e in res["events"] if e[0] == "removed"]
@@ -387,7 +346,7 @@ def test_autoscaler_adds_and_removes_a_node(tmp_path):
 
 @pytest.mark.slow
 def test_ddp_trial_spans_head_and_worker_node(tmp_path):
-    res = _run_script(tmp_path, "two_nodes", TWO_NODES, timeout=240)
+    res, _ = run_script(tmp_path, "two_nodes", TWO_NODES, timeout=240)
     assert len(res["nodes"]) == 2
     assert sorted(r["node"] for r in res["ranks"]) == res["nodes"]
     assert all(r["replicas_equal"] for r in res["ranks"])

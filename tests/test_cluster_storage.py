@@ -1,0 +1,575 @@
+"""Clusters whose nodes share no disk: storage in a bucket, and manifests the operator accepts.
+
+    .venv/bin/pytest -q tests/test_cluster_storage.py        # about 3 minutes on 2 cores
+
+One scenario (a script in its own process, tests/raycluster.py) on a two-node Ray cluster on
+127.0.0.1 whose worker node runs in its own mount namespace, with an empty tmpfs over the
+cluster's temp dir and this test's directory (its MLflow database, the table it wrote, any local
+`train.storage`): like a second machine it sees none of the head's files there. S3 is moto's
+server on 127.0.0.1 (started here, stopped by its process id), with a bucket made here; MLflow
+is one server on 127.0.0.1 whose artifacts go to the bucket. In that scenario:
+- `ipb ingest SOURCE --out s3://...` writes a colony table into the bucket (its tasks run on
+  both nodes; SOURCE is in a directory both see, as a shared file system would be);
+- a sweep with `train.storage` a local path fails before any training, naming the setting;
+- the same sweep on `s3://` trains one trial with 2 workers (one per node) from that table read
+  in place; once a checkpoint is in the bucket the Ray Train worker on the worker node is killed
+  (SIGKILL), and the trial resumes from the bucket; a re-run adds no MLflow run.
+Offline: every KubeRay manifest against the CRD schemas of shared/schemas/kuberay-v1.7.0
+(unknown fields refused, as `kubectl apply` does) and the operator's extra rules listed there,
+and the Optuna study storages.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raycluster import PRELUDE, free_port, run_script
+
+REPO = Path(__file__).resolve().parents[1]
+KUBERAY = REPO / "cluster" / "kuberay"
+BUCKET = "ipb-test"
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            assert proc.poll() is None, f"{url}: server exited:\n{log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"{url}: no answer in {timeout}s"
+            time.sleep(0.5)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (it runs in its own session), SIGKILL after 10 s."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _server(args: list[str], log: Path, env: dict) -> subprocess.Popen:
+    with log.open("w") as f:
+        return subprocess.Popen([sys.executable, "-m", *args], stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """moto's S3 server on 127.0.0.1 with an empty bucket; {"endpoint", "query", "fs"}."""
+    import pyarrow.fs as pafs
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    port = free_port()
+    proc = _server(["moto.server", "-H", "127.0.0.1", "-p", str(port)], log,
+                   {**os.environ, **AWS_ENV})
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/", proc, log, timeout=60)
+        fs = pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
+                               endpoint_override=f"127.0.0.1:{port}", scheme="http",
+                               allow_bucket_creation=True)
+        fs.create_dir(BUCKET)
+        yield {"endpoint": f"http://127.0.0.1:{port}", "fs": fs,
+               "query": f"?endpoint_override=127.0.0.1:{port}&scheme=http"}
+    finally:
+        _stop(proc)
+
+
+def _bucket_listing(fs) -> list[str]:
+    import pyarrow.fs as pafs
+    infos = fs.get_file_info(pafs.FileSelector(BUCKET, recursive=True))
+    return sorted(i.path for i in infos if i.type == pafs.FileType.File)
+
+
+SCENARIO = PRELUDE + r'''
+import signal, subprocess, urllib.request
+import pyarrow.fs as pafs
+from raycluster import pids_in_namespace
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as On
+P = json.loads(os.environ["IPB_SCENARIO"])
+out = {}
+
+def log(s):
+    print(f"{stamp()} {s}", flush=True)
+
+def runs(experiment):
+    from ipb.tracking import client
+    c = client(P["mlflow"])
+    exp = c.get_experiment_by_name(experiment)
+    return [] if exp is None else c.search_runs([exp.experiment_id])
+
+def kill_worker_node_trainer(fs, root, worker, stop):
+    """Once Ray Train has registered a checkpoint (its checkpoint manager's snapshot is in the
+    bucket; a checkpoint uploaded before every rank reported is not one yet), SIGKILL the Ray
+    Train worker of the worker node."""
+    while not stop.is_set():
+        files = [i.path for i in fs.get_file_info(pafs.FileSelector(root, recursive=True,
+                                                                     allow_not_found=True))
+                 if "/tune/" not in i.path]
+        ckpts = [f for f in files if "/checkpoint_" in f]
+        known = any(f.endswith("/checkpoint_manager_snapshot.json") for f in files)
+        pids = pids_in_namespace(worker.pid, "RayTrainWorker") if known and ckpts else []
+        if pids:
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            out["killed"] = {"pids": pids, "checkpoints_then": sorted(ckpts), "at": stamp()}
+            log(f"killed Ray Train worker(s) {pids} on the worker node")
+            return
+        time.sleep(0.3)
+
+try:
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    start(["--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
+           f"--temp-dir={ROOT}/head", "--include-dashboard=false",
+           f"--ray-client-server-port={free_port()}"], "head")
+    connect(address, log_to_driver=True)
+    wrap, env = CLUSTER.private_disk("worker", hide=[P["private"]])
+    worker = start([f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+                    f"--temp-dir={ROOT}/worker"], "worker", env=env, wrap=wrap)
+    deadline = time.monotonic() + 120
+    while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+        assert worker.poll() is None, CLUSTER.log("worker")[-3000:]
+        assert time.monotonic() < deadline, "the worker node did not join in 120 s"
+        time.sleep(0.5)
+    head_node = ray.get_runtime_context().get_node_id()
+    worker_node = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != head_node)
+    log("two nodes up")
+
+    def sees(paths):
+        return {p: os.path.exists(p) for p in paths}
+    probe = ray.remote(num_cpus=0)(sees)
+    paths = [os.path.join(P["private"], "mlflow.db"), os.path.join(ROOT, "auth_token"),
+             P["source"]]
+    out["views"] = {name: ray.get(probe.options(scheduling_strategy=On(node, soft=False))
+                                  .remote(paths))
+                    for name, node in (("head", head_node), ("worker", worker_node))}
+
+    # ingest straight into the bucket, through the CLI, on this cluster
+    table = f"s3://{P['bucket']}/tables/crops{P['query']}"
+    t = time.monotonic()
+    ing = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ipb"), "ingest",
+                          P["source"], "--out", table, "data.shard_size=16"],
+                         env={**os.environ, "RAY_ADDRESS": address}, capture_output=True,
+                         text=True, timeout=300)
+    from ipb.data.table import load_colonies, read_manifest
+    manifest = read_manifest(table) if ing.returncode == 0 else {}
+    out["ingest"] = {"rc": ing.returncode, "s": round(time.monotonic() - t, 1),
+                     "tail": (ing.stdout + ing.stderr)[-2000:], "manifest": manifest,
+                     "rows": len(load_colonies(table)) if manifest else 0}
+    log(f"ingest into the bucket: rc {ing.returncode}, {out['ingest']['rows']} colonies")
+
+    from ipb.config import load_config
+    from ipb.sweep import run_grid
+    from ipb.train import fit
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(P["mlflow"] + "/health", timeout=2)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "no MLflow server"
+            time.sleep(0.5)
+    base = [f"data.table={table}", "method.name=supervised", "model.arch=vgg19",
+            "patch.size=32", "train.num_workers=2", "train.epochs=8",
+            "train.steps_per_epoch=3", "train.max_failures=2", "split.folds=5",
+            "split.labeled_fraction=0.3", "sweep.folds=[0]", f"tracking.uri={P['mlflow']}",
+            "tracking.experiment=ipb-s3"]
+
+    # a local train.storage with two nodes: refused before any training
+    local = load_config("smoke", base + [f"train.storage={P['private']}/ray-local"])
+    out["local"] = {}
+    for how, call in (("sweep", lambda: run_grid("s3", local, [{}])),
+                      ("train", lambda: fit(local, table))):
+        t = time.monotonic()
+        try:
+            call()
+            out["local"][how] = {"error": None}
+        except Exception as e:
+            out["local"][how] = {"type": type(e).__name__, "error": str(e),
+                                 "s": round(time.monotonic() - t, 1)}
+    out["local"]["runs"] = len(runs("ipb-s3"))
+    log(f"local storage refused: {out['local']['sweep'].get('type')}")
+
+    storage = f"s3://{P['bucket']}/ray{P['query']}"
+    cfg = load_config("smoke", base + [f"train.storage={storage}"])
+    fs, root = pafs.FileSystem.from_uri(storage)
+    stop = threading.Event()
+    killer = threading.Thread(target=kill_worker_node_trainer, args=(fs, root, worker, stop),
+                              daemon=True)
+    killer.start()
+    t = time.monotonic()
+    run_grid("s3", cfg, [{}])
+    stop.set()
+    out["sweep_s"] = round(time.monotonic() - t, 1)
+    first = runs("ipb-s3")
+    t = time.monotonic()
+    run_grid("s3", cfg, [{}])
+    out["rerun_s"] = round(time.monotonic() - t, 1)
+    from ipb.tracking import client
+    c = client(P["mlflow"])
+    out["runs"] = [{"id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
+                    "role": r.data.tags.get("ipb.role", "trial"),
+                    "storage": r.data.tags.get("ipb.storage"),
+                    "resumed_from": r.data.tags.get("ipb.resumed_from_epoch"),
+                    "epochs": sorted(m.step for m in c.get_metric_history(r.info.run_id,
+                                                                          "time.epoch")),
+                    "artifacts": [a.path for a in c.list_artifacts(r.info.run_id)]}
+                   for r in first]
+    out["runs_after_rerun"] = len(runs("ipb-s3"))
+    print("RESULT " + json.dumps(out), flush=True)
+finally:
+    stop_all()
+'''
+
+
+@pytest.fixture(scope="module")
+def scenario(s3, tmp_path_factory):
+    """Runs SCENARIO once; (its RESULT dict, its stdout, the bucket's files afterwards)."""
+    import dataclasses
+
+    from ipb.config import load_config
+    from ipb.data.synth import write_class_folders
+    private = tmp_path_factory.mktemp("s3cluster")      # hidden from the worker node
+    shared = tmp_path_factory.mktemp("shared")          # seen by both, as NFS would be
+    small = dataclasses.replace(load_config("smoke").synth, wells=4, size=384, seed=3)
+    write_class_folders(shared / "crops", small, n_per_class=10)
+    env = {**os.environ, **AWS_ENV, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+           "MLFLOW_S3_ENDPOINT_URL": s3["endpoint"]}
+    port = free_port()
+    mlflow = _server(["mlflow", "server", "--backend-store-uri",
+                      f"sqlite:///{private}/mlflow.db", "--artifacts-destination",
+                      f"s3://{BUCKET}/mlflow", "--host", "127.0.0.1", "--port", str(port),
+                      "--workers", "1"], private / "mlflow.log", env)
+    try:
+        env.pop("MLFLOW_TRACKING_URI", None)
+        env["IPB_SCENARIO"] = json.dumps({
+            "private": str(private), "source": str(shared / "crops"), "bucket": BUCKET,
+            "query": s3["query"], "mlflow": f"http://127.0.0.1:{port}"})
+        res, stdout = run_script(private, "s3cluster", SCENARIO, timeout=600, env=env)
+        (private / "s3cluster.out").write_text(stdout)       # for a look after a failure
+    finally:
+        _stop(mlflow)
+    listing = _bucket_listing(s3["fs"])
+    print("bucket after the scenario:\n  " + "\n  ".join(listing))
+    return res, stdout, listing
+
+
+@pytest.mark.slow
+def test_worker_node_shares_no_disk_with_the_head(scenario):
+    views = scenario[0]["views"]
+    assert all(views["head"].values()), views
+    private, token, source = views["worker"].values()
+    assert not private and not token and source, views
+
+
+@pytest.mark.slow
+def test_ingest_writes_the_table_into_the_bucket(scenario):
+    res, _, listing = scenario
+    ing = res["ingest"]
+    assert ing["rc"] == 0, ing["tail"]
+    assert ing["manifest"]["n_colonies"] == ing["rows"] >= 60
+    assert set(ing["manifest"]["classes"]) == {"Debris", "Dense", "Differentiated", "Spread"}
+    table = [k for k in listing if k.startswith(f"{BUCKET}/tables/crops/")]
+    assert f"{BUCKET}/tables/crops/manifest.json" in table
+    shards = [k for k in table if k.endswith(".parquet")]
+    assert len(shards) == len(ing["manifest"]["shards"]) >= 2
+    assert not any(k.endswith(".tmp") for k in table)
+
+
+@pytest.mark.slow
+def test_local_storage_fails_before_training_naming_the_setting(scenario):
+    local = scenario[0]["local"]
+    for how in ("sweep", "train"):
+        err = local[how]
+        assert err.get("type") == "ConfigError", err
+        assert "train.storage=" in err["error"] and "s3://BUCKET" in err["error"], err
+        assert "1 of the 2 nodes" in err["error"] and err["s"] < 60, err
+    assert local["runs"] == 0, "the refused sweep created MLflow runs"
+
+
+@pytest.mark.slow
+def test_s3_trial_checkpoints_in_the_bucket_and_resumes_a_killed_worker(scenario):
+    res, _, listing = scenario
+    trials = [r for r in res["runs"] if r["role"] == "trial"]
+    assert len(trials) == 1 and trials[0]["status"] == "FINISHED", res["runs"]
+    trial = trials[0]
+    assert trial["storage"].startswith(f"s3://{BUCKET}/ray?")
+    assert sorted(set(trial["epochs"])) == list(range(8)), trial["epochs"]
+    assert {"confusion_test.png", "result.json", "model"} <= set(trial["artifacts"])
+    killed = res.get("killed")
+    assert killed and killed["checkpoints_then"], "no Ray Train worker was killed"
+    # the restarted worker group loaded a checkpoint from the bucket (no other copy exists)
+    assert trial["resumed_from"] is not None, "the restarted workers started from scratch"
+    resumed = int(trial["resumed_from"])
+    assert 0 <= resumed < 7
+    ckpts = {k.split("/checkpoint_")[0] for k in listing
+             if "/checkpoint_" in k and f"{BUCKET}/ray/tune/" not in k}
+    assert ckpts == {f"{BUCKET}/ray/{trial['name'].removeprefix('SYNTHETIC ')}"}, ckpts
+    assert any(k.startswith(f"{BUCKET}/ray/tune/") for k in listing)
+    assert any(k.startswith(f"{BUCKET}/mlflow/") for k in listing)
+
+
+@pytest.mark.slow
+def test_rerun_adds_no_mlflow_run(scenario):
+    res = scenario[0]
+    assert res["runs_after_rerun"] == len(res["runs"]) == 2      # the parent and the trial
+    assert res["rerun_s"] < res["sweep_s"]
+
+
+# ---------------------------------------------------------------- Optuna study storage
+
+def test_study_storage_journal_file_and_sqlalchemy_url(tmp_path):
+    import optuna
+
+    from ipb.config import ConfigError, load_config
+    from ipb.runtime import study_storage
+    journal = tmp_path / "shared" / "optuna.journal"
+    for where, kind in ((str(journal), "JournalStorage"),
+                        (f"sqlite:///{tmp_path}/study.db", "RDBStorage")):
+        cfg = load_config("smoke", [f"sweep.study_storage={where}",
+                                    "train.storage=s3://bucket/ray"])
+        storage, _ = study_storage(cfg)
+        assert type(storage).__name__ == kind
+        optuna.create_study(study_name="s", storage=storage).optimize(lambda t: 1.0, 2)
+        again, _ = study_storage(cfg)                   # a re-run continues the same study
+        assert len(optuna.load_study(study_name="s", storage=again).trials) == 2
+    assert journal.is_file()
+    with pytest.raises(ConfigError, match=r"sweep.study_storage .*postgresql://"):
+        study_storage(load_config("smoke", ["train.storage=s3://bucket/ray"]))
+    local, _ = study_storage(load_config("smoke", [f"train.storage={tmp_path}/ray"]))
+    assert type(local).__name__ == "RDBStorage" and (tmp_path / "ray" / "optuna.db").is_file()
+
+
+def test_storage_locations_keep_uris_whole(monkeypatch):
+    from ipb.config import expand_location, load_config
+    from ipb.runtime import STORAGE_ENV, storage_join, train_storage
+    uri = "s3://b/x?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert expand_location(uri) == uri
+    assert storage_join(uri, "tune") == "s3://b/x/tune?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert storage_join("/data/ray", "tune") == "/data/ray/tune"
+    monkeypatch.setenv(STORAGE_ENV, "gs://lab/ray")
+    assert train_storage(load_config("smoke")) == "gs://lab/ray"           # cluster default
+    assert train_storage(load_config("smoke", ["train.storage=/nfs/r"])) == "/nfs/r"   # explicit
+
+
+# ---------------------------------------------------------------- KubeRay manifests
+
+def _schemas_dir() -> Path:
+    for cand in (REPO.parent / "shared" / "schemas" / "kuberay-v1.7.0",
+                 Path("/work/shared/schemas/kuberay-v1.7.0")):
+        if cand.is_dir():
+            return cand
+    pytest.skip("shared/schemas/kuberay-v1.7.0 is not beside this checkout")
+
+
+def _crd_schema(kind: str) -> dict:
+    crd = yaml.safe_load((_schemas_dir() / f"ray.io_{kind.lower()}s.yaml").read_text())
+    (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return v1["schema"]["openAPIV3Schema"]
+
+
+def unknown_fields(obj, schema: dict, path: str = "") -> list[str]:
+    """Keys the schema does not declare (`kubectl apply` refuses them, the API server would
+    drop them silently), as paths."""
+    if isinstance(obj, list):
+        items = schema.get("items", {})
+        return [e for i, v in enumerate(obj) for e in unknown_fields(v, items, f"{path}[{i}]")]
+    if not isinstance(obj, dict) or schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    props = schema.get("properties")
+    if props is None:
+        extra = schema.get("additionalProperties")
+        return [e for k, v in obj.items() for e in unknown_fields(v, extra, f"{path}.{k}")] \
+            if isinstance(extra, dict) else []
+    errs = []
+    for k, v in obj.items():
+        errs += unknown_fields(v, props[k], f"{path}.{k}") if k in props else [f"{path}.{k}"]
+    return errs
+
+
+DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+
+
+def _pods(spec: dict) -> list[tuple[str, dict]]:
+    groups = [("head", spec.get("headGroupSpec", {}))] + [
+        (g.get("groupName", "?"), g) for g in spec.get("workerGroupSpecs", [])]
+    return [(name, g.get("template", {}).get("spec", {})) for name, g in groups]
+
+
+def _env_names(pod: dict) -> set[str]:
+    return {e["name"] for c in pod.get("containers", []) for e in c.get("env", [])}
+
+
+def raycluster_rule_errors(rc: dict, secrets: dict[str, set[str]]) -> list[str]:
+    """The operator's rules for a RayCluster (shared/schemas/kuberay-v1.7.0/README.md).
+    `secrets`: Secret name -> its data keys, as created by the documented commands."""
+    spec, errs = rc["spec"], []
+    name = rc["metadata"]["name"]
+    if not DNS1035.fullmatch(name) or len(name) > 63:
+        errs.append(f"name {name!r} is not a DNS-1035 label of at most 63 characters")
+    auto = spec.get("enableInTreeAutoscaling", False)
+    v2 = spec.get("autoscalerOptions", {}).get("version") == "v2"
+    if v2 and not auto:
+        errs.append("autoscalerOptions.version v2 needs enableInTreeAutoscaling: true")
+    for group, pod in _pods(spec):
+        if not pod.get("containers"):
+            errs.append(f"{group}: no container")
+        if v2 and pod.get("restartPolicy", "Never") != "Never":
+            errs.append(f"{group}: restartPolicy must be Never or unset with autoscaler v2")
+        if "RAY_enable_autoscaler_v2" in _env_names(pod):
+            errs.append(f"{group}: RAY_enable_autoscaler_v2 env with autoscalerOptions.version")
+    for g in spec.get("workerGroupSpecs", []):
+        lo, hi = g.get("minReplicas"), g.get("maxReplicas")
+        if not auto and (lo is None or hi is None):
+            errs.append(f"{g['groupName']}: min/maxReplicas needed without autoscaling")
+        if any(v is not None and v < 0 for v in (lo, hi, g.get("replicas"))) or \
+                (lo is not None and hi is not None and lo > hi):
+            errs.append(f"{g['groupName']}: replicas negative or minReplicas > maxReplicas")
+        if g.get("idleTimeoutSeconds") is not None and not v2:
+            errs.append(f"{g['groupName']}: idleTimeoutSeconds needs autoscaler v2")
+    for group, g in [("head", spec["headGroupSpec"])] + [
+            (g["groupName"], g) for g in spec.get("workerGroupSpecs", [])]:
+        if g.get("resources") and set(g["resources"]) & {
+                "num-cpus", "num-gpus", "memory", "resources"} & set(g.get("rayStartParams", {})):
+            errs.append(f"{group}: resources both in rayStartParams and resources")
+    auth = spec.get("authOptions", {})
+    token_env = any("RAY_AUTH_TOKEN" in _env_names(p) for _, p in _pods(spec))
+    if auth.get("mode") == "token":
+        major_minor = tuple(int(x) for x in spec.get("rayVersion", "0.0").split(".")[:2])
+        if major_minor < (2, 52):
+            errs.append("authOptions token mode needs rayVersion >= 2.52.0")
+        secret = auth.get("secretName")
+        if secret and "auth_token" not in secrets.get(secret, set()):
+            errs.append(f"authOptions.secretName {secret!r}: no Secret with key auth_token")
+        if token_env:
+            errs.append("RAY_AUTH_TOKEN in pod env as well as authOptions (the operator sets it)")
+    elif token_env:
+        errs.append("token passed only as pod env: the operator cannot reach the dashboard; "
+                    "use spec.authOptions")
+    return errs
+
+
+def rayjob_rule_errors(job: dict) -> list[str]:
+    spec, errs = job["spec"], []
+    if not DNS1035.fullmatch(job["metadata"]["name"]):
+        errs.append("name is not a DNS-1035 label")
+    selector = "clusterSelector" in spec
+    if selector == ("rayClusterSpec" in spec):
+        errs.append("exactly one of rayClusterSpec and clusterSelector")
+    mode = spec.get("submissionMode", "K8sJobMode")
+    backoff = spec.get("backoffLimit")
+    if backoff is not None and backoff < 0:
+        errs.append("backoffLimit is negative")
+    if backoff and (selector or mode == "InteractiveMode"):
+        errs.append("BackoffLimit is incompatible with ClusterSelector mode / InteractiveMode")
+    if selector:
+        if not spec["clusterSelector"].get("ray.io/cluster"):
+            errs.append("clusterSelector names no cluster")
+        if mode == "SidecarMode":
+            errs.append("clusterSelector is not supported with SidecarMode")
+        if spec.get("suspend"):
+            errs.append("ClusterSelector mode cannot be suspended")
+        if "deletionStrategy" in spec:
+            errs.append("ClusterSelector mode: no deletion strategy")
+    if mode == "SidecarMode" and ({"submitterPodTemplate", "submitterConfig"} & set(spec)):
+        errs.append("SidecarMode refuses submitterPodTemplate / submitterConfig")
+    if spec.get("shutdownAfterJobFinishes") is False and "ttlSecondsAfterFinished" in spec:
+        errs.append("ttlSecondsAfterFinished without shutdownAfterJobFinishes")
+    for key in ("activeDeadlineSeconds", "preRunningDeadlineSeconds"):
+        if key in spec and spec[key] <= 0:
+            errs.append(f"{key} must be positive")
+    return errs
+
+
+def _documented_secrets() -> dict[str, set[str]]:
+    """Secrets the documented `kubectl create secret generic NAME --from-literal=KEY=...`
+    commands make (cluster/README.md and the manifests' headers)."""
+    text = "\n".join(p.read_text() for p in [REPO / "cluster" / "README.md",
+                                               *sorted(KUBERAY.glob("*.yaml"))])
+    out: dict[str, set[str]] = {}
+    for name, literals in re.findall(r"create secret generic (\S+)((?: --from-literal=\w+)+)",
+                                     text):
+        out.setdefault(name, set()).update(re.findall(r"--from-literal=(\w+)", literals))
+    return out
+
+
+def _ray_manifests() -> list[tuple[str, dict]]:
+    docs = [(p.name, d) for p in sorted(KUBERAY.glob("*.yaml"))
+            for d in yaml.safe_load_all(p.read_text()) if d]
+    return [(n, d) for n, d in docs if d.get("apiVersion") == "ray.io/v1"]
+
+
+def test_kuberay_manifests_match_the_crd_schemas():
+    import jsonschema
+    manifests = _ray_manifests()
+    assert {d["kind"] for _, d in manifests} == {"RayCluster", "RayJob"}
+    for name, doc in manifests:
+        schema = _crd_schema(doc["kind"])
+        errors = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
+        assert not errors, f"{name}: {errors}"
+        assert not unknown_fields(doc, schema), f"{name}: {unknown_fields(doc, schema)}"
+
+
+def test_kuberay_manifests_pass_the_operator_rules():
+    secrets = _documented_secrets()
+    for name, doc in _ray_manifests():
+        errs = (raycluster_rule_errors(doc, secrets) if doc["kind"] == "RayCluster"
+                else rayjob_rule_errors(doc))
+        assert not errs, f"{name}: {errs}"
+    (rc,) = [d for _, d in _ray_manifests() if d["kind"] == "RayCluster"]
+    assert rc["spec"]["authOptions"]["mode"] == "token" and rc["spec"]["rayVersion"]
+    assert rc["spec"]["autoscalerOptions"]["version"] == "v2"
+    (job,) = [d for _, d in _ray_manifests() if d["kind"] == "RayJob"]
+    submitter = job["spec"]["submitterPodTemplate"]["spec"]["containers"][0]
+    token = next(e for e in submitter["env"] if e["name"] == "RAY_AUTH_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"] == {"name": rc["spec"]["authOptions"]["secretName"],
+                                                  "key": "auth_token"}
+
+
+def test_the_checkers_catch_what_the_operator_refuses():
+    """The manifests as they were before issue 11, and other refusals: each is caught."""
+    import copy
+
+    import jsonschema
+    (rc,) = [d for _, d in _ray_manifests() if d["kind"] == "RayCluster"]
+    (job,) = [d for _, d in _ray_manifests() if d["kind"] == "RayJob"]
+    secrets = _documented_secrets()
+    bad_job = copy.deepcopy(job)
+    bad_job["spec"]["backoffLimit"] = 1
+    assert any("BackoffLimit" in e for e in rayjob_rule_errors(bad_job))
+    env_only = copy.deepcopy(rc)
+    del env_only["spec"]["authOptions"]
+    env_only["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"].append(
+        {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "t", "key": "token"}}})
+    assert any("operator cannot reach" in e for e in raycluster_rule_errors(env_only, secrets))
+    restart = copy.deepcopy(rc)
+    restart["spec"]["workerGroupSpecs"][0]["template"]["spec"]["restartPolicy"] = "Always"
+    assert any("restartPolicy" in e for e in raycluster_rule_errors(restart, secrets))
+    wrong_key = {k: {"token"} for k in secrets}
+    assert any("auth_token" in e for e in raycluster_rule_errors(rc, wrong_key))
+    typo = copy.deepcopy(rc)
+    typo["spec"]["workerGroupSpecs"][0]["maxReplica"] = 8
+    assert unknown_fields(typo, _crd_schema("RayCluster")) == \
+        [".spec.workerGroupSpecs[0].maxReplica"]
+    wrong_type = copy.deepcopy(rc)
+    wrong_type["spec"]["authOptions"]["mode"] = "tokens"
+    assert list(jsonschema.Draft7Validator(_crd_schema("RayCluster")).iter_errors(wrong_type))
