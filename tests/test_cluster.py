@@ -8,7 +8,8 @@ script in a subprocess so that it never meets a Ray session of the pytest proces
 - autoscaling with Ray's fake multi-node provider: trials that need more CPUs than the head has
   make the autoscaler add a worker node, which it removes again after the idle timeout;
 - a head and a worker started with `ray start --address`, and a DDP TorchTrainer spanning both.
-Both clusters get their own temp dir, ports and auth token, and are stopped by process id.
+Both clusters run on 127.0.0.1 with their own temp dir, ports and auth token, and are stopped
+by process id.
 """
 from __future__ import annotations
 
@@ -210,7 +211,7 @@ def test_dockerfile_installs_the_pinned_package():
 AUTOSCALE = PRELUDE + r'''
 from ray import tune
 port = free_port()
-ip = ray._private.services.get_node_ip_address()
+ip = "127.0.0.1"     # every node on loopback: nothing listens beyond this machine
 config = {  # the fake provider's example.yaml, which the 2.60 wheel does not ship
     "cluster_name": "ipb-fake", "max_workers": 1, "upscaling_speed": 1.0,
     "idle_timeout_minutes": 0.1,
@@ -232,8 +233,8 @@ events, done = [], threading.Event()
 try:
     # AutoscalingCluster.start() would run `ray stop --force` (every Ray on the machine), so
     # the head is started here the way it does, minus that.
-    start(["--head", f"--port={port}", "--num-cpus=1", f"--temp-dir={ROOT}",
-           f"--autoscaling-config={cfg}", "--include-dashboard=false",
+    start(["--head", f"--node-ip-address={ip}", f"--port={port}", "--num-cpus=1",
+           f"--temp-dir={ROOT}", f"--autoscaling-config={cfg}", "--include-dashboard=false",
            f"--ray-client-server-port={free_port()}"], "head",
           env=dict(os.environ, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1"))
     connect(f"{ip}:{port}")
@@ -281,12 +282,14 @@ finally:
 
 TWO_NODES = PRELUDE + r'''
 port = free_port()
-ip = ray._private.services.get_node_ip_address()
+ip = "127.0.0.1"     # both nodes on loopback: nothing listens beyond this machine
 try:
-    start(["--head", f"--port={port}", "--num-cpus=1", f"--temp-dir={ROOT}/head",
-           "--include-dashboard=false", f"--ray-client-server-port={free_port()}"], "head")
+    start(["--head", f"--node-ip-address={ip}", f"--port={port}", "--num-cpus=1",
+           f"--temp-dir={ROOT}/head", "--include-dashboard=false",
+           f"--ray-client-server-port={free_port()}"], "head")
     connect(f"{ip}:{port}")
-    start([f"--address={ip}:{port}", "--num-cpus=1", f"--temp-dir={ROOT}/worker"], "worker")
+    start([f"--address={ip}:{port}", f"--node-ip-address={ip}", "--num-cpus=1",
+           f"--temp-dir={ROOT}/worker"], "worker")
     deadline = time.monotonic() + 90
     while len([n for n in ray.nodes() if n["Alive"]]) < 2:
         assert time.monotonic() < deadline and all(p.poll() is None for p in PROCS), ROOT

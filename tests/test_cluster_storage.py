@@ -15,14 +15,13 @@ is one server on 127.0.0.1 whose artifacts go to the bucket. In that scenario:
   in place; once a checkpoint is in the bucket the Ray Train worker on the worker node is killed
   (SIGKILL), and the trial resumes from the bucket; a re-run adds no MLflow run.
 Offline: every KubeRay manifest against the CRD schemas of shared/schemas/kuberay-v1.7.0
-(unknown fields refused, as `kubectl apply` does) and the operator's extra rules listed there,
-and the Optuna study storages.
+(unknown fields refused, as `kubectl apply` does) and the operator's extra rules listed there
+(tests/kuberay_rules.py), and the Optuna study storages.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -31,12 +30,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
+from kuberay_rules import (crd_schema, documented_secrets, ray_manifests, raycluster_rule_errors,
+                           rayjob_rule_errors, unknown_fields)
 from raycluster import PRELUDE, free_port, run_script
 
-REPO = Path(__file__).resolve().parents[1]
-KUBERAY = REPO / "cluster" / "kuberay"
 BUCKET = "ipb-test"
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
            "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
@@ -373,172 +371,27 @@ def test_storage_locations_keep_uris_whole(monkeypatch):
 
 # ---------------------------------------------------------------- KubeRay manifests
 
-def _schemas_dir() -> Path:
-    for cand in (REPO.parent / "shared" / "schemas" / "kuberay-v1.7.0",
-                 Path("/work/shared/schemas/kuberay-v1.7.0")):
-        if cand.is_dir():
-            return cand
-    pytest.skip("shared/schemas/kuberay-v1.7.0 is not beside this checkout")
-
-
-def _crd_schema(kind: str) -> dict:
-    crd = yaml.safe_load((_schemas_dir() / f"ray.io_{kind.lower()}s.yaml").read_text())
-    (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    return v1["schema"]["openAPIV3Schema"]
-
-
-def unknown_fields(obj, schema: dict, path: str = "") -> list[str]:
-    """Keys the schema does not declare (`kubectl apply` refuses them, the API server would
-    drop them silently), as paths."""
-    if isinstance(obj, list):
-        items = schema.get("items", {})
-        return [e for i, v in enumerate(obj) for e in unknown_fields(v, items, f"{path}[{i}]")]
-    if not isinstance(obj, dict) or schema.get("x-kubernetes-preserve-unknown-fields"):
-        return []
-    props = schema.get("properties")
-    if props is None:
-        extra = schema.get("additionalProperties")
-        return [e for k, v in obj.items() for e in unknown_fields(v, extra, f"{path}.{k}")] \
-            if isinstance(extra, dict) else []
-    errs = []
-    for k, v in obj.items():
-        errs += unknown_fields(v, props[k], f"{path}.{k}") if k in props else [f"{path}.{k}"]
-    return errs
-
-
-DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-
-
-def _pods(spec: dict) -> list[tuple[str, dict]]:
-    groups = [("head", spec.get("headGroupSpec", {}))] + [
-        (g.get("groupName", "?"), g) for g in spec.get("workerGroupSpecs", [])]
-    return [(name, g.get("template", {}).get("spec", {})) for name, g in groups]
-
-
-def _env_names(pod: dict) -> set[str]:
-    return {e["name"] for c in pod.get("containers", []) for e in c.get("env", [])}
-
-
-def raycluster_rule_errors(rc: dict, secrets: dict[str, set[str]]) -> list[str]:
-    """The operator's rules for a RayCluster (shared/schemas/kuberay-v1.7.0/README.md).
-    `secrets`: Secret name -> its data keys, as created by the documented commands."""
-    spec, errs = rc["spec"], []
-    name = rc["metadata"]["name"]
-    if not DNS1035.fullmatch(name) or len(name) > 63:
-        errs.append(f"name {name!r} is not a DNS-1035 label of at most 63 characters")
-    auto = spec.get("enableInTreeAutoscaling", False)
-    v2 = spec.get("autoscalerOptions", {}).get("version") == "v2"
-    if v2 and not auto:
-        errs.append("autoscalerOptions.version v2 needs enableInTreeAutoscaling: true")
-    for group, pod in _pods(spec):
-        if not pod.get("containers"):
-            errs.append(f"{group}: no container")
-        if v2 and pod.get("restartPolicy", "Never") != "Never":
-            errs.append(f"{group}: restartPolicy must be Never or unset with autoscaler v2")
-        if "RAY_enable_autoscaler_v2" in _env_names(pod):
-            errs.append(f"{group}: RAY_enable_autoscaler_v2 env with autoscalerOptions.version")
-    for g in spec.get("workerGroupSpecs", []):
-        lo, hi = g.get("minReplicas"), g.get("maxReplicas")
-        if not auto and (lo is None or hi is None):
-            errs.append(f"{g['groupName']}: min/maxReplicas needed without autoscaling")
-        if any(v is not None and v < 0 for v in (lo, hi, g.get("replicas"))) or \
-                (lo is not None and hi is not None and lo > hi):
-            errs.append(f"{g['groupName']}: replicas negative or minReplicas > maxReplicas")
-        if g.get("idleTimeoutSeconds") is not None and not v2:
-            errs.append(f"{g['groupName']}: idleTimeoutSeconds needs autoscaler v2")
-    for group, g in [("head", spec["headGroupSpec"])] + [
-            (g["groupName"], g) for g in spec.get("workerGroupSpecs", [])]:
-        if g.get("resources") and set(g["resources"]) & {
-                "num-cpus", "num-gpus", "memory", "resources"} & set(g.get("rayStartParams", {})):
-            errs.append(f"{group}: resources both in rayStartParams and resources")
-    auth = spec.get("authOptions", {})
-    token_env = any("RAY_AUTH_TOKEN" in _env_names(p) for _, p in _pods(spec))
-    if auth.get("mode") == "token":
-        major_minor = tuple(int(x) for x in spec.get("rayVersion", "0.0").split(".")[:2])
-        if major_minor < (2, 52):
-            errs.append("authOptions token mode needs rayVersion >= 2.52.0")
-        secret = auth.get("secretName")
-        if secret and "auth_token" not in secrets.get(secret, set()):
-            errs.append(f"authOptions.secretName {secret!r}: no Secret with key auth_token")
-        if token_env:
-            errs.append("RAY_AUTH_TOKEN in pod env as well as authOptions (the operator sets it)")
-    elif token_env:
-        errs.append("token passed only as pod env: the operator cannot reach the dashboard; "
-                    "use spec.authOptions")
-    return errs
-
-
-def rayjob_rule_errors(job: dict) -> list[str]:
-    spec, errs = job["spec"], []
-    if not DNS1035.fullmatch(job["metadata"]["name"]):
-        errs.append("name is not a DNS-1035 label")
-    selector = "clusterSelector" in spec
-    if selector == ("rayClusterSpec" in spec):
-        errs.append("exactly one of rayClusterSpec and clusterSelector")
-    mode = spec.get("submissionMode", "K8sJobMode")
-    backoff = spec.get("backoffLimit")
-    if backoff is not None and backoff < 0:
-        errs.append("backoffLimit is negative")
-    if backoff and (selector or mode == "InteractiveMode"):
-        errs.append("BackoffLimit is incompatible with ClusterSelector mode / InteractiveMode")
-    if selector:
-        if not spec["clusterSelector"].get("ray.io/cluster"):
-            errs.append("clusterSelector names no cluster")
-        if mode == "SidecarMode":
-            errs.append("clusterSelector is not supported with SidecarMode")
-        if spec.get("suspend"):
-            errs.append("ClusterSelector mode cannot be suspended")
-        if "deletionStrategy" in spec:
-            errs.append("ClusterSelector mode: no deletion strategy")
-    if mode == "SidecarMode" and ({"submitterPodTemplate", "submitterConfig"} & set(spec)):
-        errs.append("SidecarMode refuses submitterPodTemplate / submitterConfig")
-    if spec.get("shutdownAfterJobFinishes") is False and "ttlSecondsAfterFinished" in spec:
-        errs.append("ttlSecondsAfterFinished without shutdownAfterJobFinishes")
-    for key in ("activeDeadlineSeconds", "preRunningDeadlineSeconds"):
-        if key in spec and spec[key] <= 0:
-            errs.append(f"{key} must be positive")
-    return errs
-
-
-def _documented_secrets() -> dict[str, set[str]]:
-    """Secrets the documented `kubectl create secret generic NAME --from-literal=KEY=...`
-    commands make (cluster/README.md and the manifests' headers)."""
-    text = "\n".join(p.read_text() for p in [REPO / "cluster" / "README.md",
-                                               *sorted(KUBERAY.glob("*.yaml"))])
-    out: dict[str, set[str]] = {}
-    for name, literals in re.findall(r"create secret generic (\S+)((?: --from-literal=\w+)+)",
-                                     text):
-        out.setdefault(name, set()).update(re.findall(r"--from-literal=(\w+)", literals))
-    return out
-
-
-def _ray_manifests() -> list[tuple[str, dict]]:
-    docs = [(p.name, d) for p in sorted(KUBERAY.glob("*.yaml"))
-            for d in yaml.safe_load_all(p.read_text()) if d]
-    return [(n, d) for n, d in docs if d.get("apiVersion") == "ray.io/v1"]
-
-
 def test_kuberay_manifests_match_the_crd_schemas():
     import jsonschema
-    manifests = _ray_manifests()
+    manifests = ray_manifests()
     assert {d["kind"] for _, d in manifests} == {"RayCluster", "RayJob"}
     for name, doc in manifests:
-        schema = _crd_schema(doc["kind"])
+        schema = crd_schema(doc["kind"])
         errors = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
         assert not errors, f"{name}: {errors}"
         assert not unknown_fields(doc, schema), f"{name}: {unknown_fields(doc, schema)}"
 
 
 def test_kuberay_manifests_pass_the_operator_rules():
-    secrets = _documented_secrets()
-    for name, doc in _ray_manifests():
+    secrets = documented_secrets()
+    for name, doc in ray_manifests():
         errs = (raycluster_rule_errors(doc, secrets) if doc["kind"] == "RayCluster"
                 else rayjob_rule_errors(doc))
         assert not errs, f"{name}: {errs}"
-    (rc,) = [d for _, d in _ray_manifests() if d["kind"] == "RayCluster"]
+    (rc,) = [d for _, d in ray_manifests() if d["kind"] == "RayCluster"]
     assert rc["spec"]["authOptions"]["mode"] == "token" and rc["spec"]["rayVersion"]
     assert rc["spec"]["autoscalerOptions"]["version"] == "v2"
-    (job,) = [d for _, d in _ray_manifests() if d["kind"] == "RayJob"]
+    (job,) = [d for _, d in ray_manifests() if d["kind"] == "RayJob"]
     submitter = job["spec"]["submitterPodTemplate"]["spec"]["containers"][0]
     token = next(e for e in submitter["env"] if e["name"] == "RAY_AUTH_TOKEN")
     assert token["valueFrom"]["secretKeyRef"] == {"name": rc["spec"]["authOptions"]["secretName"],
@@ -550,9 +403,9 @@ def test_the_checkers_catch_what_the_operator_refuses():
     import copy
 
     import jsonschema
-    (rc,) = [d for _, d in _ray_manifests() if d["kind"] == "RayCluster"]
-    (job,) = [d for _, d in _ray_manifests() if d["kind"] == "RayJob"]
-    secrets = _documented_secrets()
+    (rc,) = [d for _, d in ray_manifests() if d["kind"] == "RayCluster"]
+    (job,) = [d for _, d in ray_manifests() if d["kind"] == "RayJob"]
+    secrets = documented_secrets()
     bad_job = copy.deepcopy(job)
     bad_job["spec"]["backoffLimit"] = 1
     assert any("BackoffLimit" in e for e in rayjob_rule_errors(bad_job))
@@ -568,8 +421,8 @@ def test_the_checkers_catch_what_the_operator_refuses():
     assert any("auth_token" in e for e in raycluster_rule_errors(rc, wrong_key))
     typo = copy.deepcopy(rc)
     typo["spec"]["workerGroupSpecs"][0]["maxReplica"] = 8
-    assert unknown_fields(typo, _crd_schema("RayCluster")) == \
+    assert unknown_fields(typo, crd_schema("RayCluster")) == \
         [".spec.workerGroupSpecs[0].maxReplica"]
     wrong_type = copy.deepcopy(rc)
     wrong_type["spec"]["authOptions"]["mode"] = "tokens"
-    assert list(jsonschema.Draft7Validator(_crd_schema("RayCluster")).iter_errors(wrong_type))
+    assert list(jsonschema.Draft7Validator(crd_schema("RayCluster")).iter_errors(wrong_type))

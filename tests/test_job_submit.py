@@ -46,11 +46,6 @@ def _wait_for_dashboard(cluster: LocalCluster, port: int, timeout: float = 120) 
         time.sleep(1)
 
 
-def ray_ip() -> str:
-    from ray._private.services import get_node_ip_address
-    return get_node_ip_address()
-
-
 def _plain(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
@@ -92,8 +87,9 @@ def test_ray_job_submit_runs_the_ablation_sweep(tmp_path):
     job_id = f"ipb-ablation-{int(time.time())}"
     timings = {}
     try:
-        gcs = f"{ray_ip()}:{free_port()}"
-        cluster.start(["--head", f"--port={gcs.rsplit(':', 1)[1]}", "--num-cpus=2",
+        gcs = f"127.0.0.1:{free_port()}"     # loopback only, like the dashboard
+        cluster.start(["--head", "--node-ip-address=127.0.0.1",
+                       f"--port={gcs.rsplit(':', 1)[1]}", "--num-cpus=2",
                        f"--temp-dir={cluster.root}", "--include-dashboard=true",
                        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
                        f"--ray-client-server-port={free_port()}"], "head")
