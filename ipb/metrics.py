@@ -129,6 +129,8 @@ def paired_ttest(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, 
         return (float(d.mean()) if d.size else math.nan), math.nan, math.nan
     if np.all(d == 0):
         return 0.0, 0.0, 1.0
+    if np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):
+        return float(d.mean()), math.copysign(math.inf, float(d.mean())), 0.0   # no spread
     res = stats.ttest_rel(x, y)
     return float(d.mean()), float(res.statistic), float(res.pvalue)
 

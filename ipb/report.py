@@ -134,9 +134,13 @@ def make_report(experiment: str, out_dir: Path, *, uri: str, parent_run_id: str 
     md = [f"# {title}", "",
           f"{len(df)} finished trial runs; mean (std) over folds x seeds of the TEST split; "
           "TPR = per-class recall (the reference code's 'TPR' was precision; ours is logged as "
-          "test.precision.*).", "", "## True positive rate (Table 2 style)", "",
-          _markdown(tables["tpr"]), "", "## F1 (Table 3 style)", "", _markdown(tables["f1"]), "",
-          f"## Student t-test p-values per class vs `{ref}`", "",
+          "test.precision.*).", "",
+          "## Table 1. True positive rate (recall) per class, mean (std) over folds "
+          "(the paper's Table 2)", "", _markdown(tables["tpr"]), "",
+          "## Table 2. F1 per class, mean (std) over folds (the paper's Table 3)", "",
+          _markdown(tables["f1"]), "",
+          f"## Table 3. Student t-test p-values of per-class TPR against `{ref}` "
+          "(p >= 0.05: within noise)", "",
           _markdown(tt) if len(tt) else "(one configuration only)"]
     fracs = sorted(df["labeled_fraction"].dropna().unique())
     if len(fracs) > 1:

@@ -44,12 +44,13 @@ def configuration_label(cfg: Config) -> str:
 
 
 def expand(base: Config, configurations: list[dict[str, Any]]) -> list[Trial]:
-    """configurations x sweep.folds x sweep.seeds -> trials (overrides validated here)."""
+    """configurations x sweep.folds x sweep.seeds -> trials (overrides validated here). A
+    configuration's `_label` names its row in reports (default: `configuration_label`)."""
     trials = []
     if base.sweep.limit > 0:
         configurations = configurations[:base.sweep.limit]
     for conf in configurations:
-        c = apply(base, conf)
+        c = apply(base, {k: v for k, v in conf.items() if k != "_label"})
         for fold in base.sweep.folds:
             for seed in base.sweep.seeds:
                 t = apply(c, {"train.fold": fold, "train.seed": seed})
@@ -160,6 +161,17 @@ def config_from_args(args) -> Config:
     return cfg
 
 
+def start_command(cfg: Config) -> None:
+    """What every sweep script does first: an unreachable MLflow server fails here in seconds
+    (not after Ray and minutes of retries), and a watcher kills what the script starts if it
+    is killed itself (ipb/reaper.py)."""
+    from ipb.preflight import check_tracking_uri
+    from ipb.reaper import start
+    from ipb.tracking import tracking_uri
+    check_tracking_uri(tracking_uri(cfg))
+    start()
+
+
 def data_table(cfg: Config, data: str, labels: str | None) -> Path | str:
     """--data: a colony table as is (a directory, or a URI such as s3://bucket/table), or a
     directory of raw images ingested (once) into a cached table."""
@@ -186,6 +198,7 @@ def main(kind: str, description: str, configurations: Callable[[Config], list[di
          argv: list[str] | None = None) -> int:
     args = parser(description).parse_args(argv)
     cfg = config_from_args(args)
+    start_command(cfg)
     print(f"ipb sweep {kind}; resolved base config:\n{to_yaml(cfg)}", flush=True)
     out = run_grid(kind, cfg, configurations(cfg))
     print("\n" + out["report"]["markdown"])

@@ -8,7 +8,7 @@ study is stored in <train.storage>/optuna.db: re-running continues the same stud
 """
 import sys
 
-from ipb.sweep import mlflow_ui_command, parser, config_from_args, run_search
+from ipb.sweep import mlflow_ui_command, parser, config_from_args, run_search, start_command
 from ipb.config import to_yaml
 
 ARCHS = ("vgg19", "ms_vgg19", "hrnet_w18", "ms_hrnet_w18")
@@ -28,6 +28,7 @@ def space(trial):
 if __name__ == "__main__":
     args = parser(__doc__).parse_args()
     cfg = config_from_args(args)
+    start_command(cfg)
     print(f"ipb sweep search; resolved base config:\n{to_yaml(cfg)}", flush=True)
     out = run_search(cfg, space)
     print("\n" + out["report"]["markdown"])

@@ -101,6 +101,7 @@ SCENARIO = PRELUDE + r'''
 import signal, subprocess, urllib.request
 import pyarrow.fs as pafs
 from raycluster import pids_in_namespace
+from tiny import TINY
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy as On
 P = json.loads(os.environ["IPB_SCENARIO"])
 out = {}
@@ -186,7 +187,7 @@ try:
         except OSError:
             assert time.monotonic() < deadline, "no MLflow server"
             time.sleep(0.5)
-    base = [f"data.table={table}", "method.name=supervised", "model.arch=vgg19",
+    base = [*TINY, f"data.table={table}", "method.name=supervised", "model.arch=vgg19",
             "patch.size=32", "train.num_workers=2", "train.epochs=8",
             "train.steps_per_epoch=3", "train.max_failures=2", "split.folds=5",
             "split.labeled_fraction=0.3", "sweep.folds=[0]", f"tracking.uri={P['mlflow']}",

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from raycluster import RAY, LocalCluster, free_port
-from tiny import write_tiny_table
+from tiny import TINY, write_tiny_table
 
 REPO = Path(__file__).resolve().parents[1]
 EXCLUDES = [".git", ".venv", "**/__pycache__", "mlflow.db", "mlruns", "mlartifacts",
@@ -105,7 +105,7 @@ def test_ray_job_submit_runs_the_ablation_sweep(tmp_path):
                "--submission-id", job_id, "--working-dir", str(REPO),
                "--runtime-env-json", json.dumps(runtime_env), "--",
                "python", "sweeps/ablation.py", "--profile", "smoke", "--data", str(table),
-               "--tracking-uri", f"sqlite:///{db}",
+               "--tracking-uri", f"sqlite:///{db}", *TINY,
                "sweep.limit=1", "sweep.folds=[0]", "patch.size=32", "train.epochs=1",
                "train.steps_per_epoch=1", "method.teacher_pretrain_epochs=0", "split.folds=5",
                "split.labeled_fraction=0.3", f"train.storage={tmp_path}/ray"]

@@ -10,7 +10,7 @@ from ipb.config import apply, load_config
 from ipb.engine import Batches, Part, plan_unlabeled_epoch, run_trial
 from ipb.methods import PHASE_INPUTS, create_method, list_methods
 from ipb.methods.ipb import balanced_draw
-from tiny import tiny_rows
+from tiny import TINY, tiny_rows
 
 CLASSES = ["A", "B", "C"]
 SIZE = 32
@@ -25,7 +25,7 @@ def parts():
 
 
 def cfg_for(method, *extra):
-    return load_config("smoke", [f"method.name={method}", f"patch.size={SIZE}",
+    return load_config("smoke", [*TINY, f"method.name={method}", f"patch.size={SIZE}",
                                  "model.arch=vgg19", "model.dropout=0.0", "train.lr=0.003",
                                  "train.batch_size=12", "train.unlabeled_batch_size=12",
                                  "method.threshold=0.0", *extra])
@@ -184,7 +184,7 @@ def test_empty_confidence_mask_still_updates_every_teacher_parameter(parts):
 def test_mpl_stages_run_their_own_lr_schedule():
     """Pre-training and MPL each run the step schedule from their own epoch 0 (paper: 200 +
     200 epochs), and the student's warm-up scale applies only at the start of MPL."""
-    cfg = cfg_for("mpl", "train.lr=1.0", "train.lr_step_epoch=2",
+    cfg = cfg_for("mpl", "train.lr=1.0", "train.lr_step_epoch=2", "train.epochs=4",
                   "method.teacher_pretrain_epochs=3", "method.student_warmup_epochs=1",
                   "method.student_warmup_lr_scale=0.5")
     m = create_method("mpl", cfg, 3)

@@ -15,6 +15,7 @@ import torch
 
 from ipb.config import SynthConfig, load_config, to_dict
 from ipb.models import create_model
+from tiny import TINY
 from ipb.predict import config_for, load_student, predict_images
 
 CLASSES = ["Debris", "Dense", "Differentiated", "Spread"]
@@ -23,7 +24,7 @@ CLASSES = ["Debris", "Dense", "Differentiated", "Spread"]
 def _save_student(path: Path, **extra) -> Path:
     torch.manual_seed(0)
     net = create_model("vgg19", num_classes=4, width=0.125)
-    cfg = load_config("smoke", ["patch.size=32"])
+    cfg = load_config("smoke", [*TINY, "patch.size=32"])
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": net.state_dict(), "arch": "vgg19", "width": 0.125,
                 "classes": CLASSES, "patch_size": 32, "config": to_dict(cfg), **extra}, path)

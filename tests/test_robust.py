@@ -14,7 +14,7 @@ from ipb.evaluation import collapsed, evaluate
 from ipb.methods import create_method
 from ipb.methods.stabilize import DistAlign, FlexThreshold, ModelEMA, recalibrate_bn, \
     relative_threshold
-from tiny import tiny_rows
+from tiny import TINY, tiny_rows
 
 CLASSES = ["A", "B", "C"]
 SIZE = 32
@@ -29,7 +29,7 @@ def parts():
 
 
 def cfg_for(method, *extra):
-    return load_config("smoke", [f"method.name={method}", f"patch.size={SIZE}",
+    return load_config("smoke", [*TINY, f"method.name={method}", f"patch.size={SIZE}",
                                  "model.arch=small_cnn", "model.width=0.5", "train.lr=0.003",
                                  "train.batch_size=12", "train.unlabeled_batch_size=12",
                                  "method.threshold=0.0", *extra])

@@ -10,10 +10,10 @@ import pytest
 
 from ipb.config import load_config
 from ipb.sweep import apply_suggestion, expand
-from tiny import write_tiny_table
+from tiny import TINY, write_tiny_table
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
-SCRIPTS = ["ablation", "baselines", "labeled_fraction"]
+SCRIPTS = ["ablation", "baselines", "labeled_fraction", "study"]
 
 
 def _module(name):
@@ -26,7 +26,7 @@ def _module(name):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-@pytest.mark.parametrize("profile", ["smoke", "paper"])
+@pytest.mark.parametrize("profile", ["smoke", "paper", "study"])
 def test_every_sweep_configuration_resolves(script, profile):
     cfg = load_config(profile)
     confs = _module(script).configurations(cfg)
@@ -34,6 +34,23 @@ def test_every_sweep_configuration_resolves(script, profile):
     assert len(trials) == len(confs) * len(cfg.sweep.folds) * len(cfg.sweep.seeds)
     assert len({t.hash for t in trials}) == len(trials)      # every trial distinct
     assert all(t.cfg.train.fold in cfg.sweep.folds for t in trials)
+
+
+def test_study_rows_pair_every_row_with_its_supervised_teacher():
+    """The study's rows: supervised rows first, each MPL-family row's teacher is the
+    supervised row of its labeled fraction (same teacher_key), --ablation adds one row per
+    robust switch."""
+    from ipb.config import PRESETS, teacher_key
+    mod = _module("study")
+    cfg = load_config("study")
+    trials = expand(cfg, mod.configurations(cfg))
+    methods = [t.cfg.method.name for t in trials]
+    assert methods.index("mpl") > max(i for i, m in enumerate(methods) if m == "supervised")
+    sup = {teacher_key(t.cfg) for t in trials if t.cfg.method.name == "supervised"}
+    assert all(teacher_key(t.cfg) in sup for t in trials
+               if t.cfg.method.name in ("mpl", "mpl_balanced", "ipb"))
+    n_plain = len(mod.configurations(cfg))
+    assert len(mod.configurations(cfg, ablation=True)) == n_plain + len(PRESETS["robust"]) + 2
 
 
 def test_ablation_is_table_2():
@@ -87,7 +104,7 @@ def test_grid_sweep_logs_children_and_resumes(ray_local, tmp_path):
     from ipb.sweep import run_grid
     # the table as a URI, as a cluster job gives it (s3://...): the trial drivers read it
     table = f"file://{write_tiny_table(tmp_path / 'table')}"
-    cfg = load_config("smoke", [f"data.table={table}", "patch.size=32", "train.epochs=1",
+    cfg = load_config("smoke", [*TINY, f"data.table={table}", "patch.size=32", "train.epochs=1",
                                 "train.steps_per_epoch=1", "method.teacher_pretrain_epochs=0",
                                 "method.simclr_epochs=1", "split.folds=5",
                                 "split.labeled_fraction=0.3", "sweep.folds=[0]",
@@ -117,7 +134,7 @@ def test_optuna_search_runs_and_resumes(ray_local, tmp_path):
     from ipb import tracking
     from ipb.sweep import run_search
     table = write_tiny_table(tmp_path / "table")
-    cfg = load_config("smoke", [f"data.table={table}", "patch.size=32", "patch.ms_size=64",
+    cfg = load_config("smoke", [*TINY, f"data.table={table}", "patch.size=32", "patch.ms_size=64",
                                 "train.epochs=1", "train.steps_per_epoch=1",
                                 "method.teacher_pretrain_epochs=0", "split.folds=5",
                                 "split.labeled_fraction=0.3", "sweep.folds=[0]",
@@ -137,3 +154,41 @@ def test_optuna_search_runs_and_resumes(ray_local, tmp_path):
     again = run_search(cfg, _module("search").space, progress=False)
     assert again["study"] == out["study"] and again["parent_run_id"] == out["parent_run_id"]
     assert len(c.search_runs([exp])) == len(runs)
+
+
+@pytest.mark.ray
+def test_study_end_to_end_on_a_tiny_table(ray_local, tmp_path, monkeypatch, capsys):
+    """sweeps/study.py through its own main(): supervised, the oracle MPL (which cannot run on
+    a U with unlabeled colonies: it fails before training, naming why, and the sweep goes on)
+    and IPB (robust), which starts from the supervised run's model; the report's last line."""
+    import re
+
+    from ipb import tracking
+    from ipb.study import IPB_ROBUST, MPL_BALANCED, SUPERVISED
+    mod = _module("study")
+    rows = mod.configurations
+    keep = {SUPERVISED, MPL_BALANCED, IPB_ROBUST}
+    monkeypatch.setattr(mod, "configurations", lambda cfg, ablation=False: [
+        r for r in rows(cfg, ablation) if r["_label"] in keep])
+    db = f"sqlite:///{tmp_path}/study.db"
+    assert mod.main(["--profile", "smoke", "--data", str(write_tiny_table(tmp_path / "t")),
+                     "--tracking-uri", db, *TINY, "patch.size=32", "split.folds=5",
+                     "split.labeled_fraction=0.3", "sweep.folds=[0,1]",
+                     f"train.storage={tmp_path}/ray"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.fullmatch(r"study: ipb-supervised [+-]\d\.\d{3} \(p=\S+\), ipb-mpl nan "
+                        r"\(p=nan\), minority [+-]\d\.\d{3}, collapsed \d/2, wall \d+ min",
+                        last), last
+    c = tracking.client(db)
+    runs = c.search_runs([c.get_experiment_by_name("ipb-study").experiment_id])
+    by = {}
+    for r in runs:
+        by.setdefault(r.data.tags.get("ipb.config_label"), []).append(r)
+    assert all(r.info.status == "FAILED" and "unlabeled colonies have none"
+               in r.data.tags["ipb.error"] for r in by[MPL_BALANCED])
+    sup_ids = {r.info.run_id for r in by[SUPERVISED]}
+    assert len(by[IPB_ROBUST]) == 2 and all(
+        r.info.status == "FINISHED" and r.data.tags["ipb.teacher_run"] in sup_ids
+        for r in by[IPB_ROBUST])
+    parent = next(r for r in runs if r.data.tags.get("ipb.role") == "sweep")
+    assert "study/study.md" in {a.path for a in c.list_artifacts(parent.info.run_id, "study")}

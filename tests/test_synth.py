@@ -37,11 +37,19 @@ def test_render_is_deterministic_and_dtypes():
     assert np.abs(img16 / 65535.0 - a[0] / 255.0).mean() < 0.01
 
 
-def test_synthesize_same_bytes(tmp_path):
+def test_synthesize_same_bytes_in_one_or_two_processes(tmp_path):
     synthesize(tmp_path / "a", SMALL, progress=False)
-    synthesize(tmp_path / "b", SMALL, progress=False)
+    synthesize(tmp_path / "b", SMALL, progress=False, workers=2)
     for rel in ["labels.csv", "image_labels.csv", "images/well_001.tif", "masks/well_002.png"]:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+
+
+def test_wells_carry_their_pixel_size(tmp_path):
+    from ipb.data.microscopy import tiff_pixel_size
+    synthesize(tmp_path, replace(SMALL, pixel_size_um=0.65), progress=False)
+    with tifffile.TiffFile(tmp_path / "images" / "well_000.tif") as tif:
+        um, source, _ = tiff_pixel_size(tif)
+    assert um == pytest.approx(0.65) and source == "TIFF resolution"
 
 
 def test_class_proportions_match_config():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from ipb.config import load_config
-from tiny import write_tiny_table
+from tiny import TINY, write_tiny_table
 
 pytestmark = pytest.mark.ray
 
@@ -15,7 +15,7 @@ def table(tmp_path_factory):
 
 
 def _cfg(tmp_path, table, method, *extra):
-    return load_config("smoke", [f"data.table={table}", f"method.name={method}",
+    return load_config("smoke", [*TINY, f"data.table={table}", f"method.name={method}",
                                  "patch.size=32", "model.arch=vgg19", "train.num_workers=2",
                                  "train.steps_per_epoch=2", "train.epochs=2",
                                  "split.folds=5", "split.labeled_fraction=0.3",

@@ -62,3 +62,11 @@ def write_tiny_table(path, n_per_class=(24, 16, 10), n_unlabeled=20, size=32, se
         "n_colonies": len(rows), "classes": classes, "multi_label": 0,
         "unlabeled": n_unlabeled, "rejected": []})
     return path
+
+
+# The budget tests run at: every code path in seconds. The `smoke` profile is the main job's
+# real (minutes) budget, so a test that trains says what it runs: TINY first, its own keys after.
+TINY = ["model.width=0.125", "model.dropout=0.2", "train.batch_size=16",
+        "train.unlabeled_batch_size=16", "train.steps_per_epoch=2", "train.epochs=2",
+        "train.lr=0.003", "method.teacher_pretrain_epochs=1", "method.simclr_epochs=1",
+        "method.uda_steps=10", "split.test_fraction=0.1", "sweep.max_concurrent=1"]

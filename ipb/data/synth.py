@@ -87,8 +87,11 @@ def _write_well(out: Path, cfg: SynthConfig, w: int, rng: np.random.Generator, T
     for t, (img, inst, cols) in enumerate(render_well(cfg, rng, T, classes)):
         stem = f"well_{w:03d}" + (f"_t{t:02d}" if T > 1 else "")
         rel = f"images/{stem}.tif"
+        # pixel size as TIFF resolution tags (pixels per cm), read back by ingest
+        ppcm = 1e4 / cfg.pixel_size_um
         tifffile.imwrite(out / rel, img, compression="zlib", metadata=None,
-                         description=_description(cfg, w, t))
+                         description=_description(cfg, w, t), resolution=(ppcm, ppcm),
+                         resolutionunit="CENTIMETER")
         cv2.imwrite(str(out / "masks" / f"{stem}.png"), inst)
         for c in cols:
             rows.append([rel, c["x0"], c["y0"], c["x1"], c["y1"], c["label"]])

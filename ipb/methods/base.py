@@ -77,9 +77,27 @@ class UnlabeledPool:
     patches: Callable[[np.ndarray], torch.Tensor]   # clean test-view patches, on the device
     rng: np.random.Generator
     gen: torch.Generator
+    order: np.ndarray | None = None   # the epoch's draw order, once the method chose it
+    # k clean patches per colony at random positions inside its mask, (len(idx) * k, ...)
+    patches_in_mask: Callable[[np.ndarray, int], torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.y)
+
+    @torch.no_grad()
+    def colony_proba(self, model: nn.Module, k: int = 1, size: int = 256) -> torch.Tensor:
+        """(n, C) softmax of `model` (eval mode) per colony: on the epoch's patch (k=1), or the
+        mean over k random patches inside the colony's mask."""
+        was = model.training
+        model.eval()
+        out = []
+        for s in range(0, len(self), size):
+            idx = np.arange(s, min(len(self), s + size))
+            x = self.patches(idx) if k <= 1 else self.patches_in_mask(idx, k)
+            p = torch.softmax(model(x)[0].float(), dim=1).cpu()
+            out.append(p.view(len(idx), max(k, 1), -1).mean(dim=1))
+        model.train(was)
+        return torch.cat(out) if out else torch.zeros(0, 0)
 
     def clean_batches(self, size: int = 256, limit: int | None = None):
         """Clean patches of every colony (or the first `limit`), `size` at a time."""

@@ -5,7 +5,8 @@
 The whole algorithm is MPL's step (ipb/methods/mpl.py) plus this, at the start of every
 unlabeled epoch (PAPER.md section 6, "the IPB part"):
  1 the teacher (eval mode) predicts one clean patch of every unlabeled colony of this worker
-   (the patch positions the engine fixed for the epoch);
+   (the patch positions the engine fixed for the epoch; method.pseudo_patches=K: the mean of
+   its softmax over K patches inside the colony's mask);
  2 per-pseudo-class counts are all-reduced over workers; weight = 1 / global count;
  3 each worker draws len(shard) colonies with replacement from those weights, so every
    pseudo-class gets about 1/C of the epoch. Patch positions stay fixed for the epoch,
@@ -17,24 +18,12 @@ unlabeled epoch (PAPER.md section 6, "the IPB part"):
 """
 from __future__ import annotations
 
-from typing import Iterable
-
 import numpy as np
 import torch
 
 from ipb.dist import all_reduce_sum, global_sum
-from ipb.methods.base import register_method, unwrap
+from ipb.methods.base import register_method
 from ipb.methods.mpl import MPL
-
-
-@torch.no_grad()
-def predict_classes(model: torch.nn.Module, batches: Iterable[torch.Tensor]) -> torch.Tensor:
-    """argmax of `model` (eval mode) over input batches; its training mode is restored."""
-    was = model.training
-    model.eval()
-    out = [model(x)[0].argmax(dim=1).cpu() for x in batches]
-    model.train(was)
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
 def balanced_draw(classes: torch.Tensor, num_classes: int, n_draws: int,
@@ -71,8 +60,7 @@ class IPB(MPL):
     name = "ipb"
 
     def resample(self, pool):
-        teacher = unwrap(self.pseudo_model())
-        pseudo = predict_classes(teacher, pool.clean_batches())
+        pseudo = self.colony_pseudo(pool).argmax(dim=1)
         order, stats = balanced_epoch(pseudo, pool)
         known = pool.y >= 0
         agree = global_sum(int((pseudo.numpy()[known] == pool.y[known]).sum()))

@@ -22,6 +22,8 @@ Robust switches (config `method.*`, paper behaviour by default; ipb/methods/stab
                        the student's labeled loss is reinforced
  mpl_target=student    the teacher's MPL term on the student's targets, weighted by its mask
  teacher_lr=continue   the teacher's schedule goes on at stage 2 (no x10 jump back)
+ pseudo_patches=K     the teacher's class of a colony (for IPB's balancing) from K patches
+ student_target=colony the student learns that colony-level class for any patch of the colony
  label_smoothing, dist_align, threshold_mode=relative|flexmatch, bn_recalibrate (the engine).
 """
 from __future__ import annotations
@@ -59,6 +61,7 @@ class MPL(Method):
                                  f"{num_classes} classes (give one per class, table order)")
             self.align = DistAlign(torch.tensor(prior))
         self.flex: FlexThreshold | None = None     # sized at the first unlabeled epoch
+        self.colony_q: torch.Tensor | None = None  # the teacher's per-colony softmax this epoch
 
     # -- stages ------------------------------------------------------------------------------
     def phase(self, epoch):
@@ -91,10 +94,22 @@ class MPL(Method):
             self.ema.reset(self.student)
 
     def unlabeled_epoch(self, epoch, pool):
-        if self.cfg.method.threshold_mode == "flexmatch" and (
+        m = self.cfg.method
+        if m.threshold_mode == "flexmatch" and (
                 self.flex is None or len(self.flex.selected) != len(pool)):
-            self.flex = FlexThreshold(len(pool), self.num_classes, self.cfg.method.threshold)
-        return self.resample(pool)
+            self.flex = FlexThreshold(len(pool), self.num_classes, m.threshold)
+        self.colony_q = None
+        order, stats = self.resample(pool)
+        if m.student_target == "colony" and self.colony_q is None:
+            self.colony_pseudo(pool)
+        return order, stats
+
+    def colony_pseudo(self, pool) -> torch.Tensor:
+        """The teacher's (eval mode) softmax per unlabeled colony of this worker, from
+        `method.pseudo_patches` patches (1: the epoch's patch, the paper's); kept for the
+        epoch (student_target=colony)."""
+        self.colony_q = pool.colony_proba(unwrap(self.teacher), self.cfg.method.pseudo_patches)
+        return self.colony_q
 
     def resample(self, pool) -> tuple[np.ndarray, dict]:
         """MPL (imbalanced): the unlabeled epoch is a uniform shuffle; IPB overrides this."""
@@ -106,11 +121,12 @@ class MPL(Method):
             return {"train.teacher_sup": self.supervised_step(self.teacher, self.opt_t, batch)}
         return self._mpl_step(batch)
 
-    def student_targets(self, p_uw: torch.Tensor, idx: torch.Tensor | None = None):
+    def student_targets(self, p_uw: torch.Tensor, idx: torch.Tensor | None = None,
+                        align: bool = True):
         """(targets, per-sample weight, mask, p) for the student from the teacher's weak-view
         softmax p (distribution-aligned when switched on)."""
         m = self.cfg.method
-        if self.align is not None:
+        if self.align is not None and align:
             p_uw = self.align(p_uw)
         conf, hard = p_uw.max(dim=1)
         if m.threshold_mode == "flexmatch" and self.flex is not None and idx is not None:
@@ -169,6 +185,10 @@ class MPL(Method):
         p_uw = torch.softmax(t_uw.detach() / m.temperature, dim=1)
         targets, weight, mask, p_uw = self.student_targets(p_uw, batch.get("i_u"))
         uda = (mask * -(p_uw * F.log_softmax(t_us, dim=1)).sum(dim=1)).mean()
+        if m.student_target == "colony" and self.colony_q is not None:
+            # the colony's class from the epoch's teacher pass, for whichever patch is drawn
+            q = self.colony_q[batch["i_u"]].to(p_uw.device)
+            targets, weight, mask, _ = self.student_targets(q, None, align=False)
         lambda_u = m.lambda_u * min(1.0, (self.mpl_steps + 1) / max(1, m.uda_steps))
         # 4: student; paper: one train-mode forward on cat(x_l, x_us), its x_l part is the
         # "before" loss. clean: x_us alone, then the "before" loss from an eval forward that

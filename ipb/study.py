@@ -1,0 +1,254 @@
+"""The study report: can IPB be told from its baselines? Rows, paired tests, collapse, curves.
+
+    python sweeps/study.py            # runs the study (sweeps/study.py), then prints this report
+
+Every row ran on the same (fold, seed) pairs, so rows are compared pair by pair: a paired
+t-test on the per-pair differences of mean test TPR (and of the rarest class's TPR). A
+difference with p >= 0.05 is reported as within noise. The IPB row named in the last line is
+the one with the best mean VALIDATION TPR (never selected on test). The report also says how
+many MPL-family students collapsed (largest predicted-class share on test > 0.8), whether the
+teacher's pseudo-class proportions moved toward the true unlabeled mix (total-variation
+distance, first vs last MPL epoch), and the labeled-fraction curve.
+The numbers come from DataFrames (one row per finished trial run, `ipb.report.trial_runs`) and
+per-run metric histories, so they are tested without MLflow; `study_report` reads both.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from ipb.metrics import fold_stats, paired_ttest
+
+SUPERVISED, MPL, MPL_BALANCED = "supervised", "MPL (imbalanced)", "MPL (balanced, oracle)"
+IPB_PAPER, IPB_ROBUST, IPB_FINETUNE = "IPB (paper)", "IPB (robust)", "IPB (robust) + fine-tune"
+IPB_ROWS = (IPB_PAPER, IPB_ROBUST, IPB_FINETUNE)
+MPL_FAMILY = ("mpl", "mpl_balanced", "ipb")
+COLLAPSE_SHARE = 0.8
+NOISE_P = 0.05
+
+
+def curve_label(row: str, fraction: float) -> str:
+    """The label of a labeled-fraction curve row, e.g. `supervised (1% labeled)`."""
+    return f"{row} ({fraction * 100:g}% labeled)"
+
+
+def matched(df: pd.DataFrame, a: str, b: str, col: str) -> tuple[np.ndarray, np.ndarray]:
+    """Values of `col` for rows a and b on the (fold, seed) pairs both have, in pair order."""
+    ka = df[df["label"] == a].set_index(["fold", "seed"])[col]
+    kb = df[df["label"] == b].set_index(["fold", "seed"])[col]
+    common = sorted(set(ka.index) & set(kb.index))
+    return ka.loc[common].to_numpy(float), kb.loc[common].to_numpy(float)
+
+
+def _ms(values) -> str:
+    m, s = fold_stats(list(values))
+    if np.isnan(m):
+        return "-"
+    return f"{m:.3f}" + ("" if np.isnan(s) else f" ({s:.3f})")
+
+
+def row_table(df: pd.DataFrame, classes: list[str], minority: str, metric: str) -> pd.DataFrame:
+    """Per row: n pairs, per-class `metric` (tpr | f1) mean (std), the mean; for TPR also the
+    between-class variance and how many MPL-family students collapsed."""
+    out = []
+    for label, g in df.groupby("label", sort=False):
+        row: dict[str, Any] = {"row": label, "n": len(g)}
+        for c in classes:
+            name = f"{c} (minority)" if c == minority else c
+            row[name] = _ms(g[f"test.{metric}.{c}"])
+        row["mean"] = _ms(g[f"test.{metric}.mean"])
+        if metric == "tpr":
+            row["between-class var"] = _ms(g["test.tpr.var"]) if "test.tpr.var" in g else "-"
+            if g["method"].isin(MPL_FAMILY).any() and "test.pred_share.max" in g:
+                k = int((g["test.pred_share.max"] > COLLAPSE_SHARE).sum())
+                row["collapsed"] = f"{k}/{len(g)}" + (" COLLAPSED" if k else "")
+            else:
+                row["collapsed"] = ""
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def comparison(df: pd.DataFrame, a: str, b: str, minority: str) -> dict[str, Any]:
+    """Paired difference a - b of mean test TPR and of the minority class's TPR."""
+    x, y = matched(df, a, b, "test.tpr.mean")
+    d, _, p = paired_ttest(x, y) if len(x) else (np.nan, np.nan, np.nan)
+    xm, ym = matched(df, a, b, f"test.tpr.{minority}")
+    dm, _, pm = paired_ttest(xm, ym) if len(xm) else (np.nan, np.nan, np.nan)
+    verdict = "-" if np.isnan(p) else ("within noise" if p >= NOISE_P else
+                                       ("better" if d > 0 else "worse"))
+    return {"comparison": f"{a} vs {b}", "pairs": len(x), "d mean TPR": d, "p": p,
+            f"d {minority} TPR": dm, "p minority": pm, "verdict": verdict}
+
+
+def best_ipb_row(df: pd.DataFrame, candidates=IPB_ROWS) -> str | None:
+    """The IPB row with the best mean validation TPR of its selected models (not test)."""
+    present = [r for r in candidates if (df["label"] == r).any()]
+    if not present:
+        return None
+    col = "best.val.tpr.mean"
+    return max(present, key=lambda r: df.loc[df["label"] == r, col].mean())
+
+
+def tv_distance(pseudo: dict[str, float], true: dict[str, float]) -> float:
+    return 0.5 * sum(abs(pseudo[c] - true[c]) for c in true)
+
+
+def pseudo_movement(histories: dict[str, list[dict]], classes: list[str]) -> pd.DataFrame:
+    """Per run: total-variation distance of the teacher's pseudo-class proportions from the
+    true unlabeled mix at the first and the last MPL epoch, and whether it fell."""
+    out = []
+    for run_id, hist in histories.items():
+        rows = [h for h in hist if f"ipb.pseudo_frac.{classes[0]}" in h
+                and f"ipb.true_frac.{classes[0]}" in h]
+        if len(rows) < 2:
+            continue
+        tv = [tv_distance({c: h[f"ipb.pseudo_frac.{c}"] for c in classes},
+                          {c: h[f"ipb.true_frac.{c}"] for c in classes}) for h in rows]
+        out.append({"run_id": run_id, "tv_first": tv[0], "tv_last": tv[-1],
+                    "fell": tv[-1] < tv[0]})
+    return pd.DataFrame(out, columns=["run_id", "tv_first", "tv_last", "fell"])
+
+
+def collapsed_count(df: pd.DataFrame) -> tuple[int, int]:
+    fam = df[df["method"].isin(MPL_FAMILY)]
+    if "test.pred_share.max" not in fam:
+        return 0, len(fam)
+    return int((fam["test.pred_share.max"] > COLLAPSE_SHARE).sum()), len(fam)
+
+
+def _signed(x: float) -> str:
+    return "nan" if np.isnan(x) else f"{x:+.3f}"
+
+
+def last_line(df: pd.DataFrame, minority: str, wall_min: float) -> str:
+    """`study: ipb-supervised <+d> (p=<p>), ipb-mpl <+d> (p=<p>), minority <+d>, collapsed
+    <k>/<n>, wall <m> min` for the best IPB row (by validation)."""
+    best = best_ipb_row(df)
+    nan = {"d mean TPR": np.nan, "p": np.nan, f"d {minority} TPR": np.nan}
+    sup = comparison(df, best, SUPERVISED, minority) if best else nan
+    mpl = comparison(df, best, MPL, minority) if best else nan
+    k, n = collapsed_count(df)
+    return (f"study: ipb-supervised {_signed(sup['d mean TPR'])} (p={sup['p']:.3g}), "
+            f"ipb-mpl {_signed(mpl['d mean TPR'])} (p={mpl['p']:.3g}), "
+            f"minority {_signed(sup[f'd {minority} TPR'])}, collapsed {k}/{n}, "
+            f"wall {wall_min:.0f} min")
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    def cell(v):
+        if isinstance(v, float):
+            return "-" if np.isnan(v) else f"{v:.3g}" if abs(v) < 1e-2 else f"{v:.3f}"
+        return str(v)
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def curve_frame(df: pd.DataFrame, main_fraction: float,
+                families: tuple[str, ...] = (SUPERVISED, MPL, IPB_ROBUST)) -> pd.DataFrame:
+    """Mean (std) test TPR per family and labeled fraction; the main rows are the main fraction."""
+    out = []
+    for fam in families:
+        for label, g in df.groupby("label", sort=False):
+            if label == fam:
+                frac = main_fraction
+            elif label.startswith(fam + " (") and label.endswith("% labeled)"):
+                frac = float(label[len(fam) + 2:-len("% labeled)")]) / 100
+            else:
+                continue
+            m, s = fold_stats(g["test.tpr.mean"].tolist())
+            out.append({"method": fam, "labeled_fraction": frac, "mean": m, "std": s,
+                        "n": len(g)})
+    return pd.DataFrame(out, columns=["method", "labeled_fraction", "mean", "std", "n"])
+
+
+def build(df: pd.DataFrame, classes: list[str], minority: str, main_fraction: float,
+          histories: dict[str, list[dict]], wall_min: float, title: str) -> dict[str, Any]:
+    """Every table of the report from the trial runs (no MLflow): markdown + frames."""
+    main = df[~df["label"].str.endswith("% labeled)")]
+    tpr, f1 = row_table(main, classes, minority, "tpr"), row_table(main, classes, minority, "f1")
+    best = best_ipb_row(df)
+    pairs = [(best, SUPERVISED), (best, MPL), (IPB_ROBUST, IPB_PAPER)] if best else []
+    pairs += [(r, SUPERVISED) for r in dict.fromkeys(main["label"])
+              if r not in (SUPERVISED, best)]
+    tests = pd.DataFrame([comparison(df, a, b, minority) for a, b in dict.fromkeys(pairs)
+                          if (df["label"] == a).any() and (df["label"] == b).any()])
+    moves = {}
+    for label in IPB_ROWS:
+        ids = df.loc[df["label"] == label, "run_id"].tolist()
+        mv = pseudo_movement({r: histories[r] for r in ids if r in histories}, classes)
+        if len(mv):
+            moves[label] = mv
+    curve = curve_frame(df, main_fraction)
+    line = last_line(df, minority, wall_min)
+    md = [f"# {title}", "",
+          f"{len(df)} finished trial runs. Test split, mean (std) over (fold, seed) pairs; "
+          f"minority class: {minority}. Rows were compared on the same pairs (paired "
+          f"t-tests); p >= {NOISE_P} is within noise. Best IPB row by validation TPR: {best}.",
+          "", "## Table 1. True positive rate (recall) per class", "", _markdown(tpr), "",
+          "## Table 2. F1 per class", "", _markdown(f1), "",
+          "## Table 3. Paired t-tests of mean test TPR (and the minority class's TPR)", "",
+          _markdown(tests) if len(tests) else "(too few rows)", ""]
+    for label, mv in moves.items():
+        md.append(f"Pseudo-class proportions, {label}: total-variation distance from the true "
+                  f"U mix fell from first to last MPL epoch in {int(mv['fell'].sum())}/{len(mv)}"
+                  f" runs (mean {mv['tv_first'].mean():.3f} -> {mv['tv_last'].mean():.3f}).")
+    if len(curve) and curve["labeled_fraction"].nunique() > 1:
+        md += ["", "## Table 4. Labeled-fraction curve: mean test TPR", "", _markdown(curve)]
+    md += ["", line]
+    return {"markdown": "\n".join(md), "line": line, "tpr": tpr, "f1": f1, "tests": tests,
+            "moves": moves, "curve": curve, "best": best}
+
+
+def study_report(experiment: str, uri: str, parent_run_id: str, out_dir: Path,
+                 minority: str | None, main_fraction: float, wall_min: float,
+                 log_artifact: Callable[[Path], None] | None = None) -> dict[str, Any]:
+    """Read the study's runs from MLflow, build the report, write Markdown/CSV/PNGs."""
+    from ipb import plots
+    from ipb.report import pseudo_history, trial_runs
+    from ipb.tracking import client
+
+    df = trial_runs(experiment, uri, parent_run_id)
+    if df.empty:
+        return {"markdown": "no finished trial runs", "line": last_line(df.assign(
+            label=[], method=[]), minority or "?", wall_min)}
+    classes = [c for c in df["classes"].iloc[0].split(",") if c]
+    minority = minority or classes[0]
+    synthetic = bool(df["synthetic"].any())
+    title = ("SYNTHETIC data (a stand-in, not microscopy) - " if synthetic else "") + \
+        "study: IPB against its baselines"
+    c = client(uri)
+    histories = {}
+    for rid in df.loc[df["label"].isin(IPB_ROWS), "run_id"]:
+        per_epoch: dict[int, dict] = {}
+        for cls in classes:
+            for key in (f"ipb.pseudo_frac.{cls}", f"ipb.true_frac.{cls}"):
+                for m in c.get_metric_history(rid, key):
+                    per_epoch.setdefault(m.step, {"epoch": m.step})[key] = m.value
+        histories[rid] = [per_epoch[e] for e in sorted(per_epoch)]
+    out = build(df, classes, minority, main_fraction, histories, wall_min, title)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("tpr", "f1", "tests", "curve"):
+        out[name].to_csv(out_dir / f"study_{name}.csv", index=False)
+    files = []
+    for label in IPB_ROWS:
+        ids = df.loc[df["label"] == label, "run_id"].tolist()
+        if ids:
+            hist = pseudo_history(uri, ids, classes)
+            f = out_dir / ("pseudo_" + "".join(ch if ch.isalnum() else "_" for ch in label) +
+                           ".png")
+            if plots.pseudo_fractions_png(hist, classes, f, f"{title}\n{label}, mean over runs"):
+                files.append(f)
+    if len(out["curve"]) and out["curve"]["labeled_fraction"].nunique() > 1:
+        files.append(plots.fraction_curve_png(out["curve"], out_dir / "labeled_fraction.png",
+                                              title))
+    text = out["markdown"] + "".join(f"\n\n![]({f.name})" for f in files)
+    (out_dir / "study.md").write_text(text)
+    if log_artifact:
+        for f in out_dir.iterdir():
+            log_artifact(f)
+    return {**out, "markdown": text, "files": [str(f) for f in files]}

@@ -1,0 +1,93 @@
+"""pytest tests/test_study.py -- the study report's numbers from made-up trial runs (no MLflow)."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ipb.study import IPB_PAPER, IPB_ROBUST, MPL, SUPERVISED, best_ipb_row, build, \
+    comparison, curve_label, last_line, pseudo_movement
+
+CLASSES = ["Debris", "Dense", "Differentiated", "Spread"]
+
+
+def runs(rows: dict[str, tuple[str, list[float], float]], minority_shift=0.0, share=0.4):
+    """label -> (method, per-pair mean TPR, val TPR); per-class TPR = mean (+ a shift for the
+    minority), five (fold, seed) pairs."""
+    out = []
+    for label, (method, tprs, val) in rows.items():
+        for k, t in enumerate(tprs):
+            r = {"run_id": f"{label}-{k}", "label": label, "method": method, "fold": k,
+                 "seed": 0, "best.val.tpr.mean": val, "test.tpr.mean": t, "test.f1.mean": t,
+                 "test.tpr.var": 0.01, "test.pred_share.max": share, "synthetic": True}
+            for c in CLASSES:
+                r[f"test.tpr.{c}"] = t + (minority_shift if c == "Differentiated" and
+                                          method == "ipb" else 0.0)
+                r[f"test.f1.{c}"] = t
+            out.append(r)
+    return pd.DataFrame(out)
+
+
+BASE = [0.80, 0.82, 0.78, 0.85, 0.81]
+
+
+def test_paired_difference_consistent_gain_is_significant_and_noise_is_not():
+    df = runs({SUPERVISED: ("supervised", BASE, 0.8),
+               IPB_ROBUST: ("ipb", [b + 0.04 + 0.002 * k for k, b in enumerate(BASE)], 0.85),
+               IPB_PAPER: ("ipb", [b + (-0.03, 0.03, -0.02, 0.02, 0.0)[k]
+                                   for k, b in enumerate(BASE)], 0.7)})
+    gain = comparison(df, IPB_ROBUST, SUPERVISED, "Differentiated")
+    assert gain["pairs"] == 5 and gain["d mean TPR"] == pytest.approx(0.044)
+    assert gain["p"] < 0.001 and gain["verdict"] == "better"
+    noise = comparison(df, IPB_PAPER, SUPERVISED, "Differentiated")
+    assert noise["p"] > 0.05 and noise["verdict"] == "within noise"
+
+
+def test_best_ipb_row_is_chosen_on_validation_not_test():
+    df = runs({IPB_PAPER: ("ipb", [0.9] * 5, 0.70), IPB_ROBUST: ("ipb", [0.5] * 5, 0.80)})
+    assert best_ipb_row(df) == IPB_ROBUST
+
+
+def test_last_line_format_and_collapse_count():
+    df = runs({SUPERVISED: ("supervised", BASE, 0.8), MPL: ("mpl", [0.25] * 5, 0.3),
+               IPB_ROBUST: ("ipb", [b + 0.05 for b in BASE], 0.9)}, minority_shift=0.1)
+    df.loc[df["label"] == MPL, "test.pred_share.max"] = 1.0
+    line = last_line(df, "Differentiated", 12.4)
+    assert re.fullmatch(r"study: ipb-supervised \+0\.050 \(p=\S+\), ipb-mpl \+0\.\d{3} "
+                        r"\(p=\S+\), minority \+0\.150, collapsed 5/10, wall 12 min", line), line
+
+
+def test_pseudo_movement_measures_total_variation_first_to_last():
+    true = {f"ipb.true_frac.{c}": v for c, v in zip(CLASSES, (0.2, 0.2, 0.05, 0.55))}
+    def epoch(p):
+        return {**true, **{f"ipb.pseudo_frac.{c}": v for c, v in zip(CLASSES, p)}}
+    hist = {"a": [epoch((0.1, 0.1, 0.3, 0.5)), epoch((0.2, 0.2, 0.1, 0.5))],
+            "b": [epoch((0.2, 0.2, 0.05, 0.55)), epoch((0.4, 0.1, 0.0, 0.5))]}
+    mv = pseudo_movement(hist, CLASSES).set_index("run_id")
+    assert mv.loc["a", "tv_first"] == pytest.approx(0.25) and bool(mv.loc["a", "fell"])
+    assert mv.loc["b", "tv_first"] == pytest.approx(0.0) and not bool(mv.loc["b", "fell"])
+
+
+def test_build_has_captioned_tables_curve_and_ends_with_the_line():
+    rows = {SUPERVISED: ("supervised", BASE, 0.8), MPL: ("mpl", BASE, 0.8),
+            IPB_ROBUST: ("ipb", BASE, 0.8)}
+    for f in (0.01, 0.05):
+        for label, (m, t, v) in list(rows.items()):
+            if "labeled" not in label:
+                rows[curve_label(label, f)] = (m, [x - 0.2 + f for x in t], v)
+    df = runs(rows)
+    out = build(df, CLASSES, "Differentiated", 0.10, {}, 3.0, "SYNTHETIC test")
+    md = out["markdown"]
+    for caption in ("Table 1. True positive rate", "Table 2. F1", "Table 3. Paired t-tests",
+                    "Table 4. Labeled-fraction curve"):
+        assert caption in md
+    assert "Differentiated (minority)" in md
+    assert md.strip().splitlines()[-1] == out["line"]
+    curve = out["curve"]
+    assert sorted(curve["labeled_fraction"].unique()) == [0.01, 0.05, 0.10]
+    assert set(curve["method"]) == {SUPERVISED, MPL, IPB_ROBUST}
+    assert np.all(curve["n"] == 5)
+    # curve rows stay out of the main tables
+    assert not out["tpr"]["row"].str.contains("labeled").any()
