@@ -7,6 +7,7 @@
     ipb splits table/ --fold 0
     ipb config --profile paper train.epochs=10
     ipb predict RUN_ID_OR_student.pt images/ --out pred/
+    ipb predict "models:/ipb-main-student@champion" images/ --out pred/
 
 Every command takes `--profile smoke|paper|study|FILE.yaml` and `key.sub=value` overrides.
 """
@@ -100,8 +101,11 @@ def cmd_splits(args) -> int:
 
 
 def _reap_on_exit() -> None:
-    """Commands that start an embedded Ray leave no process behind, even after kill -9."""
+    """Commands that start an embedded Ray leave no process behind, even after kill -9; their
+    logs stay plain (no colour codes, no Ray dedup tags) when redirected to a file."""
+    from ipb.console import plain_logs_when_redirected
     from ipb.reaper import start
+    plain_logs_when_redirected()
     start()
 
 
@@ -113,7 +117,10 @@ def _check_tracking(cfg) -> None:
 
 
 def cmd_train(args) -> int:
+    from ipb.console import ray_dashboard, ui_lines
+    from ipb.inputs import resolve_table
     from ipb.runtime import init_ray
+    from ipb.tracking import tracking_uri
     from ipb.train import fit
     extra = {k: v for k, v in {"data.table": args.table, "method.name": args.method,
                                "model.arch": args.arch, "train.fold": args.fold,
@@ -123,11 +130,15 @@ def cmd_train(args) -> int:
     _check_tracking(cfg)
     _reap_on_exit()
     init_ray(quiet=False)
-    out = fit(cfg)
+    if ray_dashboard():
+        print(f"Ray dashboard: {ray_dashboard()}", file=sys.stderr, flush=True)
+    out = fit(cfg, resolve_table(cfg))
     m = out["metrics"]
     print(f"{out['name']}: test TPR mean {m['test.tpr.mean']:.4f}, F1 mean {m['test.f1.mean']:.4f} "
           f"(selected on {cfg.train.select_on} at epoch {m['best.epoch']}); MLflow run "
-          f"{out['run_id']}")
+          f"{out['run_id']}, models {out['models']['colonies']} (ipb predict) and "
+          f"{out['models']['student']} (the network)\n"
+          + ui_lines(tracking_uri(cfg), out["experiment_id"]), flush=True)
     return 0
 
 
@@ -235,15 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment and classify the colonies of new images with a "
                                       "trained student -> CSVs and counts over time")
     p.add_argument("model", metavar="MODEL",
-                   help="student.pt, a directory holding it, or an MLflow run id / runs:/<id>")
+                   help="student.pt, a directory holding it, an MLflow run id / runs:/<id>, "
+                        "or a logged or registered model: models:/NAME@champion, "
+                        "models:/NAME/VERSION, models:/<model id>")
     p.add_argument("images", nargs="+", metavar="IMAGES",
                    help="image files or directories, then optional key.sub=value overrides "
                         "(e.g. segmentation.pixel_size_um=1.0)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--test-patches", type=int,
                    help="patches averaged per colony (default 5; 1 = the paper's centre patch)")
-    p.add_argument("--tracking-uri", help="MLflow URI for a run id (default MLFLOW_TRACKING_URI "
-                                          "or sqlite:///mlflow.db)")
+    p.add_argument("--tracking-uri", help="MLflow URI for a run id or models:/ (default "
+                                          "MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--profile", default=None,
                    help="use this profile instead of the config saved with the model")
     p.set_defaults(fn=cmd_predict)

@@ -91,3 +91,24 @@ def fraction_curve_png(curve, path: Path, title: str) -> Path:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def tpr_bars_png(stats: dict[str, dict[str, tuple[float, float]]], classes: list[str],
+                 path: Path, title: str) -> Path:
+    """Per-class test TPR: one bar group per class, one colour per configuration, bar = mean
+    over folds, error bar = std. `stats`: configuration -> class -> (mean, std)."""
+    labels = list(stats)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(classes) * max(1, len(labels)) / 2), 3.8))
+    width = 0.8 / max(1, len(labels))
+    x = np.arange(len(classes))
+    for i, label in enumerate(labels):
+        mean = [stats[label].get(c, (np.nan, np.nan))[0] for c in classes]
+        std = [np.nan_to_num(stats[label].get(c, (np.nan, np.nan))[1]) for c in classes]
+        ax.bar(x - 0.4 + width * (i + 0.5), mean, width, yerr=std, capsize=2, color=f"C{i}",
+               label=label)
+    ax.set_xticks(x, classes, rotation=20, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("test TPR (recall)")
+    ax.set_title(title + "\nmean (std) over folds", fontsize=9)
+    ax.legend(fontsize=7, ncols=2)
+    return _save(fig, path)

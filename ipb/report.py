@@ -107,6 +107,18 @@ def pseudo_history(uri: str, run_ids: list[str], classes: list[str]) -> list[dic
             for e, d in sorted(per_epoch.items())]
 
 
+def log_report(experiment: str, uri: str, parent_run_id: str) -> dict[str, Any]:
+    """The report of a sweep's trials, as artifacts report/* of its parent run."""
+    import tempfile
+
+    from ipb.tracking import client
+    with tempfile.TemporaryDirectory() as d:
+        report = make_report(experiment, Path(d), uri=uri, parent_run_id=parent_run_id)
+        for f in Path(d).iterdir():
+            client(uri).log_artifact(parent_run_id, str(f), artifact_path="report")
+    return report
+
+
 def make_report(experiment: str, out_dir: Path, *, uri: str, parent_run_id: str | None = None,
                 reference: str | None = None) -> dict[str, Any]:
     from ipb import plots
@@ -142,6 +154,11 @@ def make_report(experiment: str, out_dir: Path, *, uri: str, parent_run_id: str 
           f"## Table 3. Student t-test p-values of per-class TPR against `{ref}` "
           "(p >= 0.05: within noise)", "",
           _markdown(tt) if len(tt) else "(one configuration only)"]
+    stats = {label: {c: fold_stats(g[f"test.tpr.{c}"].tolist()) for c in classes
+                     if f"test.tpr.{c}" in g} for label, g in df.groupby("label", sort=False)}
+    files.append(plots.tpr_bars_png(stats, classes, out_dir / "tpr_per_class.png", title))
+    md += ["", "## Figure 1. Per-class test TPR, mean and std over folds, one colour per "
+           "configuration", "", "![](tpr_per_class.png)"]
     fracs = sorted(df["labeled_fraction"].dropna().unique())
     if len(fracs) > 1:
         curve = df.groupby(["method", "labeled_fraction"])["test.tpr.mean"].agg(["mean", "std"])

@@ -2,10 +2,12 @@
 
     python -c "from ipb.student import load_student; net, meta = load_student('student.pt'); print(meta['classes'])"
 
-MODEL is a student.pt, a directory holding one (a Ray checkpoint), or an MLflow run id
-(32 hex digits, or runs:/<id>) whose artifact model/student.pt is downloaded; an http(s)
-tracking server is checked first (ipb.preflight), so a dead one fails in seconds. No Ray;
-MLflow only for a run id.
+MODEL is a student.pt, a directory holding one (a Ray checkpoint), an MLflow run id (32 hex
+digits, or runs:/<id>) whose artifact model/student.pt is downloaded, or an MLflow model URI
+(models:/NAME@champion, models:/NAME/VERSION, models:/<model id>) of the `colonies` model a
+trial logs (ipb.logged_models), whose student.pt is downloaded; an http(s) tracking server is
+checked first (ipb.preflight), so a dead one fails in seconds. No Ray; MLflow only for a run
+id or a model URI.
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ def load_student(model: str | os.PathLike, tracking_uri: str | None = None
         return _read_student(found, str(found))
     if path.is_file():
         return _read_student(path, str(path))
+    if str(model).startswith("models:/"):
+        return _load_model_uri(str(model), tracking_uri)
     m = _RUN_ID.match(str(model))
     if m is None:
         raise FileNotFoundError(f"model {model!r} is neither a file, a directory holding "
@@ -50,7 +54,8 @@ def load_student(model: str | os.PathLike, tracking_uri: str | None = None
     return _load_run(m.group(1).lower(), tracking_uri)
 
 
-def _load_run(run_id: str, uri: str | None) -> tuple[torch.nn.Module, dict[str, Any]]:
+def _store(what: str, uri: str | None) -> str:
+    """The tracking URI, checked: a server that answers, or a SQLite file that exists."""
     from ipb.preflight import check_tracking_uri
     from ipb.tracking import tracking_uri
     uri = uri or tracking_uri()
@@ -58,8 +63,34 @@ def _load_run(run_id: str, uri: str | None) -> tuple[torch.nn.Module, dict[str, 
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         if not db.is_file():     # MLflow would silently create an empty store here
-            raise FileNotFoundError(f"MLflow run {run_id}: no MLflow store {db} (tracking URI "
+            raise FileNotFoundError(f"{what}: no MLflow store {db} (tracking URI "
                                     f"{uri}); give --tracking-uri or set MLFLOW_TRACKING_URI")
+    return uri
+
+
+def _load_model_uri(model: str, uri: str | None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The student.pt inside a logged or registered `colonies` model."""
+    uri = _store(f"MLflow model {model}", uri)
+    import mlflow.artifacts
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(
+                artifact_uri=model, dst_path=d, tracking_uri=uri, registry_uri=uri))
+        except Exception as e:
+            raise FileNotFoundError(
+                f"MLflow model {model} not found at {uri} (list registered models with "
+                f"`mlflow models` / the UI's Models tab); {type(e).__name__}: "
+                f"{str(e)[:200]}") from None
+        found = sorted(local.rglob(MODEL_FILE)) if local.is_dir() else []
+        if not found:
+            raise FileNotFoundError(f"MLflow model {model} holds no {MODEL_FILE}: give the "
+                                    "`colonies` model of a trial (ipb.logged_models), not the "
+                                    "`student` network")
+        return _read_student(found[0], model)
+
+
+def _load_run(run_id: str, uri: str | None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    uri = _store(f"MLflow run {run_id}", uri)
     import mlflow.artifacts
     from mlflow.tracking import MlflowClient
     try:

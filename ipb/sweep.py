@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ipb.config import Config, apply, config_hash, expand_path, from_dict, load_config, \
-    parse_overrides, to_dict, to_yaml, trial_hash
+from ipb.config import Config, apply, config_hash, from_dict, load_config, parse_overrides, \
+    to_dict, to_yaml, trial_hash
 
 
 @dataclass
@@ -65,15 +65,18 @@ def trial_driver(config: dict[str, Any]) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from ipb.console import quiet_sigterm_exit
     from ipb.train import fit, table_data
+    quiet_sigterm_exit()
     # MLflow prints a "View run at http://..." link per run against a server; in a sweep that
     # is a line per trial, and the local server's port is gone when the sweep ends
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     spec = config["trial"]
     cfg = from_dict(spec["cfg"])
-    out = fit(cfg, data=table_data(config["data"]), parent_run_id=config["parent_run_id"],
+    out = fit(cfg, table_data(config["data"]), parent_run_id=config["parent_run_id"],
               sweep=config["sweep"], experiment=config["experiment"],
-              callbacks=[TuneReportCallback()], extra_tags={"ipb.config_label": spec["label"]})
+              callbacks=[TuneReportCallback()],
+              extra_tags={**config["tags"], "ipb.config_label": spec["label"]})
     tune.report({"test.tpr.mean": out["metrics"]["test.tpr.mean"], "done": 1.0})
 
 
@@ -82,54 +85,109 @@ def _tune_storage(cfg: Config) -> str:
     return storage_join(train_storage(cfg), "tune")
 
 
-def run_grid(kind: str, base: Config, configurations: list[dict[str, Any]], *,
-             table: Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) a grid sweep; returns {"parent_run_id", "trials", "report"}."""
-    from ray import tune
+@dataclass
+class Sweep:
+    """What a running sweep's body gets: the URI its trials log to, the base config with
+    that URI, the name of the shared table, the parent run, the entry point's source tags."""
+    kind: str
+    cfg: Config
+    uri: str
+    data: str
+    parent: str
+    experiment: str
+    tags: dict[str, str]
+    log: Callable[[str], None]
+    progress: bool
 
+    def callbacks(self, total: int) -> list:
+        from ipb.console import progress_callback
+        return [progress_callback(total, self.log)] if self.progress else []
+
+
+def run_sweep(kind: str, base: Config, table: Path | str, sweep_hash: str,
+              body: Callable[[Sweep], None], *, experiment: str,
+              progress: bool = True) -> dict[str, Any]:
+    """The life of every sweep, grid or search: Ray and storage checked, one MLflow writer in
+    front of SQLite, the table in the object store once, the parent run (reopened when the
+    same sweep runs again), `body` (the Tune run), then the report and the champion model on
+    the parent run."""
     from ipb import tracking
-    from ipb.pipeline import resolve_table
+    from ipb.console import ray_dashboard
+    from ipb.logged_models import register_champion
+    from ipb.report import log_report
     from ipb.runtime import check_storage, init_ray
     from ipb.train import shared_table
 
-    trials = expand(base, configurations)
     init_ray(quiet=not progress)
     check_storage(base)
-    table = table or resolve_table(base)
-    experiment = base.tracking.experiment or f"ipb-{kind}"
-    sweep_hash = config_hash({"kind": kind, "trials": sorted(t.hash for t in trials)})
     log = (lambda s: print(f"[sweep {kind}] {s}", file=sys.stderr, flush=True)) if progress \
         else (lambda s: None)
+    if progress and ray_dashboard():
+        log(f"Ray dashboard: {ray_dashboard()}")
+    tags = tracking.source_tags()
     with tracking.writers(base, base.sweep.max_concurrent) as uri, shared_table(table) as data:
         cfg_uri = apply(base, {"tracking.uri": uri})
-        trials = [Trial(t.label, apply(t.cfg, {"tracking.uri": uri}), t.hash) for t in trials]
-        parent = tracking.sweep_parent_run(cfg_uri, experiment, kind, sweep_hash, table)
-        done = tracking.finished_trials(cfg_uri, experiment)
-        todo = [t for t in trials if t.hash not in done]
-        log(f"{len(trials)} trials ({len(trials) - len(todo)} already finished, "
-            f"{len(todo)} to run, {base.sweep.max_concurrent} at a time); MLflow {uri}, "
-            f"experiment {experiment!r}, parent run {parent}")
+        parent = tracking.sweep_parent_run(cfg_uri, experiment, kind, sweep_hash, table, tags)
+        try:
+            body(Sweep(kind, cfg_uri, uri, data, parent, experiment, tags, log, progress))
+        except BaseException as e:
+            tracking.end_run(cfg_uri, parent, "FAILED", error=f"{type(e).__name__}: {e}")
+            raise
+        report = log_report(experiment, uri, parent)
+        champion = register_champion(uri, experiment, parent)
+        if champion:
+            log(f"champion: {champion['uri']} (version {champion['version']}) = run "
+                f"{champion['run_id']}, {champion['label']}, validation mean TPR "
+                f"{champion['val']:.4f}")
+        tracking.end_run(cfg_uri, parent, "FINISHED")
+    uri = tracking.tracking_uri(base)
+    return {"parent_run_id": parent, "report": report, "experiment": experiment,
+            "experiment_id": tracking.experiment_id(experiment, uri), "tracking_uri": uri,
+            "champion": champion, "table": table}
+
+
+def run_grid(kind: str, base: Config, configurations: list[dict[str, Any]],
+             table: Path | str, *, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) a grid sweep over `table` (`ipb.inputs.resolve_table`); returns
+    `run_sweep`'s dict and "trials"."""
+    from ray import tune
+
+    from ipb import tracking
+
+    trials = expand(base, configurations)
+    experiment = base.tracking.experiment or f"ipb-{kind}"
+    sweep_hash = config_hash({"kind": kind, "trials": sorted(t.hash for t in trials)})
+
+    def body(s: Sweep) -> None:
+        todo_all = [Trial(t.label, apply(t.cfg, {"tracking.uri": s.uri}), t.hash) for t in trials]
+        done = tracking.finished_trials(s.cfg, experiment)
+        todo = [t for t in todo_all if t.hash not in done]
+        s.log(f"{len(trials)} trials ({len(trials) - len(todo)} already finished, "
+              f"{len(todo)} to run, {base.sweep.max_concurrent} at a time); MLflow {s.uri}, "
+              f"experiment {experiment!r}, parent run {s.parent}")
+        if not todo:
+            return
         t0 = time.time()
-        if todo:
-            tuner = tune.Tuner(
-                # the driver only waits on its TorchTrainer: no CPU, so trials pack onto the
-                # CPUs/GPUs their workers ask for (a bundle must not be empty: memory it is)
-                tune.with_resources(trial_driver, {"CPU": 0, "memory": 256 * 2**20}),
-                param_space={"trial": tune.grid_search([t.spec() for t in todo]),
-                             "data": data, "parent_run_id": parent, "sweep": kind,
-                             "experiment": experiment},
-                tune_config=tune.TuneConfig(max_concurrent_trials=base.sweep.max_concurrent,
-                                            trial_dirname_creator=lambda t: t.trial_id),
-                run_config=tune.RunConfig(name=f"{kind}-{sweep_hash[:8]}-{int(t0)}",
-                                          storage_path=_tune_storage(base), verbose=0),
-            )
-            results = tuner.fit()
-            errors = [r for r in results if r.error]
-            log(f"{len(todo) - len(errors)} trials finished, {len(errors)} failed "
-                f"in {time.time() - t0:.0f}s")
-        report = tracking.finish_sweep(cfg_uri, experiment, parent)
-    return {"parent_run_id": parent, "trials": trials, "report": report,
-            "experiment": experiment, "tracking_uri": base.tracking.uri}
+        results = tune.Tuner(
+            # the driver only waits on its TorchTrainer: no CPU, so trials pack onto the
+            # CPUs/GPUs their workers ask for (a bundle must not be empty: memory it is)
+            tune.with_resources(trial_driver, {"CPU": 0, "memory": 256 * 2**20}),
+            param_space={"trial": tune.grid_search([t.spec() for t in todo]),
+                         "data": s.data, "parent_run_id": s.parent, "sweep": kind,
+                         "experiment": experiment, "tags": s.tags},
+            tune_config=tune.TuneConfig(max_concurrent_trials=base.sweep.max_concurrent,
+                                        trial_dirname_creator=lambda t: t.trial_id),
+            run_config=tune.RunConfig(name=f"{kind}-{sweep_hash[:8]}-{int(t0)}",
+                                      storage_path=_tune_storage(base), verbose=0,
+                                      callbacks=s.callbacks(len(todo))),
+        ).fit()
+        errors = [r for r in results if r.error]
+        s.log(f"{len(todo) - len(errors)} trials finished, {len(errors)} failed "
+              f"in {time.time() - t0:.0f}s")
+
+    out = run_sweep(kind, base, table, sweep_hash, body, experiment=experiment,
+                    progress=progress)
+    return {**out, "trials": trials}
 
 
 # -- command line shared by sweeps/*.py --------------------------------------------------------
@@ -149,6 +207,9 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def config_from_args(args) -> Config:
+    """The config of a sweep script's arguments; --data (a table, a URI, or raw images ingested
+    once) becomes data.table."""
+    from ipb.inputs import resolve_table
     extra: dict[str, Any] = {}
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
@@ -157,61 +218,47 @@ def config_from_args(args) -> Config:
         extra["sweep.max_concurrent"] = args.max_concurrent
     cfg = load_config(args.profile, {**extra, **parse_overrides(args.overrides)})
     if args.data:
-        cfg = apply(cfg, {"data.table": str(data_table(cfg, args.data, args.labels))})
+        cfg = apply(cfg, {"data.table": str(resolve_table(cfg, args.data, args.labels))})
     return cfg
 
 
 def start_command(cfg: Config) -> None:
     """What every sweep script does first: an unreachable MLflow server fails here in seconds
-    (not after Ray and minutes of retries), and a watcher kills what the script starts if it
-    is killed itself (ipb/reaper.py)."""
+    (not after Ray and minutes of retries), a watcher kills what the script starts if it is
+    killed itself (ipb/reaper.py), and logs stay plain when redirected."""
+    from ipb.console import plain_logs_when_redirected
     from ipb.preflight import check_tracking_uri
     from ipb.reaper import start
     from ipb.tracking import tracking_uri
+    plain_logs_when_redirected()
     check_tracking_uri(tracking_uri(cfg))
     start()
 
 
-def data_table(cfg: Config, data: str, labels: str | None) -> Path | str:
-    """--data: a colony table as is (a directory, or a URI such as s3://bucket/table), or a
-    directory of raw images ingested (once) into a cached table."""
-    from ipb.data.table import is_uri, read_manifest
-    if is_uri(data):
-        read_manifest(data)     # raw images are ingested from a local or shared directory
-        return data
-    path = Path(data).expanduser()
-    if (path / "manifest.json").is_file():
-        return path.resolve()
-    from ipb.data.ingest import ingest
-    from ipb.runtime import init_ray
-    if labels is None and (path / "labels.csv").is_file():
-        labels = str(path / "labels.csv")
-    out = expand_path(cfg.data.cache_dir) / "tables" / config_hash(
-        {"data": str(path.resolve()), "labels": labels, "seg": to_dict(cfg.segmentation)})
-    if not (out / "manifest.json").is_file():
-        init_ray()
-        ingest(path, out, cfg, labels=labels)
-    return out
-
-
 def main(kind: str, description: str, configurations: Callable[[Config], list[dict]],
          argv: list[str] | None = None) -> int:
+    from ipb.inputs import resolve_table
     args = parser(description).parse_args(argv)
     cfg = config_from_args(args)
     start_command(cfg)
     print(f"ipb sweep {kind}; resolved base config:\n{to_yaml(cfg)}", flush=True)
-    out = run_grid(kind, cfg, configurations(cfg))
+    out = run_grid(kind, cfg, configurations(cfg), resolve_table(cfg))
     print("\n" + out["report"]["markdown"])
-    print(f"\nMLflow: experiment {out['experiment']!r}, parent run {out['parent_run_id']}.\n"
-          f"Look at it with:  {mlflow_ui_command(out['tracking_uri'])}")
+    print(f"\nMLflow: experiment {out['experiment']!r}, parent run {out['parent_run_id']}."
+          + champion_line(out) + "\n" + mlflow_ui(out), flush=True)
     return 0
 
 
-def mlflow_ui_command(uri: str) -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or uri
-    if uri.startswith("http"):
-        return f"open {uri}"
-    return f"mlflow ui --backend-store-uri {uri} --port 5000"
+def champion_line(out: dict[str, Any]) -> str:
+    c = out.get("champion")
+    return (f"\nRegistered {c['uri']} (version {c['version']}): run {c['run_id']}, "
+            f"{c['label']}, validation mean TPR {c['val']:.4f}" if c else "")
+
+
+def mlflow_ui(out: dict[str, Any]) -> str:
+    """The closing lines: the `mlflow ui` command and the link to the experiment's runs."""
+    from ipb.console import ui_lines
+    return ui_lines(out["tracking_uri"], out["experiment_id"])
 
 
 # -- Optuna search ---------------------------------------------------------------------------
@@ -228,7 +275,7 @@ def apply_suggestion(base: Config, params: dict[str, Any]) -> Config:
     return apply(cfg, {"patch.size": side(base.patch.size), "patch.ms_size": side(base.patch.ms_size)})
 
 
-SEARCH_FIXED_KEYS = ("base", "data", "parent_run_id", "experiment")
+SEARCH_FIXED_KEYS = ("base", "data", "parent_run_id", "experiment", "tags")
 
 
 def search_driver(config: dict[str, Any]) -> None:
@@ -237,7 +284,9 @@ def search_driver(config: dict[str, Any]) -> None:
     from ray import tune
 
     from ipb import tracking
+    from ipb.console import quiet_sigterm_exit
     from ipb.train import fit, table_data
+    quiet_sigterm_exit()
     base = from_dict(config["base"])
     # OptunaSearch puts the sampled values next to the fixed keys of the param space
     params = {k: v for k, v in config.items() if k not in SEARCH_FIXED_KEYS}
@@ -251,32 +300,27 @@ def search_driver(config: dict[str, Any]) -> None:
         if h in done:                   # resumed search: this fold already ran
             scores.append(done[h])
         else:
-            out = fit(c, data=data, parent_run_id=config["parent_run_id"], sweep="search",
+            out = fit(c, data, parent_run_id=config["parent_run_id"], sweep="search",
                       experiment=config["experiment"],
-                      extra_tags={"ipb.config_label": configuration_label(c) + " " +
-                                  config_hash(params)[:6]})
+                      extra_tags={**config["tags"], "ipb.config_label":
+                                  configuration_label(c) + " " + config_hash(params)[:6]})
             scores.append(out["metrics"]["best.val.tpr.mean"])
         tune.report({"objective": sum(scores) / len(scores), "folds_done": k + 1})
 
 
-def run_search(base: Config, space: Callable, *, table: Path | None = None,
+def run_search(base: Config, space: Callable, table: Path | str, *,
                progress: bool = True) -> dict[str, Any]:
-    """OptunaSearch (define-by-run `space`), ConcurrencyLimiter and ASHA; the study lives in
-    `sweep.study_storage` (default: SQLite in train.storage), so re-running continues it."""
+    """OptunaSearch (define-by-run `space`), ConcurrencyLimiter and ASHA over `table`; the
+    study lives in `sweep.study_storage` (default: SQLite in train.storage), so re-running
+    continues it."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from ipb import tracking
-    from ipb.pipeline import resolve_table
-    from ipb.runtime import check_storage, init_ray, study_storage
-    from ipb.train import shared_table
+    from ipb.runtime import study_storage
 
-    init_ray(quiet=not progress)
-    check_storage(base)
-    table = table or resolve_table(base)
     experiment = base.tracking.experiment or "ipb-search"
     study = "search-" + config_hash({k: v for k, v in to_dict(base).items()
                                      if k not in ("tracking", "sweep")})[:10]
@@ -285,32 +329,39 @@ def run_search(base: Config, space: Callable, *, table: Path | None = None,
         study_name=study, storage=storage).trials) if study in [
         s.study_name for s in optuna.get_all_study_summaries(storage)] else 0
     remaining = max(0, base.sweep.num_samples - n_done)
-    with tracking.writers(base, base.sweep.max_concurrent) as uri, shared_table(table) as data:
-        cfg_uri = apply(base, {"tracking.uri": uri})
-        parent = tracking.sweep_parent_run(cfg_uri, experiment, "search", study, table)
-        if progress:
-            print(f"[sweep search] study {study} in {where}: {n_done} trials done, "
-                  f"{remaining} to run; MLflow {uri}, parent run {parent}", file=sys.stderr)
-        if remaining:
-            searcher = ConcurrencyLimiter(
-                OptunaSearch(space=space, metric="objective", mode="max", study_name=study,
-                             storage=storage, seed=base.train.seed),
-                max_concurrent=base.sweep.max_concurrent)
-            tune.Tuner(
-                tune.with_resources(search_driver, {"CPU": 0, "memory": 256 * 2**20}),
-                param_space={"base": to_dict(cfg_uri), "data": data,
-                             "parent_run_id": parent, "experiment": experiment},
-                tune_config=tune.TuneConfig(
-                    search_alg=searcher, num_samples=remaining,
-                    scheduler=ASHAScheduler(time_attr="folds_done", metric="objective",
-                                            mode="max", max_t=len(base.sweep.folds),
-                                            grace_period=1, reduction_factor=2)),
-                run_config=tune.RunConfig(name=f"{study}-{int(time.time())}",
-                                          storage_path=_tune_storage(base), verbose=0),
-            ).fit()
-        report = tracking.finish_sweep(cfg_uri, experiment, parent)
-        best = optuna.load_study(study_name=study, storage=storage)
-        best_trial = best.best_trial if any(t.value is not None for t in best.trials) else None
-    return {"parent_run_id": parent, "report": report, "experiment": experiment,
-            "tracking_uri": base.tracking.uri, "study": study,
+
+    def body(s: Sweep) -> None:
+        s.log(f"study {study} in {where}: {n_done} trials done, {remaining} to run; MLflow "
+              f"{s.uri}, parent run {s.parent}")
+        s.log(f"Optuna dashboard:  {optuna_dashboard_command(where)}")
+        if not remaining:
+            return
+        searcher = ConcurrencyLimiter(
+            OptunaSearch(space=space, metric="objective", mode="max", study_name=study,
+                         storage=storage, seed=base.train.seed),
+            max_concurrent=base.sweep.max_concurrent)
+        tune.Tuner(
+            tune.with_resources(search_driver, {"CPU": 0, "memory": 256 * 2**20}),
+            param_space={"base": to_dict(s.cfg), "data": s.data, "parent_run_id": s.parent,
+                         "experiment": experiment, "tags": s.tags},
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, num_samples=remaining,
+                scheduler=ASHAScheduler(time_attr="folds_done", metric="objective",
+                                        mode="max", max_t=len(base.sweep.folds),
+                                        grace_period=1, reduction_factor=2)),
+            run_config=tune.RunConfig(name=f"{study}-{int(time.time())}",
+                                      storage_path=_tune_storage(base), verbose=0,
+                                      callbacks=s.callbacks(remaining)),
+        ).fit()
+
+    out = run_sweep("search", base, table, study, body, experiment=experiment,
+                    progress=progress)
+    best = optuna.load_study(study_name=study, storage=storage)
+    best_trial = best.best_trial if any(t.value is not None for t in best.trials) else None
+    return {**out, "study": study, "optuna_dashboard": optuna_dashboard_command(where),
             "best": (best_trial.params, best_trial.value) if best_trial else None}
+
+
+def optuna_dashboard_command(where: str) -> str:
+    """`where` as `study_storage` describes it: a database URL or "journal PATH"."""
+    return f"optuna-dashboard {where.removeprefix('journal ')}  (pip install optuna-dashboard)"

@@ -39,15 +39,70 @@ def client(uri: str | None = None):
     return MlflowClient(tracking_uri=uri or tracking_uri())
 
 
+# MLflow 3's UI opens an experiment of this kind in model-training mode (runs, not GenAI traces)
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(name: str, uri: str | None = None) -> str:
     c = client(uri)
     exp = c.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return c.create_experiment(name)
-    except Exception:   # created concurrently by another trial
-        return c.get_experiment_by_name(name).experiment_id
+    if exp is None:
+        try:
+            return c.create_experiment(name, tags=EXPERIMENT_KIND)
+        except Exception:   # created concurrently by another trial
+            exp = c.get_experiment_by_name(name)
+    if exp.tags.get("mlflow.experimentKind") is None:    # made by an older ipb
+        for k, v in EXPERIMENT_KIND.items():
+            c.set_experiment_tag(exp.experiment_id, k, v)
+    return exp.experiment_id
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's source tags (user, entry point, git commit) as `mlflow.start_run` sets them.
+    Computed in the process the command started: a trial driver is a Ray worker whose entry
+    point is Ray's. The git commit is the ipb checkout's when the entry point is outside it."""
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils import git_utils
+    tags = {k: v for k, v in resolve_tags({}).items() if k.startswith(("mlflow.source",
+                                                                      "mlflow.user"))}
+    if "mlflow.source.git.commit" not in tags:
+        here = str(Path(__file__).resolve().parent)
+        for key, fn in (("commit", git_utils.get_git_commit), ("branch", git_utils.get_git_branch),
+                        ("repoURL", git_utils.get_git_repo_url)):
+            value = fn(here)
+            if value:
+                tags[f"mlflow.source.git.{key}"] = value
+    return tags
+
+
+def table_input(table: str, manifest: dict, split=None):
+    """The colony table as an MLflow dataset input: name, digest (of its shards and counts),
+    source URI, schema, and a profile with the class counts and the synthetic flag."""
+    import hashlib
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    synthetic = bool(manifest.get("synthetic"))
+    path = str(table).rstrip("/").partition("?")[0]
+    stem = Path(path).name if Path(path).name != "table" else Path(path).parent.name
+    digest = hashlib.sha256(json.dumps(
+        [manifest.get(k) for k in ("format", "shards", "n_colonies", "classes")],
+        sort_keys=True, default=str).encode()).hexdigest()[:16]
+    scheme = path.split("://")[0] if "://" in path and not path.startswith("file:") else "local"
+    profile = {"synthetic": synthetic, "n_colonies": manifest.get("n_colonies"),
+               "n_images": manifest.get("n_images"), "classes": manifest.get("classes"),
+               "unlabeled": manifest.get("unlabeled"), "multi_label": manifest.get("multi_label")}
+    if split is not None:
+        profile["split"] = {p: len(getattr(split, p)) for p in ("labeled", "val", "unlabeled",
+                                                                "test")}
+    columns = ["colony_id", "label", "multi_label", "source", "group", "crop", "mask"]
+    schema = {"mlflow_colspec": [{"name": c, "type": "binary" if c in ("crop", "mask") else
+                                  "boolean" if c == "multi_label" else "string"} for c in columns]}
+    ds = Dataset(name=("SYNTHETIC " if synthetic else "") + stem, digest=digest,
+                 source_type=scheme, source=json.dumps({"uri": str(table)}),
+                 schema=json.dumps(schema), profile=json.dumps(profile, default=str))
+    return DatasetInput(ds, tags=[InputTag("mlflow.data.context", "train"),
+                                  InputTag("ipb.synthetic", str(synthetic).lower())])
 
 
 def trial_tags(cfg: Config, synthetic: bool, sweep: str = "") -> dict[str, str]:
@@ -89,7 +144,10 @@ def start_trial_run(cfg: Config, split, manifest: dict, *, name: str,
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     tags.update(extra_tags or {})
+    if "mlflow.source.name" not in tags:     # a sweep passes its entry point's
+        tags.update(source_tags())
     run = c.create_run(experiment_id(exp, tracking_uri(cfg)), tags=tags)
+    c.log_inputs(run.info.run_id, datasets=[table_input(table, manifest, split)])
     params = {k: str(v)[:500] for k, v in flatten(to_dict(cfg)).items()}
     for p in ("labeled", "val", "unlabeled", "test"):
         params[f"split.n_{p}"] = str(len(getattr(split, p)))
@@ -98,6 +156,30 @@ def start_trial_run(cfg: Config, split, manifest: dict, *, name: str,
         c.log_batch(run.info.run_id, params=items[i:i + 100])
     c.log_batch(run.info.run_id, tags=[RunTag("ipb.n_params", str(len(items)))])
     return run.info.run_id
+
+
+def system_metrics(uri: str, run_id: str, resume: bool = False, interval: float = 10.0):
+    """MLflow's system-metrics monitor (CPU, memory, disk, network, NVIDIA GPUs: system/*
+    metrics) on this run, started; call .finish() at the end. A trial shorter than one
+    interval still gets one sample (MLflow's own monitor drops it)."""
+    import logging
+
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    class Monitor(SystemMetricsMonitor):
+        def finish(self):
+            super().finish()
+            if self._logging_step == 0:
+                self.collect_metrics()
+                self.publish_metrics(self.aggregate_metrics())
+                self.mlflow_logger.flush()
+
+    # "Started monitoring system metrics." and friends, at INFO, once per trial
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    monitor = Monitor(run_id, sampling_interval=interval, resume_logging=resume,
+                      tracking_uri=uri)
+    monitor.start()
+    return monitor
 
 
 class EpochLogger:
@@ -202,7 +284,7 @@ def end_run(cfg: Config, run_id: str, status: str, error: str | None = None) -> 
 # -- sweeps: parent runs, resume, one server for many writers -------------------------------
 
 def sweep_parent_run(cfg: Config, experiment: str, kind: str, sweep_hash: str,
-                     table: str | Path) -> str:
+                     table: str | Path, tags: dict[str, str] | None = None) -> str:
     """The parent run of this sweep: reopened when the same sweep is run again (resume)."""
     c = client(tracking_uri(cfg))
     exp = experiment_id(experiment, tracking_uri(cfg))
@@ -211,11 +293,14 @@ def sweep_parent_run(cfg: Config, experiment: str, kind: str, sweep_hash: str,
         c.update_run(found[0].info.run_id, status="RUNNING")
         return found[0].info.run_id
     from ipb.data.table import read_manifest
-    synthetic = bool(read_manifest(table).get("synthetic"))
+    manifest = read_manifest(table)
+    synthetic = bool(manifest.get("synthetic"))
     run = c.create_run(exp, run_name=("SYNTHETIC " if synthetic else "") + f"sweep {kind}",
                        tags={"ipb.sweep": kind, "ipb.sweep_hash": sweep_hash,
                              "ipb.role": "sweep", "ipb.synthetic": str(synthetic).lower(),
-                             "ipb.table": str(table), "ipb.profile": cfg.profile})
+                             "ipb.table": str(table), "ipb.profile": cfg.profile,
+                             **(tags or {})})
+    c.log_inputs(run.info.run_id, datasets=[table_input(str(table), manifest)])
     (Path(tempfile.gettempdir()) / f"ipb-{run.info.run_id}.yaml").write_text(to_yaml(cfg))
     c.log_artifact(run.info.run_id, str(Path(tempfile.gettempdir()) / f"ipb-{run.info.run_id}.yaml"))
     return run.info.run_id
@@ -231,19 +316,6 @@ def finished_trials(cfg: Config, experiment: str, metric: str | None = None) -> 
                          max_results=50000)
     return {r.data.tags["ipb.trial_hash"]: (r.data.metrics.get(metric) if metric else r.info.run_id)
             for r in runs if "ipb.trial_hash" in r.data.tags}
-
-
-def finish_sweep(cfg: Config, experiment: str, parent_run_id: str) -> dict[str, Any]:
-    """Build the report from the experiment's trial runs and log it on the parent run."""
-    from ipb.report import make_report
-    c = client(tracking_uri(cfg))
-    with tempfile.TemporaryDirectory() as d:
-        report = make_report(experiment, Path(d), uri=tracking_uri(cfg),
-                             parent_run_id=parent_run_id)
-        for f in Path(d).iterdir():
-            c.log_artifact(parent_run_id, str(f), artifact_path="report")
-    c.set_terminated(parent_run_id, "FINISHED")
-    return report
 
 
 def _die_with_parent() -> None:

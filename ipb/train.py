@@ -84,13 +84,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={
             "find_unused_parameters": False})
 
-    tracker = None
+    from ipb.console import quiet_sigterm_exit
+    quiet_sigterm_exit()
+    tracker = monitor = None
     if rank == 0 and config.get("run_id"):
-        from ipb.tracking import EpochLogger
+        from ipb.tracking import EpochLogger, system_metrics
         tracker = EpochLogger(config["tracking_uri"], config["run_id"])
         if resume is not None:      # the run says that a restart continued it, and from where
             tracker.client.set_tag(config["run_id"], "ipb.resumed_from_epoch",
                                    str(resume["epoch"]))
+        monitor = system_metrics(config["tracking_uri"], config["run_id"],
+                                 resume=resume is not None)
 
     fault = config.get("fault") or {}
 
@@ -121,8 +125,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     log(f"worker 0/{world}: {', '.join(f'{k} {len(v)}' for k, v in parts.items())} colonies "
         f"on this worker, patch {size}px, device {device}")
     teacher = ray.get(config["teacher"]) if config.get("teacher") is not None else None
-    out = run_trial(cfg, parts, classes, device=device, wrap=wrap, rank=rank, world=world,
-                    resume=resume, teacher_state=teacher, report=report, log=log)
+    try:
+        out = run_trial(cfg, parts, classes, device=device, wrap=wrap, rank=rank, world=world,
+                        resume=resume, teacher_state=teacher, report=report, log=log)
+    finally:
+        if monitor is not None:
+            monitor.finish()
     final = {k: v for k, v in out["metrics"].items() if isinstance(v, (int, float))}
     final["final"] = 1.0
     if rank == 0:
@@ -138,6 +146,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 "metrics": out["metrics"], "cm_test": out["cm_test"].tolist(),
                 "cm_val": out["cm_val"].tolist(), "history": out["history"],
                 "classes": classes}, default=float))
+            from ipb.tracking import METHOD_ARTIFACTS
+            for file, data in out.get("artifacts", {}).items():   # e.g. gan_balanced's grid
+                (Path(d) / METHOD_ARTIFACTS).mkdir(exist_ok=True)
+                tag = "SYNTHETIC-" if config.get("synthetic") else ""
+                (Path(d) / METHOD_ARTIFACTS / (tag + file)).write_bytes(data)
             ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(d))
     else:
         ray.train.report(final)
@@ -240,28 +253,30 @@ def run_name(cfg: Config) -> str:
             f"{config_hash(cfg)[:8]}")
 
 
-def fit(cfg: Config, table: Path | str | None = None, *, data: dict[str, Any] | None = None,
-        parent_run_id: str | None = None, sweep: str = "", experiment: str | None = None,
-        progress: bool = True, fault: dict | None = None, callbacks: list | None = None,
+def fit(cfg: Config, table: Path | str | dict[str, Any], *, parent_run_id: str | None = None,
+        sweep: str = "", experiment: str | None = None, progress: bool = True,
+        fault: dict | None = None, callbacks: list | None = None,
         extra_tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Train one (config, fold, seed) on Ray Train and log it as one MLflow run.
 
-    `data` is a sweep's `put_table` (its storage already checked); without it the table is
-    read and put here, after `check_storage`. Returns {"run_id", "metrics", "result",
-    "checkpoint"}. The MLflow run is FINISHED on success and FAILED (with the error as a tag)
-    on any exception, which is re-raised. `fault` ({"rank", "epoch", "marker"}) kills that
-    worker once at that epoch (tests of resume).
+    `table`: a colony table (a directory or a URI, as `ipb.inputs.resolve_table` gives it),
+    read, checked and put in the object store here; or a sweep's `put_table` dict (its
+    storage already checked). Returns {"run_id", "metrics", "result", "checkpoint", "name",
+    "models"}. The MLflow run is FINISHED on success and FAILED (with the error as a tag) on
+    any exception, which is re-raised. `fault` ({"rank", "epoch", "marker"}) kills that worker
+    once at that epoch (tests of resume).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from ipb import tracking
-    from ipb.pipeline import resolve_table
+    from ipb.logged_models import log_student
     from ipb.runtime import check_storage, train_storage
 
-    if data is None:
+    data = table
+    if not isinstance(data, dict):
         check_storage(cfg)
-        data = put_table(table or resolve_table(cfg))   # a directory or a URI: kept as given
+        data = put_table(table)   # a directory or a URI: kept as given
     parts, split, manifest = prepare_parts(cfg, data)
     name = run_name(cfg)
     uri = tracking.tracking_uri(cfg)
@@ -302,6 +317,7 @@ def fit(cfg: Config, table: Path | str | None = None, *, data: dict[str, Any] | 
         with result.checkpoint.as_directory() as d:
             out = json.loads((Path(d) / RESULT_FILE).read_text())
             tracking.log_trial_result(run_id, cfg, out, Path(d) / MODEL_FILE)
+            models = log_student(uri, run_id, Path(d) / MODEL_FILE)
         tracking.end_run(cfg, run_id, "FINISHED")
         if progress:
             print(f"[{name}] Ray Train {t1 - t0:.0f}s, MLflow artifacts {time.time() - t1:.0f}s",
@@ -310,4 +326,5 @@ def fit(cfg: Config, table: Path | str | None = None, *, data: dict[str, Any] | 
         tracking.end_run(cfg, run_id, "FAILED", error=f"{type(e).__name__}: {e}")
         raise
     return {"run_id": run_id, "metrics": out["metrics"], "result": out,
-            "checkpoint": result.checkpoint.path, "name": name}
+            "checkpoint": result.checkpoint.path, "name": name, "models": models,
+            "experiment_id": tracking.client(uri).get_run(run_id).info.experiment_id}

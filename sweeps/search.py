@@ -8,8 +8,10 @@ study is stored in <train.storage>/optuna.db: re-running continues the same stud
 """
 import sys
 
-from ipb.sweep import mlflow_ui_command, parser, config_from_args, run_search, start_command
 from ipb.config import to_yaml
+from ipb.inputs import resolve_table
+from ipb.sweep import champion_line, config_from_args, mlflow_ui, parser, run_search, \
+    start_command
 
 ARCHS = ("vgg19", "ms_vgg19", "hrnet_w18", "ms_hrnet_w18")
 
@@ -30,7 +32,8 @@ if __name__ == "__main__":
     cfg = config_from_args(args)
     start_command(cfg)
     print(f"ipb sweep search; resolved base config:\n{to_yaml(cfg)}", flush=True)
-    out = run_search(cfg, space)
+    out = run_search(cfg, space, resolve_table(cfg))
     print("\n" + out["report"]["markdown"])
-    print(f"\nbest: {out['best']}\nLook at it with:  {mlflow_ui_command(out['tracking_uri'])}")
+    print(f"\nbest: {out['best']}" + champion_line(out) + "\nOptuna dashboard:  "
+          f"{out['optuna_dashboard']}\n" + mlflow_ui(out), flush=True)
     sys.exit(0)

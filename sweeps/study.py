@@ -29,7 +29,8 @@ from pathlib import Path
 from ipb.config import PRESETS, MethodConfig, to_yaml
 from ipb.study import IPB_FINETUNE, IPB_PAPER, IPB_ROBUST, MPL, MPL_BALANCED, SUPERVISED, \
     curve_label, study_report
-from ipb.sweep import config_from_args, mlflow_ui_command, parser, run_grid, start_command
+from ipb.inputs import resolve_table
+from ipb.sweep import config_from_args, mlflow_ui, parser, run_grid, start_command
 
 CURVE = (0.01, 0.05)
 FINETUNE_EPOCHS = 3
@@ -72,11 +73,10 @@ def main(argv=None) -> int:
     cfg = config_from_args(args)
     start_command(cfg)
     print(f"ipb study; resolved base config:\n{to_yaml(cfg)}", flush=True)
-    out = run_grid("study", cfg, configurations(cfg, args.ablation))
+    out = run_grid("study", cfg, configurations(cfg, args.ablation), resolve_table(cfg))
     from ipb.data.table import read_manifest
-    from ipb.pipeline import resolve_table
     from ipb.tracking import client, tracking_uri
-    counts = read_manifest(resolve_table(cfg))["classes"]
+    counts = read_manifest(out["table"])["classes"]
     minority = min(counts, key=lambda c: counts[c]) if counts else None
     uri = tracking_uri(cfg)
     c = client(uri)
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     print("\n" + rep["markdown"].split("\n\n![](")[0])
     print(f"\nMLflow: experiment {out['experiment']!r}, parent run {out['parent_run_id']} "
           f"(report and figures under its artifacts study/).\n"
-          f"Look at it with:  {mlflow_ui_command(out['tracking_uri'])}")
+          + mlflow_ui(out))
     print(rep["line"], flush=True)
     return 0
 

@@ -196,7 +196,7 @@ try:
     # a local train.storage with two nodes: refused before any training
     local = load_config("smoke", base + [f"train.storage={P['private']}/ray-local"])
     out["local"] = {}
-    for how, call in (("sweep", lambda: run_grid("s3", local, [{}])),
+    for how, call in (("sweep", lambda: run_grid("s3", local, [{}], table)),
                       ("train", lambda: fit(local, table))):
         t = time.monotonic()
         try:
@@ -216,12 +216,12 @@ try:
                               daemon=True)
     killer.start()
     t = time.monotonic()
-    run_grid("s3", cfg, [{}])
+    run_grid("s3", cfg, [{}], table)
     stop.set()
     out["sweep_s"] = round(time.monotonic() - t, 1)
     first = runs("ipb-s3")
     t = time.monotonic()
-    run_grid("s3", cfg, [{}])
+    run_grid("s3", cfg, [{}], table)
     out["rerun_s"] = round(time.monotonic() - t, 1)
     from ipb.tracking import client
     c = client(P["mlflow"])

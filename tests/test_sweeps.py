@@ -3,6 +3,7 @@ local Ray: trials become child runs of one parent, re-running skips them (no dup
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -84,24 +85,24 @@ def test_table_uri_reads_like_a_directory(tmp_path):
     import pandas as pd
 
     from ipb.data.table import TableError, load_colonies, read_manifest
-    from ipb.pipeline import resolve_table
-    from ipb.sweep import data_table
+    from ipb.inputs import resolve_table
     table = write_tiny_table(tmp_path / "table")
     uri = f"file://{table}"
     assert read_manifest(uri) == read_manifest(table)
     pd.testing.assert_frame_equal(load_colonies(uri), load_colonies(table))
     cfg = load_config("smoke", [f"data.table={uri}"])
-    assert resolve_table(cfg) == uri and data_table(cfg, uri, None) == uri
+    assert resolve_table(cfg) == uri and resolve_table(load_config("smoke"), uri) == uri
     with pytest.raises(TableError, match="nowhere: no manifest.json"):
-        data_table(cfg, f"file://{tmp_path}/nowhere", None)
+        resolve_table(cfg, f"file://{tmp_path}/nowhere")
     with pytest.raises(TableError, match="cannot open this table URI"):
         read_manifest("nosuchscheme://bucket/table")
 
 
 @pytest.mark.ray
-def test_grid_sweep_logs_children_and_resumes(ray_local, tmp_path):
+def test_grid_sweep_logs_children_and_resumes(ray_local, tmp_path, monkeypatch):
     from ipb import tracking
     from ipb.sweep import run_grid
+    monkeypatch.chdir(tmp_path)           # a SQLite store keeps its artifacts in ./mlruns
     # the table as a URI, as a cluster job gives it (s3://...): the trial drivers read it
     table = f"file://{write_tiny_table(tmp_path / 'table')}"
     cfg = load_config("smoke", [*TINY, f"data.table={table}", "patch.size=32", "train.epochs=1",
@@ -111,7 +112,7 @@ def test_grid_sweep_logs_children_and_resumes(ray_local, tmp_path):
                                 f"train.storage={tmp_path}/ray",
                                 f"tracking.uri=sqlite:///{tmp_path}/sweep.db"])
     confs = [{"method.name": "supervised"}, {"method.name": "ipb"}]
-    out = run_grid("test", cfg, confs, progress=False)
+    out = run_grid("test", cfg, confs, table, progress=False)
     c = tracking.client(tracking.tracking_uri(cfg))
     exp = c.get_experiment_by_name("ipb-test").experiment_id
     runs = c.search_runs([exp])
@@ -120,11 +121,49 @@ def test_grid_sweep_logs_children_and_resumes(ray_local, tmp_path):
     assert {r.data.tags["ipb.method"] for r in children} == {"supervised", "ipb"}
     assert "SYNTHETIC" in out["report"]["markdown"] and out["report"]["n_runs"] == 2
     parent_arts = {a.path for a in c.list_artifacts(out["parent_run_id"], "report")}
-    assert "report/report.md" in parent_arts and "report/table_tpr.csv" in parent_arts
+    assert {"report/report.md", "report/table_tpr.csv", "report/tpr_per_class.png"} <= parent_arts
+    _check_mlflow_as_users_see_it(c, exp, out, children, tmp_path)
     # the same sweep again: nothing new is trained or logged
-    again = run_grid("test", cfg, confs, progress=False)
+    again = run_grid("test", cfg, confs, table, progress=False)
     assert again["parent_run_id"] == out["parent_run_id"]
     assert len(c.search_runs([exp])) == len(runs)
+
+
+def _check_mlflow_as_users_see_it(c, exp, out, children, tmp_path):
+    """Issue 14: the experiment opens on its runs; each trial has source tags, the table as a
+    dataset input, system metrics and two logged models; the champion is the best trial by
+    validation; `ipb predict models:/...@champion` and the pyfunc model classify an image."""
+    import mlflow
+    import numpy as np
+
+    from ipb.cli import main as cli
+    from ipb.logged_models import ALIAS, SCORE, registered_name
+    assert c.get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
+    for r in children:
+        t = r.data.tags
+        assert t["mlflow.source.git.commit"] and t["mlflow.source.name"], t
+        (ds,) = r.inputs.dataset_inputs
+        profile = json.loads(ds.dataset.profile)
+        assert ds.dataset.name.startswith("SYNTHETIC") and profile["synthetic"] is True
+        assert profile["classes"] == {"A": 24, "B": 16, "C": 10}
+        assert json.loads(ds.dataset.source)["uri"].startswith("file://")
+        assert any(k.startswith("system/cpu_utilization") for k in r.data.metrics), r.data.metrics
+        models = c.search_logged_models([exp], f"source_run_id = '{r.info.run_id}'")
+        assert {m.name for m in models} == {"student", "colonies"}
+    mv = c.get_model_version_by_alias(registered_name("ipb-test"), ALIAS)
+    best = max(children, key=lambda r: r.data.metrics[SCORE])
+    assert mv.run_id == out["champion"]["run_id"]
+    assert best.data.metrics[SCORE] == c.get_run(mv.run_id).data.metrics[SCORE]
+    image = np.full((96, 96), 120, np.uint8)
+    image[30:66, 30:66] = (60 + 80 * (np.indices((36, 36)).sum(0) % 2)).astype(np.uint8)
+    mlflow.set_tracking_uri(out["tracking_uri"])
+    df = mlflow.pyfunc.load_model(out["champion"]["uri"]).predict([image])
+    assert {"class", "p_A", "x0"} <= set(df.columns)
+    from PIL import Image
+    Image.fromarray(image).save(tmp_path / "well.png")
+    assert cli(["predict", out["champion"]["uri"], str(tmp_path / "well.png"), "--out",
+                str(tmp_path / "pred"), "--tracking-uri", out["tracking_uri"]]) == 0
+    assert (tmp_path / "pred" / "colonies.csv").is_file()
 
 
 @pytest.mark.ray
@@ -140,7 +179,7 @@ def test_optuna_search_runs_and_resumes(ray_local, tmp_path):
                                 "split.labeled_fraction=0.3", "sweep.folds=[0]",
                                 "sweep.num_samples=2", f"train.storage={tmp_path}/ray",
                                 f"tracking.uri=sqlite:///{tmp_path}/search.db"])
-    out = run_search(cfg, _module("search").space, progress=False)
+    out = run_search(cfg, _module("search").space, table, progress=False)
     assert (tmp_path / "ray" / "optuna.db").is_file()
     c = tracking.client(tracking.tracking_uri(cfg))
     exp = c.get_experiment_by_name("ipb-search").experiment_id
@@ -151,7 +190,7 @@ def test_optuna_search_runs_and_resumes(ray_local, tmp_path):
     params, value = out["best"]
     assert set(params) >= {"model.arch", "patch.scale", "method.threshold"}
     assert value == max(r.data.metrics["best.val.tpr.mean"] for r in children)
-    again = run_search(cfg, _module("search").space, progress=False)
+    again = run_search(cfg, _module("search").space, table, progress=False)
     assert again["study"] == out["study"] and again["parent_run_id"] == out["parent_run_id"]
     assert len(c.search_runs([exp])) == len(runs)
 

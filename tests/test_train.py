@@ -24,7 +24,7 @@ def _cfg(tmp_path, table, method, *extra):
 
 def _run(cfg, **kw):
     from ipb.train import fit
-    return fit(cfg, progress=False, **kw)
+    return fit(cfg, cfg.data.table, progress=False, **kw)
 
 
 def test_ipb_two_workers_logs_a_complete_mlflow_run(ray_local, tmp_path, table):

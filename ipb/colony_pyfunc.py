@@ -1,0 +1,48 @@
+"""The `colonies` MLflow model (models from code): image paths or arrays -> one row per colony.
+
+    python -c "import mlflow; m = mlflow.pyfunc.load_model('models:/ipb-main-student@champion'); print(m.predict(['well.tif']))"
+
+MLflow runs this file when it loads the model (ipb.logged_models logs it with the ipb sources
+as code_paths and the trial's student.pt as artifact `student`); the code is `ipb.predict`'s,
+so a served model answers what `ipb predict` writes to colonies.csv. Input: a list of image
+paths, a DataFrame with a column `image` of paths, or numpy images (grey or RGB, 8/16-bit).
+Params: test_patches (patches averaged per colony, default 5).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow.models
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+
+def images_of(model_input) -> list:
+    if isinstance(model_input, pd.DataFrame):
+        if "image" not in model_input.columns and len(model_input.columns) == 1:
+            return list(model_input.iloc[:, 0])
+        if "image" not in model_input.columns:
+            raise ValueError(f"input columns {list(model_input.columns)}: expected a column "
+                             "`image` of image paths")
+        return list(model_input["image"])
+    if isinstance(model_input, np.ndarray) and model_input.dtype != object:
+        return [model_input]
+    if isinstance(model_input, dict) and "image" in model_input:
+        return list(model_input["image"])
+    return list(model_input)
+
+
+class ColonyModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        from ipb.student import load_student
+        self.student = load_student(context.artifacts["student"])
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+                ) -> pd.DataFrame:
+        from ipb.predict import DEFAULT_TEST_PATCHES, predict
+        k = int((params or {}).get("test_patches", DEFAULT_TEST_PATCHES))
+        return predict(self.student, images_of(model_input), test_patches=k)
+
+
+mlflow.models.set_model(ColonyModel())
