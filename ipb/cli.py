@@ -93,7 +93,8 @@ def cmd_splits(args) -> int:
     folds = [args.fold] if args.fold is not None else list(range(cfg.split.folds))
     tag = "SYNTHETIC " if manifest.get("synthetic") else ""
     for f in folds:
-        split = make_split(meta, cfg.split, fold=f, multi_label=cfg.method.multi_label)
+        split = make_split(meta, cfg.split, fold=f, multi_label=cfg.method.multi_label,
+                           partial=cfg.method.multi_label_loss == "partial")
         print(f"{tag}fold {f}: " + ", ".join(
             f"{part} {c.get('total', 0)} {({k: v for k, v in c.items() if k != 'total'})}"
             for part, c in split.summary()["counts"].items()))

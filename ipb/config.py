@@ -169,6 +169,21 @@ class MethodConfig:
     # colony that epoch, instead of the teacher's guess on the one patch in the batch
     pseudo_patches: int = 1
     student_target: Literal["batch", "colony"] = "batch"
+    # -- the related methods and switches of issue 12 (each read by the code named) -----------
+    # partial: a labeled fraction of the multi-label colonies joins L, `A|B` = "A or B, none of
+    # the others" (ipb/methods/partial.py); ignore: they only ever join U (the paper)
+    multi_label_loss: Literal["ignore", "partial"] = "ignore"
+    fixmatch_threshold: float = 0.95  # fixmatch, abc: confidence cut-off (USB's p_cutoff)
+    # contrastive_clustering: the row's result is the encoder fine-tuned on L, or the cluster
+    # head mapped to classes by Hungarian matching on L (no fine-tuning)
+    cc_eval: Literal["finetune", "hungarian"] = "finetune"
+    gan_epochs: int = 0               # gan_balanced's GAN stage; 0 = train.epochs
+    # ipb predict on time series (ipb/temporal.py): class changes allowed along a colony track,
+    # "From>To" with * for any class (staying is always allowed; a class named in no rule may
+    # change freely), and the probability per frame of an allowed change
+    temporal_transitions: tuple[str, ...] = ("Dense>Spread", "Dense>Differentiated",
+                                             "Spread>Differentiated", "*>Debris")
+    temporal_change: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -486,16 +501,28 @@ def teacher_key(cfg: Config) -> str | None:
     neither is part of it."""
     if cfg.method.name != "supervised":
         m = cfg.method
-        if m.teacher_pretrain_epochs <= 0 or m.teacher_select != "val" or m.name == "simclr":
+        if m.teacher_pretrain_epochs <= 0 or m.teacher_select != "val" or \
+                not _pretrains_teacher(m.name):
             return None
         cfg = apply(cfg, {"method.name": "supervised", "train.epochs": m.teacher_pretrain_epochs,
                           "train.finetune_epochs": 0})
+    # multi_label_loss=partial puts multi-label colonies in L: the teacher trains on them
     neutral = {f"method.{f.name}": getattr(MethodConfig(), f.name)
-               for f in fields(MethodConfig) if f.name != "name"}
+               for f in fields(MethodConfig) if f.name not in ("name", "multi_label_loss")}
     flat = {k: v for k, v in flatten(to_dict(cfg)).items()
             if not any(k == p or k.startswith(p) for p in _NOT_IN_TRIAL_HASH)}
     flat.update({k: v for k, v in neutral.items()})
     return "teacher-" + config_hash(flat, cfg.train.fold, cfg.train.seed)
+
+
+def _pretrains_teacher(name: str) -> bool:
+    """Whether method `name` starts with the supervised CNN's training (MPL, IPB, FixMatch,
+    ABC: a class attribute), so a sweep can hand it the supervised row's model."""
+    from ipb.methods import method_class     # here: ipb.methods imports this module
+    try:
+        return bool(getattr(method_class(name), "pretrains_teacher", False))
+    except ValueError:
+        return False
 
 
 def from_dict(d: dict[str, Any]) -> Config:
@@ -549,6 +576,8 @@ RANGES: dict[str, str] = {
     "method.simclr_proj_dim": "[1, inf)", "method.ema": "[0, 1)",
     "method.label_smoothing": "[0, 1)", "method.bn_recalibrate": "[0, inf)",
     "method.pseudo_patches": "[1, inf)",
+    "method.fixmatch_threshold": "[0, 1]", "method.gan_epochs": "[0, inf)",
+    "method.temporal_change": "(0, 1)",
     "train.epochs": "[1, inf)", "train.batch_size": "[1, inf)",
     "train.unlabeled_batch_size": "[1, inf)", "train.lr": "(0, inf)",
     "train.momentum": "[0, 1)", "train.weight_decay": "[0, inf)",

@@ -26,6 +26,7 @@ from ipb.dist import all_reduce_sum, global_sum
 from ipb.evaluation import collapsed, evaluate, predict_proba, unlabeled_shares  # noqa: F401
 from ipb.methods import PHASE_INPUTS, create_method
 from ipb.methods.base import UnlabeledPool, unwrap
+from ipb.methods.partial import candidates
 from ipb.methods.stabilize import recalibrate_bn
 from ipb.models import model_info
 
@@ -36,17 +37,20 @@ def patch_size(cfg: Config) -> int:
 
 @dataclass
 class Part:
-    """One part of a split on this worker: its patches bank, labels (-1 = unknown), ids."""
+    """One part of a split on this worker: its patches bank, labels (-1 = unknown), ids and
+    candidate classes (n, C multi-hot: one class, both of an `A|B` colony, none if unknown)."""
     bank: ColonyBank
     y: np.ndarray
     ids: list[str]
+    cand: np.ndarray | None = None
 
     @classmethod
     def from_rows(cls, rows: pd.DataFrame, classes: list[str], size: int) -> "Part":
         index = {c: i for i, c in enumerate(classes)}
         y = np.array([index.get(lab, -1) if isinstance(lab, str) else -1
                       for lab in rows["label"]], np.int64)
-        return cls(ColonyBank.from_rows(rows, size), y, list(rows["colony_id"]))
+        return cls(ColonyBank.from_rows(rows, size), y, list(rows["colony_id"]),
+                   candidates(rows["label"], classes))
 
     def __len__(self):
         return len(self.y)
@@ -59,11 +63,22 @@ class Batches:
                  gen: torch.Generator, device: torch.device):
         self.cfg, self.parts, self.rng, self.gen, self.device = cfg, parts, rng, gen, device
         self.aug = {v: make_augment(cfg.augment, v) for v in ("train", "weak", "strong", "test")}
-        y = parts["labeled"].y
-        counts = np.bincount(y, minlength=y.max() + 1 if len(y) else 1)
-        # ground-truth-balanced sampler: weight 1 / class count (PAPER.md section 6)
-        w = 1.0 / counts[y]
+        y, cand = parts["labeled"].y, parts["labeled"].cand
+        # multi_label_loss=partial: multi-label colonies are in L, each a candidate set
+        self.partial = cfg.method.multi_label_loss == "partial" and cand is not None
+        if self.partial:
+            # an A|B colony counts half to A and half to B; a draw picks a class uniformly,
+            # then a colony by its share of that class
+            k = cand.sum(axis=1, keepdims=True).clip(min=1)
+            counts = (cand / k).sum(axis=0)
+            w = (cand / counts.clip(min=1e-9)).sum(axis=1) / k[:, 0]
+        else:
+            counts = np.bincount(y, minlength=y.max() + 1 if len(y) else 1)
+            # ground-truth-balanced sampler: weight 1 / class count (PAPER.md section 6)
+            w = 1.0 / counts[y]
         self.labeled_p = w / w.sum()
+        self.n_l = torch.zeros(max(len(counts), 0 if cand is None else cand.shape[1]))
+        self.n_l[:len(counts)] = torch.from_numpy(counts.astype(np.float32))
         self.order = np.zeros(0, np.int64)
         self.order_pos = np.zeros((0, 2), np.int64)
         self.cursor = 0
@@ -77,8 +92,12 @@ class Batches:
         lab = self.parts["labeled"]
         idx = self.rng.choice(len(lab), size=self.cfg.train.batch_size, p=self.labeled_p)
         x = self._patches(lab, idx)
-        return {"x_l": self.aug["train"](x, generator=self.gen).to(self.device),
-                "y_l": torch.from_numpy(lab.y[idx]).to(self.device)}
+        out = {"x_l": self.aug["train"](x, generator=self.gen).to(self.device),
+               "y_l": torch.from_numpy(lab.y[idx]).to(self.device),
+               "n_l": self.n_l}        # L's class counts (ABC's masks, GAN's top-up)
+        if self.partial:
+            out["c_l"] = torch.from_numpy(lab.cand[idx]).to(self.device)
+        return out
 
     def set_unlabeled_epoch(self, order: np.ndarray, positions: np.ndarray) -> None:
         self.order, self.order_pos, self.cursor = order, positions, 0
@@ -105,13 +124,38 @@ class Batches:
         return {"x_1": self.aug["strong"](x, generator=self.gen).to(self.device),
                 "x_2": self.aug["strong"](x, generator=self.gen).to(self.device)}
 
+    def triplet(self) -> dict[str, torch.Tensor]:
+        """SimTriplet: two views of a patch of U+L colonies (as `contrastive`), and a view of a
+        neighbouring patch of the same colony; the colonies of a batch are distinct where the
+        part allows, so the batch rolled by one gives each a patch of another colony."""
+        u, lab = self.parts["unlabeled"], self.parts["labeled"]
+        n = self.cfg.train.unlabeled_batch_size
+        from_u = self.rng.random(n) < len(u) / max(1, len(u) + len(lab))
+        p = self.cfg.patch
+        xs, ns = [], []
+        for part, k in ((u, int(from_u.sum())), (lab, int((~from_u).sum()))):
+            if k:
+                idx = self.rng.choice(len(part), size=k, replace=k > len(part))
+                pos = part.bank.sample_positions(idx, self.rng, p.min_cover, p.max_tries)
+                xs.append(part.bank.extract(idx, pos))
+                ns.append(part.bank.extract(idx, part.bank.neighbour_positions(
+                    idx, pos, self.rng, p.min_cover, p.max_tries)))
+        x, x_n = torch.cat(xs), torch.cat(ns)
+        return {"x_1": self.aug["strong"](x, generator=self.gen).to(self.device),
+                "x_2": self.aug["strong"](x, generator=self.gen).to(self.device),
+                "x_n": self.aug["strong"](x_n, generator=self.gen).to(self.device)}
+
     def batch(self, phase: str) -> dict[str, torch.Tensor]:
-        if phase == "supervised":
+        if phase in ("supervised", "gan"):
             return self.labeled()
         if phase == "mpl":
             return {**self.labeled(), **self.unlabeled()}
         if phase == "contrastive":
             return self.contrastive()
+        if phase == "clustering":
+            return {**self.contrastive(), **self.labeled()}
+        if phase == "triplet":
+            return self.triplet()
         raise ValueError(f"unknown phase {phase!r}; known: {', '.join(PHASE_INPUTS)}")
 
 
@@ -119,10 +163,10 @@ def steps_for(phase: str, cfg: Config, parts: dict[str, Part], world: int) -> in
     """Steps per epoch, identical on every rank (DDP must run the same number of steps)."""
     if cfg.train.steps_per_epoch > 0:
         return cfg.train.steps_per_epoch
-    if phase == "supervised":   # len(L) draws over all workers
+    if phase in ("supervised", "gan"):   # len(L) draws over all workers
         return max(1, math.ceil(len(parts["labeled"]) / (cfg.train.batch_size * world)))
     n_u = global_sum(len(parts["unlabeled"]))
-    extra = len(parts["labeled"]) if phase == "contrastive" else 0
+    extra = len(parts["labeled"]) if phase in ("contrastive", "clustering", "triplet") else 0
     return max(1, math.ceil((n_u / world + extra) / cfg.train.unlabeled_batch_size))
 
 
@@ -323,12 +367,14 @@ def _finish(method, cfg: Config, parts, classes, batches, world, device, rng, ge
     m_val, cm_val = evaluate(model, parts["val"], classes, cfg, device, rng, "val")
     final = {**m_test, **{f"best.{k}": v for k, v in m_val.items()},
              "best.epoch": best["epoch"], "selected_on": cfg.train.select_on}
+    extra = method.final_report(classes)    # e.g. gan_balanced's realism check and sample grid
+    final.update(extra.get("metrics", {}))
     if method.pseudo_model() is not None:
         final["collapse.final"] = float(collapsed(m_test, "test"))
         final["collapse.any"] = float(final["collapse.final"] or any(
             h.get("collapse.now", 0.0) for h in history))
     return {"metrics": final, "cm_test": cm_test, "cm_val": cm_val, "history": history,
-            "model": model, "classes": classes,
+            "model": model, "classes": classes, "artifacts": extra.get("artifacts", {}),
             "teacher": teacher if method.pseudo_model() is not None else None}
 
 

@@ -41,6 +41,7 @@ from ipb.config import Config, expand_path
 from ipb.predict_files import (COLONY_FIELDS, output_names, short_groups, synthetic_line,
                                write_interchange, write_outputs)
 from ipb.student import ARTIFACT, MODEL_FILE, config_for, load_student  # noqa: F401 (API)
+from ipb.temporal import TEMPORAL_FIELDS, constrain_rows
 
 DEFAULT_TEST_PATCHES = 5
 
@@ -259,14 +260,17 @@ def predict(model, images, cfg: Config | None = None,
     pred = _Predictor(net, meta, cfg, k, device)
     if isinstance(images, (str, os.PathLike, np.ndarray)):
         images = [images]
-    rows, skipped, warnings = [], [], []
+    rows, counts, skipped, warnings = [], [], [], []
     for name, _rel, res, err in _results(pred, _inputs(list(images)), progress):
         if res is None:
             skipped.append({"image": name, "reason": err})
             continue
         warnings += [{"image": name, "warning": w} for w in res.notes]
-        rows += _rows(res, pred.classes, len(rows) + 1)[0]
-    cols = COLONY_FIELDS + [f"p_{c}" for c in pred.classes]
+        colonies, frame_counts, _ = _rows(res, pred.classes, len(rows) + 1)
+        rows, counts = rows + colonies, counts + frame_counts
+    constrain_rows(rows, counts, pred.classes, cfg.method.temporal_transitions,
+                   cfg.method.temporal_change)
+    cols = COLONY_FIELDS + TEMPORAL_FIELDS + [f"p_{c}" for c in pred.classes]
     df = pd.DataFrame(rows, columns=cols)
     for c in pred.classes:
         df[f"p_{c}"] = df[f"p_{c}"].astype(float)
@@ -310,6 +314,9 @@ def predict_images(model: torch.nn.Module, meta: dict, paths: list[str | os.Path
     if warnings and progress:
         print(f"predict: {len(warnings)} warning(s), e.g. {warnings[0]['image']}: "
               f"{warnings[0]['warning']} (all in README.txt)", file=sys.stderr, flush=True)
+    # tracks across frames, classes constrained in time (ipb/temporal.py)
+    constrain_rows(colony_rows, count_rows, classes, cfg.method.temporal_transitions,
+                   cfg.method.temporal_change)
     short_groups(count_rows)
     written = write_outputs(out, classes, colony_rows, count_rows, skipped, meta, cfg, k, warn,
                              warnings)
@@ -317,6 +324,8 @@ def predict_images(model: torch.nn.Module, meta: dict, paths: list[str | os.Path
             "n_colonies": len(colony_rows), "n_skipped": len(skipped), "skipped": skipped,
             "warnings": warnings, "classes": classes,
             "counts": {name: sum(r[f"n_{name}"] for r in count_rows) for name in classes},
+            "counts_constrained": {name: sum(r[f"nc_{name}"] for r in count_rows)
+                                   for name in classes},
             "test_patches": k, "synthetic": meta.get("synthetic"), "files": written,
             "seconds": time.time() - t_start}
 

@@ -4,8 +4,10 @@
 
 colonies.csv: one row per colony, `id` 1..N over the run (the value of the colony's pixels in
 labels/<image>.ome.tif and the `ipb_id` of its GeoJSON feature), image, time, the segmentation
-instance, box, area (px and um^2), pixel size, border, class and p_<class>. counts.csv: one row
-per image (per frame of a time series). skipped.csv: unreadable files and why. No Ray.
+instance, box, area (px and um^2), pixel size, border, class, for time series its track and its
+class constrained in time (ipb/temporal.py), and p_<class>. counts.csv: one row per image
+(per frame of a time series), raw (n_<class>) and constrained (nc_<class>) counts. skipped.csv:
+unreadable files and why. No Ray.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import numpy as np
 
 from ipb.config import Config
 from ipb.data.sources import stem_of
+from ipb.temporal import TEMPORAL_FIELDS
 
 COLONY_FIELDS = ["id", "image", "time", "colony", "x0", "y0", "x1", "y1", "area", "area_um2",
                  "pixel_size_um", "border", "class"]
@@ -94,10 +97,11 @@ def write_outputs(out: Path, classes: list[str], colony_rows, count_rows, skippe
                   cfg: Config, k: int, warn: str, warnings: list[dict]) -> dict[str, str]:
     """colonies.csv, counts.csv, skipped.csv, the counts-over-time plots and README.txt."""
     files = {
-        "colonies": _write_csv(out / "colonies.csv", COLONY_FIELDS + [f"p_{c}" for c in classes],
-                               colony_rows),
+        "colonies": _write_csv(out / "colonies.csv", COLONY_FIELDS + TEMPORAL_FIELDS
+                               + [f"p_{c}" for c in classes], colony_rows),
         "counts": _write_csv(out / "counts.csv", ["image", "group", "time", "n_colonies"]
-                             + [f"n_{c}" for c in classes], count_rows),
+                             + [f"n_{c}" for c in classes] + [f"nc_{c}" for c in classes],
+                             count_rows),
         "skipped": _write_csv(out / "skipped.csv", ["image", "reason"], skipped),
     }
     series: dict[str, list[dict]] = defaultdict(list)
@@ -128,6 +132,10 @@ def write_outputs(out: Path, classes: list[str], colony_rows, count_rows, skippe
              f"{len(count_rows)} images/frames, {len(colony_rows)} colonies, {len(skipped)} "
              "skipped (skipped.csv)",
              f"class = argmax of the softmax averaged over {k} patch(es) inside each colony mask",
+             "time series: colonies tracked across frames by box overlap (track = series.track); "
+             "class_constrained = the Viterbi path along the track with the allowed changes "
+             f"{', '.join(cfg.method.temporal_transitions)} (p = {cfg.method.temporal_change} "
+             "per frame); nc_<class> in counts.csv count those",
              f"segmentation: {json.dumps(asdict(cfg.segmentation))} (pixel_size_um: the "
              f"image's own when it has one, data.pixel_size_from={cfg.data.pixel_size_from}; "
              "per colony in colonies.csv)",

@@ -234,6 +234,8 @@ def log_trial_result(run_id: str, cfg: Config, out: dict[str, Any], model_file: 
         for f in d.iterdir():
             c.log_artifact(run_id, str(f))
         c.log_artifact(run_id, str(model_file), artifact_path="model")
+    if (model_file.parent / METHOD_ARTIFACTS).is_dir():    # Method.final_report's files
+        c.log_artifacts(run_id, str(model_file.parent / METHOD_ARTIFACTS), METHOD_ARTIFACTS)
     teacher_file = model_file.parent / TEACHER_ARTIFACT.split("/")[-1]
     if teacher_file.is_file() and teacher_key(cfg):
         c.log_artifact(run_id, str(teacher_file), artifact_path="model")
@@ -246,6 +248,7 @@ def log_trial_result(run_id: str, cfg: Config, out: dict[str, Any], model_file: 
 
 
 TEACHER_ARTIFACT = "model/teacher.pt"
+METHOD_ARTIFACTS = "method"     # a method's own files (gan_balanced: sample grid, realism)
 
 
 def find_teacher(cfg: Config, classes: list[str]) -> tuple[str, dict] | None:

@@ -220,7 +220,8 @@ def prepare_parts(cfg: Config, data: dict[str, Any]):
     from ipb.data.splits import make_split
 
     split = make_split(data["meta"], cfg.split, fold=cfg.train.fold,
-                       multi_label=cfg.method.multi_label)
+                       multi_label=cfg.method.multi_label,
+                       partial=cfg.method.multi_label_loss == "partial")
     index = {part: getattr(split, part) for part in ("labeled", "val", "test", "unlabeled")}
     return {"rows": data["rows"], "index": index}, split, data["manifest"]
 

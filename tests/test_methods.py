@@ -37,8 +37,9 @@ def test_registry_lists_the_paper_methods():
         create_method("nosuch", cfg_for("mpl"), 3)
 
 
-MAIN_LOSS = {"supervised": ("train.loss", "train.teacher_sup"), "mpl": ("train.teacher_sup",),
-             "contrastive": ("train.nt_xent",)}
+MAIN_LOSS = {"supervised": ("train.loss", "train.teacher_sup"),
+             "mpl": ("train.teacher_sup", "train.sup"), "contrastive": ("train.nt_xent",),
+             "clustering": ("train.cc",), "triplet": ("train.simtriplet",), "gan": ("train.gan_d",)}
 
 
 @pytest.mark.parametrize("method", list_methods())

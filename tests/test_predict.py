@@ -144,8 +144,8 @@ def test_predict_synthetic_wells_series_and_bad_files(student, wells, tmp_path):
 
     rows = _read(d / "colonies.csv")
     assert list(rows[0]) == ["id", "image", "time", "colony", "x0", "y0", "x1", "y1", "area",
-                             "area_um2", "pixel_size_um", "border", "class"] \
-        + [f"p_{c}" for c in CLASSES]
+                             "area_um2", "pixel_size_um", "border", "class", "track",
+                             "class_constrained"] + [f"p_{c}" for c in CLASSES]
     assert [int(r["id"]) for r in rows] == list(range(1, len(rows) + 1))
     _check_interchange(d, rows)
     assert len(rows) == out["n_colonies"] >= 7 * 2

@@ -251,6 +251,29 @@ class ColonyBank:
             out[j, :, 0], out[j, :, 1] = np.divmod(pick, inner.shape[1])
         return out
 
+    def neighbour_positions(self, idx, positions, rng: np.random.Generator,
+                            min_cover: float = 0.25, max_tries: int = 10) -> np.ndarray:
+        """A neighbouring patch of the same colony for each (colony, top-left position): moved
+        half to one patch side in a random direction, clipped to the crop (a crop no larger
+        than the patch leaves it in place), at least `min_cover` colony when one of `max_tries`
+        draws is, else the best-covering draw (SimTriplet's spatial positive)."""
+        idx = self._index(idx)
+        pos = np.asarray(positions, np.int64).reshape(-1, 2)
+        hi = np.stack([self.heights[idx], self.widths[idx]], axis=1) - self.size
+        out, best, pending = pos.copy(), np.full(len(idx), -1.0), np.arange(len(idx))
+        for _ in range(max_tries):
+            if pending.size == 0:
+                break
+            angle = rng.uniform(0.0, 2 * np.pi, len(pending))
+            r = rng.uniform(0.5, 1.0, len(pending)) * self.size
+            step = np.stack([np.sin(angle), np.cos(angle)], axis=1) * r[:, None]
+            cand = np.clip(pos[pending] + np.round(step).astype(np.int64), 0, hi[pending])
+            cov = self.cover(idx[pending], cand)
+            take = cov > best[pending]
+            out[pending[take]], best[pending[take]] = cand[take], cov[take]
+            pending = pending[cov < min_cover]
+        return out
+
     # -- cutting ----------------------------------------------------------------------------
     def extract(self, idx, positions, out: np.ndarray | None = None) -> torch.Tensor:
         """Cut size x size patches -> float32 tensor (B, 1, size, size) (shares `out` if given)."""

@@ -10,7 +10,8 @@ rest. When `test_fraction <= 1/folds` the k folds draw T from k disjoint stratif
 10 folds x 10% the test sets of the folds partition the labeled colonies (cross-validation).
 `val` (model selection) is carved out of L, so the teacher never trains on it. U also gets every
 unlabeled colony and, for the "ML" configurations, every multi-label colony; multi-label colonies
-never reach L, val or T. Everything is a pure function of (meta, split config, fold, seed) and
+never reach L, val or T -- except with partial labels (method.multi_label_loss=partial): then
+`labeled_fraction` of each multi-label kind (`A|B`) joins L, and the rest U in ML configurations. Everything is a pure function of (meta, split config, fold, seed) and
 does not depend on the row order of `meta`: rows are worked on in colony_id order.
 No Ray, no MLflow here.
 """
@@ -186,10 +187,11 @@ def _test_grouped(kind, labels, groups, classes, cfg, fold, seed, cv, exact, war
 
 
 def make_split(meta: pd.DataFrame, cfg: SplitConfig, fold: int, seed: int | None = None,
-               multi_label: bool = False) -> Split:
+               multi_label: bool = False, partial: bool = False) -> Split:
     """Fold `fold` of `meta` (columns colony_id, label, multi_label [, source, group]).
 
-    seed defaults to `cfg.seed`. multi_label=True adds every multi-label colony to U.
+    seed defaults to `cfg.seed`. multi_label=True adds every multi-label colony to U;
+    partial=True first moves `labeled_fraction` of each multi-label kind to L.
     """
     fold = int(fold)
     seed = cfg.seed if seed is None else int(seed)
@@ -251,8 +253,18 @@ def make_split(meta: pd.DataFrame, cfg: SplitConfig, fold: int, seed: int | None
         parts["unlabeled"].append(rest[n_lab:])
         parts["test"].append(test_c)
     parts["unlabeled"].append(np.flatnonzero(kind == 2))
+    ml_rest = np.flatnonzero(kind == 1)
+    if partial:
+        ml_rest = []
+        for key in sorted(set(labels[kind == 1])):
+            members = np.flatnonzero((kind == 1) & (labels == key))
+            members = members[_rng(seed, "labeled-ml", fold, key).permutation(len(members))]
+            n_lab = _round(lf * len(members))
+            parts["labeled"].append(members[:n_lab])
+            ml_rest.append(members[n_lab:])
+        ml_rest = np.concatenate(ml_rest) if ml_rest else np.zeros(0, np.int64)
     if multi_label:
-        parts["unlabeled"].append(np.flatnonzero(kind == 1))
+        parts["unlabeled"].append(ml_rest)
 
     out: dict[str, np.ndarray] = {}
     counts: dict[str, dict[str, int]] = {}
@@ -271,12 +283,12 @@ def make_split(meta: pd.DataFrame, cfg: SplitConfig, fold: int, seed: int | None
 
 
 def fold_summary_table(meta: pd.DataFrame, cfg: SplitConfig, folds=None, seed: int | None = None,
-                       multi_label: bool = False) -> pd.DataFrame:
+                       multi_label: bool = False, partial: bool = False) -> pd.DataFrame:
     """Counts per (fold, part) x class (+ multi_label, unlabeled, total); all folds by default."""
     folds = range(cfg.folds) if folds is None else folds
     rows, index = [], []
     for f in folds:
-        s = make_split(meta, cfg, f, seed=seed, multi_label=multi_label)
+        s = make_split(meta, cfg, f, seed=seed, multi_label=multi_label, partial=partial)
         for p in PARTS:
             rows.append(s.counts[p])
             index.append((int(f), p))

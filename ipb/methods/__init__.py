@@ -10,6 +10,7 @@ from ipb.methods.base import PHASE_INPUTS, Method, create_method, list_methods, 
 
 # importing registers them
 from ipb.methods import supervised, mpl, ipb, simclr  # noqa: E402,F401
+from ipb.methods import fixmatch, abc, contrastive_clustering, simtriplet, gan_balanced  # noqa: E402,F401,E501
 
 __all__ = ["PHASE_INPUTS", "Method", "create_method", "list_methods", "method_class",
            "register_method"]

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ipb.config import Config
+from ipb.methods.partial import candidate_nll, partial_label_loss
 from ipb.models import create_model
 
 _REGISTRY: dict[str, type["Method"]] = {}
@@ -27,7 +28,12 @@ PHASE_INPUTS = {
     "supervised": ("x_l", "y_l"),           # labeled patches, GT-balanced sampler
     "mpl": ("x_l", "y_l", "x_uw", "x_us", "i_u"),  # + weak/strong unlabeled views, their U index
     "contrastive": ("x_1", "x_2"),          # two strong views of U+L patches
+    "clustering": ("x_1", "x_2", "x_l", "y_l"),    # contrastive + a labeled batch (cluster map)
+    "triplet": ("x_1", "x_2", "x_n"),       # + a view of a neighbouring patch, same colony
+    "gan": ("x_l", "y_l", "n_l"),           # labeled batch + L's class counts
 }
+# every labeled batch also carries "n_l" (L's class counts) and, with
+# method.multi_label_loss=partial, "c_l" (B x C candidate classes; ipb/methods/partial.py)
 
 
 def register_method(cls: type["Method"]) -> type["Method"]:
@@ -134,14 +140,29 @@ class Method:
     def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), y)
 
+    @staticmethod
+    def labeled_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss a labeled batch teaches: cross-entropy, or with multi_label_loss=partial
+        (candidates `c_l` in the batch) the candidate-set + asymmetric + Dice loss."""
+        if "c_l" in batch:
+            return partial_label_loss(logits, batch["c_l"])
+        return F.cross_entropy(logits.float(), batch["y_l"])
+
+    @staticmethod
+    def labeled_nll(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """-log P(label) on the labeled batch (P(candidate set) under partial labels)."""
+        if "c_l" in batch:
+            return candidate_nll(logits, batch["c_l"])
+        return F.cross_entropy(logits.float(), batch["y_l"])
+
     def supervised_step(self, model: nn.Module, opt: torch.optim.Optimizer,
                         batch: dict[str, torch.Tensor]) -> float:
-        """One cross-entropy step on the labeled batch (supervised, teacher pre-training,
+        """One step of `labeled_loss` on the labeled batch (supervised, teacher pre-training,
         SimCLR fine-tuning); returns the loss."""
         model.train()
         with self.autocast():
             logits, _ = model(batch["x_l"])
-        loss = self.ce(logits, batch["y_l"])
+        loss = self.labeled_loss(logits, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -195,6 +216,11 @@ class Method:
         """The order in which this worker's unlabeled colonies are drawn this epoch, and what
         to log about it. Default: a uniform shuffle (MPL). IPB resamples by pseudo-class."""
         return pool.rng.permutation(len(pool)), {}
+
+    def final_report(self, classes: list[str]) -> dict[str, Any]:
+        """Once, after the test evaluation: {"metrics": {name: float}, "artifacts": {file name:
+        bytes}} the run logs besides its own (gan_balanced's realism check and sample grid)."""
+        return {}
 
     @classmethod
     def check_data(cls, cfg: Config, unlabeled_counts: dict[str, int]) -> None:

@@ -42,6 +42,7 @@ from ipb.methods.stabilize import DistAlign, FlexThreshold, ModelEMA, relative_t
 class MPL(Method):
     name = "mpl"
     uses_unlabeled = True
+    pretrains_teacher = True    # stage 1 = the supervised row (config.teacher_key)
 
     def __init__(self, cfg, num_classes, device, wrap):
         super().__init__(cfg, num_classes, device, wrap)
@@ -149,7 +150,7 @@ class MPL(Method):
         return h
 
     @torch.no_grad()
-    def _labeled_loss_clean(self, x_l, y_l) -> torch.Tensor:
+    def _labeled_loss_clean(self, x_l, batch) -> torch.Tensor:
         """The student's labeled loss in eval mode (running BN statistics, no dropout), on
         the bare module so DDP neither syncs nor prepares a backward for it."""
         model = unwrap(self.student)
@@ -157,7 +158,7 @@ class MPL(Method):
         with self.autocast():
             logits, _ = model(x_l)
         model.train()
-        return F.cross_entropy(logits.float(), y_l)
+        return self.labeled_nll(logits, batch)
 
     def _student_loss(self, s_us, targets, weight) -> torch.Tensor:
         ls = self.cfg.method.label_smoothing
@@ -172,7 +173,7 @@ class MPL(Method):
     def _mpl_step(self, batch):
         m = self.cfg.method
         clean = m.h_mode == "clean"
-        x_l, y_l, x_uw, x_us = batch["x_l"], batch["y_l"], batch["x_uw"], batch["x_us"]
+        x_l, x_uw, x_us = batch["x_l"], batch["x_uw"], batch["x_us"]
         n_l, n_u = len(x_l), len(x_uw)
         self.teacher.train()
         self.student.train()
@@ -181,7 +182,7 @@ class MPL(Method):
             t_logits, _ = self.teacher(torch.cat([x_l, x_uw, x_us]))
         t_logits = t_logits.float()
         t_l, t_uw, t_us = t_logits[:n_l], t_logits[n_l:n_l + n_u], t_logits[n_l + n_u:]
-        t_sup = F.cross_entropy(t_l, y_l)
+        t_sup = self.labeled_loss(t_l, batch)
         p_uw = torch.softmax(t_uw.detach() / m.temperature, dim=1)
         targets, weight, mask, p_uw = self.student_targets(p_uw, batch.get("i_u"))
         uda = (mask * -(p_uw * F.log_softmax(t_us, dim=1)).sum(dim=1)).mean()
@@ -197,8 +198,8 @@ class MPL(Method):
             s_logits, _ = self.student(x_us if clean else torch.cat([x_l, x_us]))
         s_logits = s_logits.float()
         s_us = s_logits if clean else s_logits[n_l:]
-        s_loss_l_old = self._labeled_loss_clean(x_l, y_l) if clean else \
-            F.cross_entropy(s_logits[:n_l].detach(), y_l)
+        s_loss_l_old = self._labeled_loss_clean(x_l, batch) if clean else \
+            self.labeled_nll(s_logits[:n_l].detach(), batch)
         s_loss = self._student_loss(s_us, targets, weight)
         # 5: student step, then its labeled loss after the step
         self.opt_s.zero_grad(set_to_none=True)
@@ -207,11 +208,11 @@ class MPL(Method):
         if self.ema is not None:
             self.ema.update(self.student)
         if clean:
-            s_loss_l_new = self._labeled_loss_clean(x_l, y_l)
+            s_loss_l_new = self._labeled_loss_clean(x_l, batch)
         else:
             with torch.no_grad(), self.autocast():
                 s_l_new, _ = self.student(x_l)
-            s_loss_l_new = F.cross_entropy(s_l_new.float(), y_l)
+            s_loss_l_new = self.labeled_nll(s_l_new, batch)
         # 6: MPL feedback on the teacher
         h = self.feedback(s_loss_l_old, s_loss_l_new)
         if m.mpl_target == "student":
