@@ -27,6 +27,8 @@ import mlflow.pytorch
 import numpy as np
 import torch
 
+from ipb.tracking import global_uri
+
 ALIAS = "champion"
 SCORE = "best.val.tpr.mean"     # what sweeps optimise: validation mean TPR at the selected epoch
 # what `ipb.predict` imports, pinned to this environment's versions (MLflow's own inference of
@@ -60,18 +62,6 @@ class Logits(torch.nn.Module):
 
 
 @contextlib.contextmanager
-def _global_uri(uri: str):
-    """MLflow's log_model and the registry's SQL store use the global tracking URI (the SQL
-    store looks up a version's logged model with a default client): `uri` for the duration."""
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(before)
-
-
-@contextlib.contextmanager
 def _active(uri: str, run_id: str):
     """log_model logs to the active run: this run, at this URI, for the duration (a trial's
     driver logs one run at a time). Quiet: the input example's validation is a prediction in
@@ -83,7 +73,7 @@ def _active(uri: str, run_id: str):
     import logging
     # "Failed to infer model signature" (the `colonies` model has none, on purpose)
     logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
-    with _global_uri(uri), warnings.catch_warnings():
+    with global_uri(uri), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*input example was not provided",
                                 category=UserWarning)
         with mlflow.start_run(run_id=run_id, log_system_metrics=False):
@@ -179,7 +169,7 @@ def register_champion(uri: str, experiment: str, parent_run_id: str) -> dict[str
                 f"alias {ALIAS}: the latest sweep's best. Input: image paths; output: one row "
                 "per colony (ipb predict)."))
         source = best.data.tags["ipb.model.colonies"]
-        with _global_uri(uri):
+        with global_uri(uri):
             mv = client.create_model_version(
                 name, source=source, run_id=run_id, model_id=source.removeprefix("models:/"),
                 tags={"ipb.run_id": run_id, SCORE: f"{score:.4f}",

@@ -72,7 +72,9 @@ def _load_model_uri(model: str, uri: str | None) -> tuple[torch.nn.Module, dict[
     """The student.pt inside a logged or registered `colonies` model."""
     uri = _store(f"MLflow model {model}", uri)
     import mlflow.artifacts
-    with tempfile.TemporaryDirectory() as d:
+
+    from ipb.tracking import global_uri
+    with tempfile.TemporaryDirectory() as d, global_uri(uri):
         try:
             local = Path(mlflow.artifacts.download_artifacts(
                 artifact_uri=model, dst_path=d, tracking_uri=uri, registry_uri=uri))

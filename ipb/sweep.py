@@ -9,6 +9,9 @@ Every trial is an MLflow child run of the sweep's parent run and carries `ipb.tr
 FINISHED run, so nothing is trained or logged twice. A failed trial is a FAILED run with its
 error; the sweep goes on. Concurrent trials never share one SQLite file: with a sqlite URI and
 `sweep.max_concurrent > 1` the sweep starts one local `mlflow server` for the writers.
+`run_sweep` is the life of every sweep, grid or search (parent run, progress, then the report
+and the champion model on the parent run); the table comes from the entry point
+(`ipb.inputs.resolve_table`).
 """
 from __future__ import annotations
 

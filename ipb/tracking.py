@@ -9,6 +9,7 @@ can log to the same run.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -41,6 +42,27 @@ def client(uri: str | None = None):
 
 # MLflow 3's UI opens an experiment of this kind in model-training mode (runs, not GenAI traces)
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+@contextlib.contextmanager
+def global_uri(uri: str):
+    """`uri` as MLflow's global tracking URI for the duration: log_model, the registry's SQL
+    store (it looks up a version's logged model with a default client) and models:/ URIs
+    (resolved with the default registry) use it, whatever URI a call is given.
+    set_tracking_uri also writes MLFLOW_TRACKING_URI, which our own `tracking_uri` reads:
+    both are put back as they were."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+    before, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        utils._tracking_uri = before
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 def experiment_id(name: str, uri: str | None = None) -> str:

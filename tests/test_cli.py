@@ -184,3 +184,65 @@ def _name(pid: int) -> str:
 def _alive(seen: dict[int, int]) -> list[int]:
     from ipb.reaper import _stat
     return [p for p, start in seen.items() if (_stat(p) or (0, None))[1] == start]
+
+
+# ---------------------------------------------------------------- issue 14: the terminal
+
+def test_closing_lines_open_the_runs_in_model_training_mode():
+    from ipb.console import ui_lines
+    local = ui_lines("sqlite:////data/runs/mlflow.db", "7").splitlines()
+    assert local == [
+        "Look at it with:  mlflow ui --backend-store-uri sqlite:////data/runs/mlflow.db "
+        "--artifacts-destination /data/runs/mlartifacts --host 127.0.0.1 --port 5000",
+        "MLflow UI: http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"]
+    # a tracking server is its own UI
+    assert ui_lines("http://mlflow.lab:5000/", "2").splitlines()[-1] == \
+        "MLflow UI: http://mlflow.lab:5000/#/experiments/2/runs?workflowType=machine_learning"
+
+
+def test_progress_line_counts_and_eta():
+    from ipb.console import progress_line
+    assert progress_line(0, 1, 0, 8, 20) == \
+        "0/8 trials done, 1 running, 7 pending, 0 failed; 20s elapsed, ETA ?"
+    # 3 of 8 ended (one failed) in 6 min: 5 more at 2 min each
+    assert progress_line(2, 2, 1, 8, 360) == \
+        "2/8 trials done, 2 running, 3 pending, 1 failed; 6m00s elapsed, ETA 10m00s"
+
+
+def test_ray_logs_plain_when_redirected(monkeypatch):
+    import io
+
+    from ipb.console import plain_logs_when_redirected
+    monkeypatch.delenv("RAY_DEDUP_LOGS", raising=False)
+    monkeypatch.delenv("RAY_COLOR_PREFIX", raising=False)
+    monkeypatch.setattr("sys.stdout", io.StringIO())          # not a terminal
+    plain_logs_when_redirected()
+    import os
+    assert os.environ["RAY_DEDUP_LOGS"] == "0" and os.environ["RAY_COLOR_PREFIX"] == "0"
+
+
+def test_sigterm_exit_of_a_finished_worker_is_not_reported(capsys):
+    """What Ray's SIGTERM handler raises inside a weakref callback is not printed as
+    "Exception ignored in ..."; any other unraisable exception still is."""
+    import gc
+    import sys
+    import weakref
+
+    from ipb.console import quiet_sigterm_exit
+    before = sys.unraisablehook
+    try:
+        sys.unraisablehook = sys.__unraisablehook__
+        quiet_sigterm_exit()
+
+        class Thing:
+            pass
+
+        for exc in (SystemExit(1), RuntimeError("real")):
+            t = Thing()
+            weakref.finalize(t, lambda e=exc: (_ for _ in ()).throw(e))
+            del t
+            gc.collect()
+    finally:
+        sys.unraisablehook = before
+    err = capsys.readouterr().err
+    assert "SystemExit" not in err and "RuntimeError: real" in err

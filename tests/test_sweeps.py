@@ -122,14 +122,14 @@ def test_grid_sweep_logs_children_and_resumes(ray_local, tmp_path, monkeypatch):
     assert "SYNTHETIC" in out["report"]["markdown"] and out["report"]["n_runs"] == 2
     parent_arts = {a.path for a in c.list_artifacts(out["parent_run_id"], "report")}
     assert {"report/report.md", "report/table_tpr.csv", "report/tpr_per_class.png"} <= parent_arts
-    _check_mlflow_as_users_see_it(c, exp, out, children, tmp_path)
+    _check_mlflow_as_users_see_it(c, exp, out, children, tmp_path, monkeypatch)
     # the same sweep again: nothing new is trained or logged
     again = run_grid("test", cfg, confs, table, progress=False)
     assert again["parent_run_id"] == out["parent_run_id"]
     assert len(c.search_runs([exp])) == len(runs)
 
 
-def _check_mlflow_as_users_see_it(c, exp, out, children, tmp_path):
+def _check_mlflow_as_users_see_it(c, exp, out, children, tmp_path, monkeypatch):
     """Issue 14: the experiment opens on its runs; each trial has source tags, the table as a
     dataset input, system metrics and two logged models; the champion is the best trial by
     validation; `ipb predict models:/...@champion` and the pyfunc model classify an image."""
@@ -156,8 +156,9 @@ def _check_mlflow_as_users_see_it(c, exp, out, children, tmp_path):
     assert best.data.metrics[SCORE] == c.get_run(mv.run_id).data.metrics[SCORE]
     image = np.full((96, 96), 120, np.uint8)
     image[30:66, 30:66] = (60 + 80 * (np.indices((36, 36)).sum(0) % 2)).astype(np.uint8)
-    mlflow.set_tracking_uri(out["tracking_uri"])
-    df = mlflow.pyfunc.load_model(out["champion"]["uri"]).predict([image])
+    with monkeypatch.context() as m:
+        m.setenv("MLFLOW_TRACKING_URI", out["tracking_uri"])
+        df = mlflow.pyfunc.load_model(out["champion"]["uri"]).predict([image])
     assert {"class", "p_A", "x0"} <= set(df.columns)
     from PIL import Image
     Image.fromarray(image).save(tmp_path / "well.png")
