@@ -1,4 +1,4 @@
-"""python benchmarks/train_step.py [--arch vgg19] [--width 0.25] [--size 64] [--rounds 5] [--steps 10] [--unlabeled 2000]
+"""python benchmarks/train_step.py [--arch vgg19] [--width 0.25] [--size 64] [--rounds 5] [--steps 10] [--unlabeled 2000] [--archs small_cnn:1.0:48,vgg19:0.125:64]
 
 One MPL step (32 labeled + 32 unlabeled, weak and strong views) on CPU with ONE thread
 (torch.set_num_threads(1)), same architecture, same initial weights, same precomputed batch:
@@ -16,7 +16,9 @@ per run, is timed apart): patch positions for the epoch, the teacher (eval) pred
 per colony, the balanced draw. One epoch of IPB = this pass + len(U) / 32 steps (the paper's
 epoch), so share = balance / (balance + ceil(len(U)/32) * our step time). The real epoch also
 cuts and augments batches, so this share is an upper bound.
-Last line: `mpl step ratio <r>, ipb balancing share <s>`.
+Then one MPL step per architecture of --archs (the CPU-study small_cnn next to VGG19 at the
+widths CPU studies used), one thread each. Last line: `mpl step ratio <r>, ipb balancing share
+<s>, <arch> <ms> ms, ...`.
 """
 from __future__ import annotations
 
@@ -133,6 +135,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="steps per round per implementation")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--unlabeled", type=int, default=2000, help="colonies in U for the pass")
+    ap.add_argument("--archs", default="small_cnn:1.0:48,vgg19:0.125:64,vgg19:0.25:64",
+                    help="arch:width:patch list timed for one MPL step ('' skips)")
     args = ap.parse_args()
 
     torch.set_num_threads(1)
@@ -186,7 +190,6 @@ def main() -> None:
     t_part = time.perf_counter() - t0
     method = create_method("ipb", cfg, num_classes)
     method.teacher.load_state_dict(ours.teacher.state_dict())
-    assert method.balance(epoch) == "pseudo"
     rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
     balance = []
     for _ in range(2):
@@ -202,7 +205,39 @@ def main() -> None:
           f"{', '.join(f'{b:.2f}' for b in balance)})")
     print(f"epoch = pass + {steps_per_epoch} steps x {med['ours']:.3f}s = {t_balance:.1f}s + "
           f"{t_steps:.1f}s; balancing share {share:.3f}; load average {os.getloadavg()[0]:.2f}")
-    print(f"mpl step ratio {ratio:.3f}, ipb balancing share {share:.3f}")
+    arch_steps = arch_step_times(args) if args.archs else {}
+    print(f"mpl step ratio {ratio:.3f}, ipb balancing share {share:.3f}"
+          + "".join(f", {k} {v * 1000:.0f} ms" for k, v in arch_steps.items()))
+
+
+def arch_step_times(args) -> dict[str, float]:
+    """Median seconds of one MPL step (ours) per architecture, one thread, same batch shape:
+    the CPU-study network next to the paper's VGG19 at the widths CPU studies used."""
+    out = {}
+    num_classes = len(PAPER_CLASSES)
+    for spec in args.archs.split(","):
+        arch, width, size = spec.split(":")
+        cfg = load_config("paper", {"train.use_gpu": False, "model.arch": arch,
+                                    "model.width": float(width), "patch.size": int(size),
+                                    "patch.ms_size": int(size), "method.name": "mpl"})
+        torch.manual_seed(0)
+        m = create_method("mpl", cfg, num_classes)
+        m.start_epoch(0)
+        batch = make_batch(cfg, num_classes, int(size))
+        for _ in range(args.warmup):
+            m.train_step(batch, 0)
+        t = statistics.median(timed(lambda: m.train_step(batch, 0))
+                              for _ in range(args.rounds * 2))
+        out[f"{arch}@{width}x{size}px"] = t
+        n = sum(p.numel() for p in m.student.parameters())
+        print(f"architecture {arch} width {width} patch {size}px: {n / 1e3:.0f} k parameters, "
+              f"MPL step {t * 1000:.1f} ms (median of {args.rounds * 2}), supervised-equivalent "
+              f"throughput {cfg.train.batch_size / t:.0f} labeled patches/s", flush=True)
+    first = next(iter(out.values()), None)
+    if first:
+        print("step time relative to " + next(iter(out)) + ": " + ", ".join(
+            f"{k} {v / first:.1f}x" for k, v in out.items()))
+    return out
 
 
 if __name__ == "__main__":

@@ -158,6 +158,8 @@ class MethodConfig:
     h_mode: Literal["paper", "clean"] = "paper"   # clean: x_l-only eval forwards around the step
     mpl_target: Literal["teacher_strong", "student"] = "teacher_strong"
     teacher_lr: Literal["restart", "continue"] = "restart"   # schedule at the MPL stage start
+    student_lr_scale: float = 1.0     # the student's lr factor after its warm-up (0.1: a student
+                                      # started from the teacher is fine-tuned, not re-trained)
     label_smoothing: float = 0.0      # on the student's pseudo-label loss
     bn_recalibrate: int = 0           # >0: re-estimate the student's BN on this many clean U batches
     dist_align: Literal["off", "uniform", "prior"] = "off"
@@ -368,15 +370,15 @@ def _set(obj: Any, path: list[str], value: Any, full: str) -> Any:
 # every switch back to the paper's value. `robust` is the set sweeps/study.py found to work on
 # the development data (synthetic seed 1, validation split); see README "The study".
 _SWITCHES = ("student_init", "ema", "h_mode", "h_sign", "h_baseline_ema", "mpl_target",
-             "teacher_lr", "label_smoothing", "bn_recalibrate", "dist_align", "dist_prior",
-             "threshold_mode", "pseudo_patches", "student_target")
+             "teacher_lr", "student_lr_scale", "label_smoothing", "bn_recalibrate",
+             "dist_align", "dist_prior", "threshold_mode", "pseudo_patches", "student_target")
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {f"method.{k}": getattr(MethodConfig(), k) for k in _SWITCHES},
     "robust": {"method.student_init": "teacher", "method.ema": 0.99, "method.h_mode": "clean",
                "method.h_sign": "old_minus_new", "method.h_baseline_ema": 0.95,
                "method.mpl_target": "student", "method.teacher_lr": "continue",
-               "method.label_smoothing": 0.1, "method.bn_recalibrate": 8,
-               "method.threshold_mode": "flexmatch"},
+               "method.student_lr_scale": 0.1, "method.label_smoothing": 0.1,
+               "method.bn_recalibrate": 8, "method.threshold_mode": "relative"},
 }
 
 
@@ -497,8 +499,8 @@ def teacher_key(cfg: Config) -> str | None:
     reproduces (same table, split, fold, seed, network, patches, augmentation, optimiser and
     budget; selected on validation): a supervised trial's own key, an MPL/IPB trial's teacher's
     key, None when there is no such model (no pre-training, or the last epoch is kept). The
-    method switches act only after pre-training and the multi-label colonies only join U, so
-    neither is part of it."""
+    method switches and the unlabeled views act only after pre-training and the multi-label
+    colonies only join U, so none of them is part of it."""
     if cfg.method.name != "supervised":
         m = cfg.method
         if m.teacher_pretrain_epochs <= 0 or m.teacher_select != "val" or \
@@ -509,6 +511,9 @@ def teacher_key(cfg: Config) -> str | None:
     # multi_label_loss=partial puts multi-label colonies in L: the teacher trains on them
     neutral = {f"method.{f.name}": getattr(MethodConfig(), f.name)
                for f in fields(MethodConfig) if f.name not in ("name", "multi_label_loss")}
+    # the views of unlabeled patches only: the supervised CNN never sees them
+    neutral.update({f"augment.{k}": getattr(AugmentConfig(), k)
+                    for k in ("weak", "strong_p", "strong_brightness", "strong_contrast")})
     flat = {k: v for k, v in flatten(to_dict(cfg)).items()
             if not any(k == p or k.startswith(p) for p in _NOT_IN_TRIAL_HASH)}
     flat.update({k: v for k, v in neutral.items()})
@@ -575,7 +580,7 @@ RANGES: dict[str, str] = {
     "method.simclr_temperature": "(0, inf)", "method.simclr_epochs": "[0, inf)",
     "method.simclr_proj_dim": "[1, inf)", "method.ema": "[0, 1)",
     "method.label_smoothing": "[0, 1)", "method.bn_recalibrate": "[0, inf)",
-    "method.pseudo_patches": "[1, inf)",
+    "method.pseudo_patches": "[1, inf)", "method.student_lr_scale": "(0, inf)",
     "method.fixmatch_threshold": "[0, 1]", "method.gan_epochs": "[0, inf)",
     "method.temporal_change": "(0, 1)",
     "train.epochs": "[1, inf)", "train.batch_size": "[1, inf)",

@@ -125,6 +125,18 @@ def test_teacher_lr_continue_has_no_jump_between_stages():
         assert np.allclose(seen, expect), (mode, seen)
 
 
+def test_student_lr_scale_after_the_warm_up():
+    cfg = cfg_for("mpl", "train.lr=1.0", "train.lr_step_epoch=100", "train.epochs=3",
+                  "method.teacher_pretrain_epochs=1", "method.student_warmup_epochs=1",
+                  "method.student_warmup_lr_scale=0.5", "method.student_lr_scale=0.1")
+    m = create_method("mpl", cfg, 3)
+    seen = []
+    for epoch in range(1, 4):
+        m.start_epoch(epoch)
+        seen.append(m.opt_s.param_groups[0]["lr"])
+    assert np.allclose(seen, [0.5, 0.1, 0.1])
+
+
 def test_label_smoothing_on_the_student_loss():
     m = create_method("mpl", cfg_for("mpl", "method.label_smoothing=0.2"), 3)
     logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 3.0, 1.0]])

@@ -22,6 +22,8 @@ Robust switches (config `method.*`, paper behaviour by default; ipb/methods/stab
                        the student's labeled loss is reinforced
  mpl_target=student    the teacher's MPL term on the student's targets, weighted by its mask
  teacher_lr=continue   the teacher's schedule goes on at stage 2 (no x10 jump back)
+ student_lr_scale      the student's lr factor after warm-up (a student started from the
+                       teacher is fine-tuned at a tenth, not re-trained at the full lr)
  pseudo_patches=K     the teacher's class of a colony (for IPB's balancing) from K patches
  student_target=colony the student learns that colony-level class for any patch of the colony
  label_smoothing, dist_align, threshold_mode=relative|flexmatch, bn_recalibrate (the engine).
@@ -80,7 +82,8 @@ class MPL(Method):
         t_epoch = mpl_epoch if mpl_epoch >= 0 and m.teacher_lr == "restart" else epoch
         set_lr(self.opt_t, t_epoch, self.cfg)
         # student warm-up: a low student lr for the first epochs of MPL
-        scale = m.student_warmup_lr_scale if 0 <= mpl_epoch < m.student_warmup_epochs else 1.0
+        scale = m.student_warmup_lr_scale if 0 <= mpl_epoch < m.student_warmup_epochs else \
+            m.student_lr_scale
         set_lr(self.opt_s, max(mpl_epoch, 0), self.cfg, scale)
 
     def begin_final_stage(self, pretrained):
