@@ -26,7 +26,10 @@ def images_of(model_input) -> list:
             raise ValueError(f"input columns {list(model_input.columns)}: expected a column "
                              "`image` of image paths")
         return list(model_input["image"])
-    if isinstance(model_input, np.ndarray) and model_input.dtype != object:
+    if isinstance(model_input, np.ndarray):
+        # a served model gets {"inputs": ["a.tif", ...]} as an array of strings
+        if model_input.dtype.kind in "USO":
+            return [str(p) if model_input.dtype.kind != "O" else p for p in model_input.ravel()]
         return [model_input]
     if isinstance(model_input, dict) and "image" in model_input:
         return list(model_input["image"])
@@ -42,7 +45,12 @@ class ColonyModel(mlflow.pyfunc.PythonModel):
                 ) -> pd.DataFrame:
         from ipb.predict import DEFAULT_TEST_PATCHES, predict
         k = int((params or {}).get("test_patches", DEFAULT_TEST_PATCHES))
-        return predict(self.student, images_of(model_input), test_patches=k)
+        df = predict(self.student, images_of(model_input), test_patches=k)
+        if df.empty and df.attrs["skipped"]:
+            # a served model would answer an empty table: say which input failed, and why
+            raise ValueError("no input image could be read: " + "; ".join(
+                f"{s['image']}: {s['reason']}" for s in df.attrs["skipped"][:5]))
+        return df
 
 
 mlflow.models.set_model(ColonyModel())

@@ -176,7 +176,8 @@ def register_champion(uri: str, experiment: str, parent_run_id: str) -> dict[str
                       "ipb.config_label": best.data.tags.get("ipb.config_label", ""),
                       "ipb.selected_by": f"{SCORE} (validation; the configuration's mean over "
                                          "folds, then its best run)",
-                      "ipb.synthetic": best.data.tags.get("ipb.synthetic", "")})
+                      "ipb.synthetic": best.data.tags.get("ipb.synthetic", "")},
+                await_creation_for=0)
     client.set_registered_model_alias(name, ALIAS, mv.version)
     out = {"name": name, "version": str(mv.version), "alias": ALIAS, "run_id": run_id,
            "val": score, "config_mean_val": config_mean,

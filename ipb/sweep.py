@@ -123,6 +123,9 @@ def run_sweep(kind: str, base: Config, table: Path | str, sweep_hash: str,
 
     init_ray(quiet=not progress)
     check_storage(base)
+    # MLflow prints a "View run at" link when it ends a run on a server: the sweep's own
+    # server is gone by the end; the sweep prints the link that lasts
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     log = (lambda s: print(f"[sweep {kind}] {s}", file=sys.stderr, flush=True)) if progress \
         else (lambda s: None)
     if progress and ray_dashboard():

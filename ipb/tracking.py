@@ -69,8 +69,12 @@ def experiment_id(name: str, uri: str | None = None) -> str:
     c = client(uri)
     exp = c.get_experiment_by_name(name)
     if exp is None:
+        uri = uri or tracking_uri()
+        # beside the database, not ./mlruns of whichever directory the first run started in
+        where = str(Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / name) \
+            if uri.startswith("sqlite:///") else None
         try:
-            return c.create_experiment(name, tags=EXPERIMENT_KIND)
+            return c.create_experiment(name, artifact_location=where, tags=EXPERIMENT_KIND)
         except Exception:   # created concurrently by another trial
             exp = c.get_experiment_by_name(name)
     if exp.tags.get("mlflow.experimentKind") is None:    # made by an older ipb
@@ -383,7 +387,11 @@ class writers:
         with self.log.open("ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-                 "--artifacts-destination", str(arts), "--host", "127.0.0.1",
+                 # new experiments keep artifacts in a plain directory, so the SQLite store
+                 # reads them without this server (ipb predict models:/..., mlflow.pyfunc);
+                 # older ones (mlflow-artifacts:/) are still served from the same place
+                 "--default-artifact-root", str(arts), "--artifacts-destination", str(arts),
+                 "--host", "127.0.0.1",
                  "--port", str(port), "--workers", "1"], stdout=subprocess.DEVNULL,
                 stderr=err, start_new_session=True, env=env, preexec_fn=_die_with_parent)
         url = f"http://127.0.0.1:{port}"
