@@ -48,18 +48,29 @@ def configuration_label(cfg: Config) -> str:
 
 def expand(base: Config, configurations: list[dict[str, Any]]) -> list[Trial]:
     """configurations x sweep.folds x sweep.seeds -> trials (overrides validated here). A
-    configuration's `_label` names its row in reports (default: `configuration_label`)."""
+    configuration's `_label` names its row in reports (default: `configuration_label`), its
+    `_folds` (a subset of sweep.folds) restricts the folds it runs on."""
     trials = []
     if base.sweep.limit > 0:
         configurations = configurations[:base.sweep.limit]
     for conf in configurations:
-        c = apply(base, {k: v for k, v in conf.items() if k != "_label"})
-        for fold in base.sweep.folds:
+        c = apply(base, {k: v for k, v in conf.items() if not k.startswith("_")})
+        for fold in conf.get("_folds", base.sweep.folds):
             for seed in base.sweep.seeds:
                 t = apply(c, {"train.fold": fold, "train.seed": seed})
                 label = conf.get("_label") if "_label" in conf else configuration_label(t)
                 trials.append(Trial(label, t, trial_hash(t)))
     return trials
+
+
+def trial_resources(cfg: Config) -> dict[str, float]:
+    """What a Tune trial's own process asks for. A Ray Train trial only waits on its
+    TorchTrainer: no CPU, so trials pack onto the CPUs/GPUs their workers ask for (a bundle
+    must not be empty: memory it is). An inline trial trains in that process."""
+    if cfg.train.runner == "inline":
+        return {"CPU": cfg.train.cpus_per_worker,
+                **({"GPU": cfg.train.gpus_per_worker} if cfg.train.use_gpu else {})}
+    return {"CPU": 0, "memory": 256 * 2**20}
 
 
 def trial_driver(config: dict[str, Any]) -> None:
@@ -175,9 +186,7 @@ def run_grid(kind: str, base: Config, configurations: list[dict[str, Any]],
             return
         t0 = time.time()
         results = tune.Tuner(
-            # the driver only waits on its TorchTrainer: no CPU, so trials pack onto the
-            # CPUs/GPUs their workers ask for (a bundle must not be empty: memory it is)
-            tune.with_resources(trial_driver, {"CPU": 0, "memory": 256 * 2**20}),
+            tune.with_resources(trial_driver, trial_resources(base)),
             param_space={"trial": tune.grid_search([t.spec() for t in todo]),
                          "data": s.data, "parent_run_id": s.parent, "sweep": kind,
                          "experiment": experiment, "tags": s.tags},
@@ -347,7 +356,7 @@ def run_search(base: Config, space: Callable, table: Path | str, *,
                          storage=storage, seed=base.train.seed),
             max_concurrent=base.sweep.max_concurrent)
         tune.Tuner(
-            tune.with_resources(search_driver, {"CPU": 0, "memory": 256 * 2**20}),
+            tune.with_resources(search_driver, trial_resources(base)),
             param_space={"base": to_dict(s.cfg), "data": s.data, "parent_run_id": s.parent,
                          "experiment": experiment, "tags": s.tags},
             tune_config=tune.TuneConfig(

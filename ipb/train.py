@@ -50,7 +50,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from ipb.engine import Part, patch_size, run_trial
+    from ipb.engine import run_trial
 
     import logging
     import ray.train.v2._internal.execution.context as train_context
@@ -58,20 +58,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # a logger named by its file path, which RunConfig's logging level does not reach
     for name in ("ray.train", train_context.__file__):
         logging.getLogger(name).setLevel(logging.WARNING)
-    cfg = from_dict(config["cfg"])
-    classes = config["classes"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cfg, classes, parts, size = worker_parts(config, rank, world)
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
-    torch.set_num_threads(max(1, cfg.train.cpus_per_worker))
-    size = patch_size(cfg)
-    # zero-copy: an Arrow table from the object store maps its buffers, so each worker
-    # decodes only the rows of its shard
-    table = ray.get(config["parts"]["rows"])
-    parts = {name: Part.from_rows(table.take(shard(index, name, rank, world)).to_pandas(),
-                                  classes, size)
-             for name, index in config["parts"]["index"].items()}
-    del table
     resume = None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
@@ -86,15 +76,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from ipb.console import quiet_sigterm_exit
     quiet_sigterm_exit()
-    tracker = monitor = None
-    if rank == 0 and config.get("run_id"):
-        from ipb.tracking import EpochLogger, system_metrics
-        tracker = EpochLogger(config["tracking_uri"], config["run_id"])
-        if resume is not None:      # the run says that a restart continued it, and from where
-            tracker.client.set_tag(config["run_id"], "ipb.resumed_from_epoch",
-                                   str(resume["epoch"]))
-        monitor = system_metrics(config["tracking_uri"], config["run_id"],
-                                 resume=resume is not None)
+    tracker, monitor = rank0_tracking(config, resume) if rank == 0 else (None, None)
 
     fault = config.get("fault") or {}
 
@@ -113,15 +95,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         else:
             ray.train.report(metrics)
 
-    t_start = config.get("t_start", time.time())
-
-    def log(s: str) -> None:
-        # not print(): Ray Train patches it in workers to go to stdout AND its logger, which
-        # shows every line twice in the terminal
-        if rank == 0:
-            sys.stdout.write(f"[{config['name']} +{time.time() - t_start:.0f}s] {s}\n")
-            sys.stdout.flush()
-
+    log = trial_log(config) if rank == 0 else (lambda s: None)
     log(f"worker 0/{world}: {', '.join(f'{k} {len(v)}' for k, v in parts.items())} colonies "
         f"on this worker, patch {size}px, device {device}")
     teacher = ray.get(config["teacher"]) if config.get("teacher") is not None else None
@@ -135,25 +109,76 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     final["final"] = 1.0
     if rank == 0:
         with tempfile.TemporaryDirectory() as d:
-            torch.save({"state_dict": out["model"].state_dict(), "arch": cfg.model.arch,
-                        "width": cfg.model.width, "classes": classes,
-                        "patch_size": size, "config": to_dict(cfg),
-                        "synthetic": bool(config.get("synthetic"))}, Path(d) / MODEL_FILE)
-            if out["teacher"] is not None:
-                torch.save({"state_dict": out["teacher"], "arch": cfg.model.arch,
-                            "classes": classes}, Path(d) / TEACHER_FILE)
-            (Path(d) / RESULT_FILE).write_text(json.dumps({
-                "metrics": out["metrics"], "cm_test": out["cm_test"].tolist(),
-                "cm_val": out["cm_val"].tolist(), "history": out["history"],
-                "classes": classes}, default=float))
-            from ipb.tracking import METHOD_ARTIFACTS
-            for file, data in out.get("artifacts", {}).items():   # e.g. gan_balanced's grid
-                (Path(d) / METHOD_ARTIFACTS).mkdir(exist_ok=True)
-                tag = "SYNTHETIC-" if config.get("synthetic") else ""
-                (Path(d) / METHOD_ARTIFACTS / (tag + file)).write_bytes(data)
+            write_final(Path(d), out, cfg, classes, size, bool(config.get("synthetic")))
             ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(d))
     else:
         ray.train.report(final)
+
+
+def rank0_tracking(config: dict[str, Any], resume: dict | None):
+    """(per-epoch MLflow logger, system-metrics monitor) of a trial's rank 0, or (None, None)
+    without a run; a resumed run is tagged with the epoch it continued from."""
+    if not config.get("run_id"):
+        return None, None
+    from ipb.tracking import EpochLogger, system_metrics
+    tracker = EpochLogger(config["tracking_uri"], config["run_id"])
+    if resume is not None:      # the run says that a restart continued it, and from where
+        tracker.client.set_tag(config["run_id"], "ipb.resumed_from_epoch", str(resume["epoch"]))
+    return tracker, system_metrics(config["tracking_uri"], config["run_id"],
+                                   resume=resume is not None)
+
+
+def trial_log(config: dict[str, Any]):
+    """The trial's line writer: `[name +Ns] text` on stdout."""
+    t_start = config.get("t_start", time.time())
+
+    def log(s: str) -> None:
+        # not print(): Ray Train patches it in workers to go to stdout AND its logger, which
+        # shows every line twice in the terminal
+        sys.stdout.write(f"[{config['name']} +{time.time() - t_start:.0f}s] {s}\n")
+        sys.stdout.flush()
+    return log
+
+
+def worker_parts(config: dict[str, Any], rank: int, world: int):
+    """(cfg, classes, parts, patch size) of this worker from a trial's loop config: its shard
+    of each part, decoded into patch banks; torch threads set to train.cpus_per_worker."""
+    import ray
+    import torch
+
+    from ipb.engine import Part, patch_size
+    cfg = from_dict(config["cfg"])
+    classes = config["classes"]
+    torch.set_num_threads(max(1, cfg.train.cpus_per_worker))
+    size = patch_size(cfg)
+    # zero-copy: an Arrow table from the object store maps its buffers, so each worker
+    # decodes only the rows of its shard
+    table = ray.get(config["parts"]["rows"])
+    parts = {name: Part.from_rows(table.take(shard(index, name, rank, world)).to_pandas(),
+                                  classes, size)
+             for name, index in config["parts"]["index"].items()}
+    return cfg, classes, parts, size
+
+
+def write_final(d: Path, out: dict[str, Any], cfg: Config, classes: list[str], size: int,
+                synthetic: bool) -> None:
+    """A finished trial's files: the selected student, the pre-trained teacher (MPL family),
+    result.json (metrics, confusion matrices, history) and a method's own artifacts."""
+    import torch
+    torch.save({"state_dict": out["model"].state_dict(), "arch": cfg.model.arch,
+                "width": cfg.model.width, "classes": classes, "patch_size": size,
+                "config": to_dict(cfg), "synthetic": synthetic}, d / MODEL_FILE)
+    if out["teacher"] is not None:
+        torch.save({"state_dict": out["teacher"], "arch": cfg.model.arch, "classes": classes},
+                   d / TEACHER_FILE)
+    (d / RESULT_FILE).write_text(json.dumps({
+        "metrics": out["metrics"], "cm_test": out["cm_test"].tolist(),
+        "cm_val": out["cm_val"].tolist(), "history": out["history"], "classes": classes},
+        default=float))
+    from ipb.tracking import METHOD_ARTIFACTS
+    for file, data in out.get("artifacts", {}).items():   # e.g. gan_balanced's grid
+        (d / METHOD_ARTIFACTS).mkdir(exist_ok=True)
+        (d / METHOD_ARTIFACTS / (("SYNTHETIC-" if synthetic else "") + file)).write_bytes(data)
 
 
 ROW_COLUMNS = ["colony_id", "label", "multi_label", "source", "group", "crop", "mask"]
@@ -226,6 +251,31 @@ def prepare_parts(cfg: Config, data: dict[str, Any]):
     return {"rows": data["rows"], "index": index}, split, data["manifest"]
 
 
+def _trainer(cfg: Config, loop_config: dict[str, Any], name: str, callbacks):
+    """The TorchTrainer of one trial: train.num_workers workers (GPUs when train.use_gpu),
+    checkpoints in train.storage, train.max_failures restarts from the last checkpoint."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from ipb.runtime import train_storage
+    gpu = {"GPU": cfg.train.gpus_per_worker} if cfg.train.use_gpu else {}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **gpu}),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=train_storage(cfg),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # Train's INFO lines (resources requested, every report's checkpoint path) would
+            # bury our one line per epoch
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            callbacks=callbacks or []),
+    )
+
+
 def _before_training(cfg: Config, run_id: str, split, progress: bool, name: str):
     """Checks that fail a trial before any training (the run is marked FAILED with the
     reason), and the pre-trained teacher of an MPL-family trial when a finished supervised run
@@ -267,9 +317,6 @@ def fit(cfg: Config, table: Path | str | dict[str, Any], *, parent_run_id: str |
     any exception, which is re-raised. `fault` ({"rank", "epoch", "marker"}) kills that worker
     once at that epoch (tests of resume).
     """
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     from ipb import tracking
     from ipb.logged_models import log_student
     from ipb.runtime import check_storage, train_storage
@@ -290,42 +337,33 @@ def fit(cfg: Config, table: Path | str | dict[str, Any], *, parent_run_id: str |
         print(f"[{name}] MLflow run {run_id} at {uri}; split " + "; ".join(
             f"{p} {len(getattr(split, p))}" for p in ("labeled", "val", "unlabeled", "test")),
             file=sys.stderr, flush=True)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "classes": split.classes, "parts": parts,
-                           "run_id": run_id, "tracking_uri": uri, "name": name, "fault": fault,
-                           "t_start": time.time(), "synthetic": bool(manifest.get("synthetic")),
-                           "teacher": teacher},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker,
-                                  **({"GPU": cfg.train.gpus_per_worker} if cfg.train.use_gpu else {})}),
-        run_config=ray.train.RunConfig(
-            name=name, storage_path=train_storage(cfg),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            # Train's INFO lines (resources requested, every report's checkpoint path) would
-            # bury our one line per epoch
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-            callbacks=callbacks or []),
-    )
+    loop_config = {"cfg": to_dict(cfg), "classes": split.classes, "parts": parts,
+                   "run_id": run_id, "tracking_uri": uri, "name": name, "fault": fault,
+                   "t_start": time.time(), "synthetic": bool(manifest.get("synthetic")),
+                   "teacher": teacher}
     try:
         t0 = time.time()
-        result = trainer.fit()
-        if result.error:
-            raise result.error
+        if cfg.train.runner == "inline":       # one worker in this process (ipb/inline.py)
+            from ipb.inline import run_inline
+            files, checkpoint = run_inline(loop_config)
+        else:
+            result = _trainer(cfg, loop_config, name, callbacks).fit()
+            if result.error:
+                raise result.error
+            files, checkpoint = result.checkpoint.as_directory(), result.checkpoint.path
         t1 = time.time()
-        with result.checkpoint.as_directory() as d:
+        with files as d:
             out = json.loads((Path(d) / RESULT_FILE).read_text())
             tracking.log_trial_result(run_id, cfg, out, Path(d) / MODEL_FILE)
             models = log_student(uri, run_id, Path(d) / MODEL_FILE)
         tracking.end_run(cfg, run_id, "FINISHED")
         if progress:
-            print(f"[{name}] Ray Train {t1 - t0:.0f}s, MLflow artifacts {time.time() - t1:.0f}s",
+            how = "Ray Train" if cfg.train.runner == "train" else "training (inline)"
+            print(f"[{name}] {how} {t1 - t0:.0f}s, MLflow artifacts {time.time() - t1:.0f}s",
                   file=sys.stderr, flush=True)
     except BaseException as e:
         tracking.end_run(cfg, run_id, "FAILED", error=f"{type(e).__name__}: {e}")
         raise
     return {"run_id": run_id, "metrics": out["metrics"], "result": out,
-            "checkpoint": result.checkpoint.path, "name": name, "models": models,
+            "checkpoint": checkpoint, "name": name, "models": models,
             "experiment_id": tracking.client(uri).get_run(run_id).info.experiment_id}

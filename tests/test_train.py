@@ -76,3 +76,23 @@ def test_failed_run_is_marked_failed(ray_local, tmp_path, table):
     c = client(tracking_uri(cfg))
     runs = c.search_runs([e.experiment_id for e in c.search_experiments()])
     assert runs and runs[0].info.status == "FAILED" and "ipb.error" in runs[0].data.tags
+
+
+def test_inline_runner_resumes_a_failed_trial_from_its_checkpoint(ray_local, tmp_path, table):
+    """train.runner=inline: the trial trains in this process (no Train worker group), logs
+    the same MLflow run, checkpoints each epoch in train.storage, and the same trial run again
+    after a failure resumes from the last checkpoint."""
+    from ipb.tracking import client, tracking_uri
+    cfg = _cfg(tmp_path, table, "ipb", "train.runner=inline", "train.num_workers=1",
+               "train.epochs=3")
+    marker = tmp_path / "failed"
+    with pytest.raises(Exception, match="injected fault at epoch 1"):
+        _run(cfg, fault={"rank": 0, "epoch": 1, "marker": str(marker)})
+    out = _run(cfg)
+    epochs = [h["epoch"] for h in out["result"]["history"]]
+    assert epochs == list(range(4))          # 1 pre-training + 3 IPB epochs, none twice
+    run = client(tracking_uri(cfg)).get_run(out["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["ipb.resumed_from_epoch"] == "1"
+    assert "test.tpr.mean" in run.data.metrics and out["checkpoint"].endswith("inline")
+    with pytest.raises(Exception, match="train.num_workers=1"):
+        _run(_cfg(tmp_path, table, "supervised", "train.runner=inline", "train.num_workers=2"))
