@@ -128,6 +128,7 @@ def run_sweep(kind: str, base: Config, table: Path | str, sweep_hash: str,
     from ipb import tracking
     from ipb.console import ray_dashboard
     from ipb.logged_models import register_champion
+    from ipb.mlflow_server import writers
     from ipb.report import log_report
     from ipb.runtime import check_storage, init_ray
     from ipb.train import shared_table
@@ -142,7 +143,7 @@ def run_sweep(kind: str, base: Config, table: Path | str, sweep_hash: str,
     if progress and ray_dashboard():
         log(f"Ray dashboard: {ray_dashboard()}")
     tags = tracking.source_tags()
-    with tracking.writers(base, base.sweep.max_concurrent) as uri, shared_table(table) as data:
+    with writers(base, base.sweep.max_concurrent) as uri, shared_table(table) as data:
         cfg_uri = apply(base, {"tracking.uri": uri})
         parent = tracking.sweep_parent_run(cfg_uri, experiment, kind, sweep_hash, table, tags)
         try:

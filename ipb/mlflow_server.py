@@ -1,0 +1,89 @@
+"""One local `mlflow server` in front of a SQLite store when several trials write at once.
+
+    python -c "from ipb.config import load_config; from ipb.mlflow_server import writers; print(writers)"
+
+Many processes must not write one SQLite file: a sweep with `sweep.max_concurrent > 1` on a
+sqlite:/// URI starts a server (one worker) for the sweep's duration and gives every trial its
+URL; artifacts go to `<db dir>/mlartifacts`, where the SQLite store reads them afterwards.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from ipb.config import Config
+from ipb.tracking import tracking_uri
+
+
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM when the sweep process dies, even by a signal that
+    skips our clean-up (the context manager only runs on a normal exit or exception)."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class writers:
+    """Context: the URI every trial should use. A sqlite store with several concurrent
+    writers gets one local `mlflow server` (one worker) in front of it, stopped on exit."""
+
+    def __init__(self, cfg: Config, concurrent: int):
+        self.cfg, self.concurrent, self.proc = cfg, concurrent, None
+
+    def __enter__(self) -> str:
+        uri = tracking_uri(self.cfg)
+        if not uri.startswith("sqlite") or self.concurrent <= 1:
+            return uri
+        import socket
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        db = Path(uri[len("sqlite:///"):])
+        arts = db.parent / "mlartifacts"
+        # MLflow 3's job runner (a huey consumer per job queue: ~8 more Python processes)
+        # serves UI jobs a sweep never uses, and costs trials CPU on a small machine
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        # its log goes to a file, not to a pipe nobody reads (a full pipe blocks the server)
+        self.log = Path(tempfile.gettempdir()) / f"ipb-mlflow-server-{port}.log"
+        with self.log.open("ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+                 # new experiments keep artifacts in a plain directory, so the SQLite store
+                 # reads them without this server (ipb predict models:/..., mlflow.pyfunc);
+                 # older ones (mlflow-artifacts:/) are still served from the same place
+                 "--default-artifact-root", str(arts), "--artifacts-destination", str(arts),
+                 "--host", "127.0.0.1",
+                 "--port", str(port), "--workers", "1"], stdout=subprocess.DEVNULL,
+                stderr=err, start_new_session=True, env=env, preexec_fn=_die_with_parent)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 180     # a loaded 2-core machine can take a minute
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1)
+                return url
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"mlflow server did not start (log {self.log}): "
+                                       + self.log.read_text(errors="replace")[-2000:])
+                time.sleep(0.5)
+        self.__exit__()          # __exit__ is not called when __enter__ raises
+        raise RuntimeError(f"mlflow server on {url} did not answer in 180 s")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None:
+            import signal
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=20)
+            except (ProcessLookupError, OSError):
+                pass
+            except Exception:
+                os.killpg(self.proc.pid, signal.SIGKILL)
