@@ -235,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="one trial (method, arch, fold) on Ray Train -> MLflow run")
     p.add_argument("--table", help="colony table (default: the cached SYNTHETIC table)")
-    p.add_argument("--method", help="supervised | mpl | mpl_balanced | ipb | simclr")
+    p.add_argument("--method", help="supervised | mpl | mpl_balanced | ipb | simclr | fixmatch | "
+                                    "abc | contrastive_clustering | simtriplet | gan_balanced")
     p.add_argument("--arch", help="vgg19 | ms_vgg19 | hrnet_w18 | ms_hrnet_w18")
     p.add_argument("--fold", type=int)
     p.add_argument("--seed", type=int)

@@ -1,20 +1,34 @@
-"""Supervised, MPL (imbalanced), MPL (balanced), IPB and SimCLR on the same folds.
+"""Every method on the same folds: the paper's rows and the related ones (issue 12).
 
     python sweeps/baselines.py [--profile smoke|paper|FILE] [--data DIR] [key=value ...]
     ray job submit --working-dir . -- python sweeps/baselines.py --profile paper --data s3://...
 
-Every trial is an MLflow child run of one parent run in experiment `ipb-baselines`; the
-comparison table ends up on the parent run and is printed at the end.
+Rows: supervised, MPL (imbalanced), MPL (balanced), IPB and SimCLR (the paper); FixMatch and
+ABC (USB's imbalance-aware FixMatch), Contrastive Clustering fine-tuned on L and mapped by
+Hungarian matching, SimTriplet, GAN minority balancing, and the supervised CNN with partial
+labels (multi-label colonies in L). Every trial is an MLflow child run of one parent run in
+experiment `ipb-baselines`; the comparison table (per-class TPR and F1) ends up on the parent
+run and is printed at the end. The study's `--related` rows are the same methods on paired
+(fold, seed) runs with equal budgets (sweeps/study.py).
 """
 import sys
 
-from ipb.sweep import main
+from ipb.config import apply
+from ipb.sweep import configuration_label, main
 
-METHODS = ("supervised", "mpl", "mpl_balanced", "ipb", "simclr")
+METHODS = ("supervised", "mpl", "mpl_balanced", "ipb", "simclr", "fixmatch", "abc",
+           "contrastive_clustering", "simtriplet", "gan_balanced")
+# variants that need their own row name (configuration_label names method and arch only)
+VARIANTS = ((" (Hungarian)", {"method.name": "contrastive_clustering",
+                              "method.cc_eval": "hungarian"}),
+            (" (partial labels)", {"method.name": "supervised",
+                                   "method.multi_label_loss": "partial"}))
 
 
 def configurations(cfg):
-    return [{"method.name": m} for m in METHODS]
+    rows = [{"method.name": m} for m in METHODS]
+    return rows + [{**over, "_label": configuration_label(apply(cfg, over)) + suffix}
+                   for suffix, over in VARIANTS]
 
 
 if __name__ == "__main__":

@@ -16,7 +16,11 @@ one MLflow child run each, under one parent run in experiment `ipb-study`:
 The labeled-fraction curve adds supervised, MPL and IPB (robust) at sweep.fractions (default
 1 % and 5 %; the rows above are split.labeled_fraction, 10 %). `--ablation` adds MPL with the
 robust preset (IPB without its balancing) and IPB (robust) with each switch put back to the
-paper's value, one row per switch. The default (profile `study`: 17.9k SYNTHETIC colonies,
+paper's value, one row per switch. `--related` adds the related methods of issue 12 on the
+same pairs (`related_rows`): FixMatch and ABC from the supervised row's model like MPL/IPB,
+SimCLR, Contrastive Clustering (fine-tuned, and Hungarian-mapped) and SimTriplet fine-tuned and
+GAN balancing trained as long as the supervised row, and the supervised row and IPB (robust)
+with partial labels. The default (profile `study`: 17.9k SYNTHETIC colonies,
 >= 55 test colonies of every class per fold, the small_cnn network) is sized for ~30 min on 2
 CPU cores. The report (ipb/study.py) ends with one line:
   study: ipb-supervised <+d> (p=<p>), ipb-mpl <+d> (p=<p>), minority <+d>, collapsed <k>/<n>, wall <m> min
@@ -36,7 +40,27 @@ CURVE = (0.01, 0.05)
 FINETUNE_EPOCHS = 3
 
 
-def configurations(cfg, ablation: bool = False) -> list[dict]:
+def related_rows(sup_epochs: int) -> list[dict]:
+    """Issue 12's rows; every classifier trains as long as the supervised row."""
+    robust = {"method.name": "ipb", "method.preset": "robust"}
+    sup_partial = {"_label": "supervised + partial labels", "method.name": "supervised",
+                   "train.epochs": sup_epochs, "method.multi_label_loss": "partial"}
+    return [sup_partial,      # first: the teacher of IPB (robust) + partial labels
+            {"_label": "FixMatch", "method.name": "fixmatch"},
+            {"_label": "ABC (FixMatch + balanced head)", "method.name": "abc"},
+            {"_label": "SimCLR", "method.name": "simclr", "train.epochs": sup_epochs},
+            {"_label": "Contrastive Clustering (fine-tuned)",
+             "method.name": "contrastive_clustering", "train.epochs": sup_epochs},
+            {"_label": "Contrastive Clustering (Hungarian)",
+             "method.name": "contrastive_clustering", "method.cc_eval": "hungarian"},
+            {"_label": "SimTriplet", "method.name": "simtriplet", "train.epochs": sup_epochs},
+            {"_label": "GAN-balanced", "method.name": "gan_balanced",
+             "train.epochs": sup_epochs},
+            {"_label": f"{IPB_ROBUST} + partial labels", **robust,
+             "method.multi_label_loss": "partial"}]
+
+
+def configurations(cfg, ablation: bool = False, related: bool = False) -> list[dict]:
     """The rows; supervised ones first, so the teachers exist when MPL-family trials start."""
     robust = {"method.name": "ipb", "method.preset": "robust"}
     sup = {"_label": SUPERVISED, "method.name": "supervised",
@@ -61,6 +85,8 @@ def configurations(cfg, ablation: bool = False) -> list[dict]:
                          "_label": f"{IPB_ROBUST} without {name}={PRESETS['robust'][key]}"})
         rows.append({**ipb, "augment.jitter_space": "normalized",
                      "_label": f"{IPB_ROBUST} + jitter_space=normalized"})
+    if related:
+        rows += related_rows(sup["train.epochs"])
     return rows
 
 
@@ -68,12 +94,16 @@ def main(argv=None) -> int:
     ap = parser(__doc__)
     ap.add_argument("--ablation", action="store_true",
                     help="add one row per robust switch (and MPL with the robust preset)")
+    ap.add_argument("--related", action="store_true",
+                    help="add issue 12's related methods (FixMatch, ABC, SimCLR, Contrastive "
+                         "Clustering, SimTriplet, GAN balancing, partial labels)")
     args = ap.parse_args(argv)
     t0 = time.time()
     cfg = config_from_args(args)
     start_command(cfg)
     print(f"ipb study; resolved base config:\n{to_yaml(cfg)}", flush=True)
-    out = run_grid("study", cfg, configurations(cfg, args.ablation), resolve_table(cfg))
+    out = run_grid("study", cfg, configurations(cfg, args.ablation, args.related),
+                   resolve_table(cfg))
     from ipb.data.table import read_manifest
     from ipb.tracking import client, tracking_uri
     counts = read_manifest(out["table"])["classes"]

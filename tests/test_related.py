@@ -273,3 +273,37 @@ def test_two_gloo_ranks_run_the_same_graph_and_stay_in_sync():
     while not errors.empty():
         problems.append(errors.get())
     assert not problems, problems
+
+
+def test_related_rows_are_listed_and_paired_with_their_teachers():
+    """`ipb train --help`, the README and sweeps/baselines.py name every registered method;
+    the study's --related rows pair each teacher-reusing row with a supervised row, and leave
+    the default study as it was."""
+    import importlib.util
+    from pathlib import Path
+
+    from ipb.cli import build_parser
+    from ipb.methods import list_methods
+    from ipb.sweep import expand
+    root = Path(__file__).resolve().parents[1]
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    help_text = train.format_help().replace("\n", " ").replace("  ", " ")
+    readme = (root / "README.md").read_text()
+    mods = {}
+    for name in ("baselines", "study"):
+        spec = importlib.util.spec_from_file_location(name, root / "sweeps" / f"{name}.py")
+        mods[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mods[name])
+    for m in list_methods():
+        assert m in help_text and f"`{m}`" in readme and m in mods["baselines"].METHODS, m
+    cfg = load_config("study")
+    plain = mods["study"].configurations(cfg)
+    rows = mods["study"].configurations(cfg, related=True)
+    assert rows[:len(plain)] == plain and len(rows) == len(plain) + 9
+    trials = expand(cfg, rows)
+    sup = {teacher_key(t.cfg) for t in trials if t.cfg.method.name == "supervised"}
+    reusing = [t for t in trials if t.cfg.method.name != "supervised" and teacher_key(t.cfg)]
+    assert {t.cfg.method.name for t in reusing} >= {"fixmatch", "abc", "ipb"}
+    assert all(teacher_key(t.cfg) in sup for t in reusing)
+    assert len({t.label for t in expand(cfg, mods["baselines"].configurations(cfg))}) == \
+        len(mods["baselines"].configurations(cfg))
