@@ -46,11 +46,17 @@ class Part:
 
     @classmethod
     def from_rows(cls, rows: pd.DataFrame, classes: list[str], size: int) -> "Part":
+        return cls.of(ColonyBank.from_rows(rows, size), rows["label"], rows["colony_id"],
+                      classes)
+
+    @classmethod
+    def of(cls, bank: ColonyBank, labels, ids, classes: list[str]) -> "Part":
+        """The part whose colonies are `bank`'s, with these labels and ids (same order)."""
+        labels = list(labels)
         index = {c: i for i, c in enumerate(classes)}
-        y = np.array([index.get(lab, -1) if isinstance(lab, str) else -1
-                      for lab in rows["label"]], np.int64)
-        return cls(ColonyBank.from_rows(rows, size), y, list(rows["colony_id"]),
-                   candidates(rows["label"], classes))
+        y = np.array([index.get(lab, -1) if isinstance(lab, str) else -1 for lab in labels],
+                     np.int64)
+        return cls(bank, y, list(ids), candidates(labels, classes))
 
     def __len__(self):
         return len(self.y)

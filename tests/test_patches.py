@@ -129,6 +129,25 @@ def test_keep_last_with_two_tries_is_the_reference_code():
     assert second_draw_low > 0              # the reference really accepts uncovered patches
 
 
+def test_shared_bank_and_its_subsets_cut_the_same_patches():
+    """arrays() -> from_arrays() (what a sweep puts in Ray's object store once) and take()
+    (a part of a split) give the same patches, covers and masks as banks built directly."""
+    bank, crops, masks = random_bank(n=10, size=24, seed=3)
+    arrays = {k: v.copy() for k, v in bank.arrays().items()}
+    for v in arrays.values():
+        v.flags.writeable = False            # as read back from the object store
+    shared = ColonyBank.from_arrays(arrays)
+    idx = np.array([7, 2, 5])
+    sub = shared.take(idx)
+    direct = ColonyBank([crops[i] for i in idx], [masks[i] for i in idx], 24)
+    rng = np.random.default_rng(0)
+    pos = direct.sample_positions(np.arange(3), rng)
+    assert torch.equal(sub.extract(np.arange(3), pos), direct.extract(np.arange(3), pos))
+    assert np.allclose(sub.cover(np.arange(3), pos), direct.cover(np.arange(3), pos))
+    assert all(np.array_equal(sub.mask(j), direct.mask(j)) for j in range(3))
+    assert len(sub) == 3 and np.array_equal(sub.areas, direct.areas)
+
+
 def test_center_positions_deterministic():
     bank, _, _ = random_bank()
     idx = np.arange(len(bank))

@@ -209,11 +209,12 @@ def test_study_end_to_end_on_a_tiny_table(ray_local, tmp_path, monkeypatch, caps
     mod = _module("study")
     rows = mod.configurations
     keep = {SUPERVISED, MPL_BALANCED, IPB_ROBUST}
-    monkeypatch.setattr(mod, "configurations", lambda cfg, ablation=False: [
-        r for r in rows(cfg, ablation) if r["_label"] in keep])
+    monkeypatch.setattr(mod, "configurations", lambda cfg, *flags: [
+        r for r in rows(cfg, *flags) if r["_label"] in keep])
     db = f"sqlite:///{tmp_path}/study.db"
     assert mod.main(["--profile", "smoke", "--data", str(write_tiny_table(tmp_path / "t")),
-                     "--tracking-uri", db, *TINY, "patch.size=32", "split.folds=5",
+                     "--tracking-uri", db, *TINY, "train.runner=inline", "patch.size=32",
+                     "split.folds=5",
                      "split.labeled_fraction=0.3", "sweep.folds=[0,1]",
                      f"train.storage={tmp_path}/ray"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]

@@ -148,6 +148,37 @@ class ColonyBank:
         self._views = [self._crops[o:o + h * w].reshape(h, w)
                        for o, h, w in zip(self._crop_off, self.heights, self.widths)]
 
+    # -- sharing ----------------------------------------------------------------------------
+    _ARRAYS = ("heights", "widths", "areas", "_crop_off", "_int_off", "_crops", "_integral")
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The bank as plain numpy arrays: what `from_arrays` needs. Put once in Ray's object
+        store, every trial of a sweep maps it zero-copy instead of decoding every colony."""
+        return {"size": np.asarray(self.size), **{k: getattr(self, k) for k in self._ARRAYS}}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "ColonyBank":
+        """A bank over `arrays` (`arrays()` of another bank, possibly read-only), no copy."""
+        bank = cls.__new__(cls)
+        bank.size = int(arrays["size"])
+        for k in cls._ARRAYS:
+            setattr(bank, k, arrays[k])
+        bank._itype = bank._integral.dtype
+        bank._views = [bank._crops[o:o + h * w].reshape(h, w)
+                       for o, h, w in zip(bank._crop_off, bank.heights, bank.widths)]
+        return bank
+
+    def take(self, idx) -> "ColonyBank":
+        """The colonies `idx` (in that order) as a bank sharing this one's buffers."""
+        idx = self._index(idx)
+        sub = self.__class__.__new__(self.__class__)
+        sub.size, sub._itype = self.size, self._itype
+        sub._crops, sub._integral = self._crops, self._integral
+        for k in ("heights", "widths", "areas", "_crop_off", "_int_off"):
+            setattr(sub, k, getattr(self, k)[idx])
+        sub._views = [self._views[i] for i in idx.tolist()]
+        return sub
+
     # -- inspection -------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.heights)
