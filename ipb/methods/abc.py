@@ -12,8 +12,9 @@ the same graph under DDP), so it costs FixMatch plus a linear layer on 2 CPU cor
 FixMatch's step (ipb/methods/fixmatch.py) plus a second head `aux` on the same embedding, as in
 USB's semilearn/imb_algorithms/abc (abc_p_cutoff = method.fixmatch_threshold, abc_loss_ratio):
   labeled    CE(aux(x_l), y) * Bernoulli(q_min / q_y), q = the class mix of the labeled batches
-  unlabeled  CE(aux(x_us), y') * [max softmax aux(x_uw) >= cut-off] * Bernoulli(1 - t (1 - n_min / n_y'))
-             y' = argmax aux(x_uw), n = L's class counts, t = progress through stage 2 (0 -> 1)
+  unlabeled  CE(aux(x_us), y') * [max softmax aux(x_uw) >= cut-off] * Bernoulli(k_y'),
+             k = 1 - t (1 - n_min / n), y' = argmax aux(x_uw), n = L's class counts,
+             t = progress through stage 2 (0 -> 1)
   loss = FixMatch's loss + ABC_LOSS_RATIO * (labeled + unlabeled)
 In USB the labeled batches are drawn uniformly, so q = n and the labeled mask is n_min / n_y.
 Here they come from the ground-truth-balanced sampler of PAPER.md section 6: q is uniform and
@@ -84,7 +85,8 @@ class ABC(FixMatch):
                 torch.bernoulli(keep[pseudo])
         unlab = (mask * F.cross_entropy(aux[n_l + n_u:], pseudo, reduction="none")).mean()
         loss = lab + unlab
-        return ABC_LOSS_RATIO * loss, {"train.abc": loss.item(), "train.abc_mask": mask.mean().item()}
+        return ABC_LOSS_RATIO * loss, {"train.abc": loss.item(),
+                                       "train.abc_mask": mask.mean().item()}
 
     def modules(self):
         return {"model": self.abc_net, "opt": self.opt, "ema": self.ema}

@@ -4,9 +4,10 @@ top the labeled set up to balance, then the supervised CNN trains on real + gene
     ipb train --method gan_balanced --arch vgg19 --fold 0 [method.gan_epochs=N]
 
 GAN epochs (`method.gan_epochs`, 0 = `train.epochs`): a small conditional DCGAN
-(ipb/methods/gan_nets.py) on the labeled batches, non-saturating losses, Adam at DCGAN's
-LR / BETAS. Generated patches go through the same per-patch z-score as real ones
-(augment.normalize), so the discriminator compares like with like.
+(ipb/methods/gan_nets.py) on the labeled batches (the training view, as the classifier sees
+them), hinge losses and Adam with a two-time-scale learning rate (LR_G, LR_D, BETAS: SNGAN's).
+It needs steps: on the smoke data its patches still looked alike for all classes at ~500
+steps and became diverse by ~1,500 (train.steps_per_epoch x gan_epochs).
 Then, once: with n_c labeled colonies of class c, max(n) - n_c patches of class c are generated
 (at most POOL_CAP) -- L is balanced. The classifier epochs (`train.epochs`) are the supervised
 CNN's, except that a labeled sample of class c in a batch is replaced, with probability
@@ -26,11 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ipb.data.augment import STD_FLOOR
 from ipb.methods.base import Method, make_optimizer, register_method, set_lr, unwrap
 from ipb.methods.gan_nets import G_CH, Z_DIM, Discriminator, Generator, probe_accuracy
 
-LR, BETAS = 2e-4, (0.5, 0.999)     # DCGAN's
+LR_G, LR_D, BETAS = 1e-4, 4e-4, (0.0, 0.9)
 POOL_CAP = 5000                    # generated patches per class at most
 REAL_KEEP = 512                    # real patches kept (per worker) for the grid and the probe
 PROBE_EPOCHS, PROBE_BATCH = 20, 64  # the probe's passes over its training half
@@ -50,8 +50,8 @@ class GANBalanced(Method):
         ch = max(8, int(round(G_CH * cfg.model.width)))
         self.g = wrap(Generator(num_classes, self.size, ch=ch).to(device))
         self.d = wrap(Discriminator(num_classes, self.size, ch=ch).to(device))
-        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=LR, betas=BETAS)
-        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=LR, betas=BETAS)
+        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=LR_G, betas=BETAS)
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=LR_D, betas=BETAS)
         self.model = self.new_model()
         self.opt = make_optimizer(cfg, self.model.parameters())
         self.n_l: torch.Tensor | None = None
@@ -71,16 +71,14 @@ class GANBalanced(Method):
     def start_epoch(self, epoch):
         set_lr(self.opt, max(0, epoch - self.gan_epochs()), self.cfg)
 
-    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.cfg.augment.normalize:
-            return x
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        std = (x - mean).square().mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(STD_FLOOR)
-        return (x - mean) / std
+    def _as_patch(self, x: torch.Tensor) -> torch.Tensor:
+        """The generator's output in the space of the training patches: z-scores as they come
+        (augment.normalize), else squashed to [0, 1] like raw patches."""
+        return x if self.cfg.augment.normalize else torch.sigmoid(x)
 
     def generate(self, y: torch.Tensor) -> torch.Tensor:
         z = torch.randn(len(y), Z_DIM, device=self.device)
-        return self._normalise(self.g(z, y))
+        return self._as_patch(self.g(z, y))
 
     # -- one step ----------------------------------------------------------------------------
     def train_step(self, batch, epoch):
@@ -98,13 +96,13 @@ class GANBalanced(Method):
         self.g.train()
         self.d.train()
         with torch.no_grad():
-            fake = self._normalise(unwrap(self.g)(torch.randn(len(y), Z_DIM, device=self.device), y))
+            fake = self._as_patch(unwrap(self.g)(torch.randn(len(y), Z_DIM, device=self.device), y))
         logits = self.d(torch.cat([x, fake]), torch.cat([y, y]))
-        d_loss = F.softplus(-logits[:len(y)]).mean() + F.softplus(logits[len(y):]).mean()
+        d_loss = F.relu(1 - logits[:len(y)]).mean() + F.relu(1 + logits[len(y):]).mean()
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self.opt_d.step()
-        g_loss = F.softplus(-self.d(self.generate(y), y)).mean()
+        g_loss = -self.d(self.generate(y), y).mean()
         self.opt_g.zero_grad(set_to_none=True)
         self.opt_d.zero_grad(set_to_none=True)
         g_loss.backward()
@@ -145,7 +143,7 @@ class GANBalanced(Method):
         g = unwrap(self.g)
         was = g.training
         g.eval()
-        out = torch.cat([self._normalise(g(torch.randn(len(c), Z_DIM, device=self.device),
+        out = torch.cat([self._as_patch(g(torch.randn(len(c), Z_DIM, device=self.device),
                                              c.to(self.device))).cpu()
                          for c in y.split(256)]) if len(y) else torch.zeros(0, 1, self.size,
                                                                             self.size)
@@ -224,8 +222,8 @@ def sample_grid(real_x, real_y, fake, classes: list[str]) -> bytes:
         return out
 
     num_classes = len(classes)
-    fig, axes = plt.subplots(num_classes, 2, figsize=(2 * GRID_COLS * 0.45, num_classes * 0.6 + 0.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(num_classes, 2, squeeze=False,
+                             figsize=(2 * GRID_COLS * 0.45, num_classes * 0.6 + 0.6))
     for c in range(num_classes):
         sel = real_y == c
         for k, (x, what) in enumerate(((real_x[sel], "real"), (fake[sel], "generated"))):

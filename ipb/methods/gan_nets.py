@@ -1,12 +1,15 @@
-"""The small conditional DCGAN of `gan_balanced` and its realism probe (ipb/methods/gan_balanced.py).
+"""The small conditional GAN of `gan_balanced` and its realism probe.
 
     python -c "from ipb.methods.gan_nets import Generator; print(Generator(4, 48))"
 
 Generator: noise z and the class (one-hot) -> a linear layer to a S0 x S0 map -> DCGAN's
 stride-2 transposed convolutions with BN + ReLU (channels halving) up to the patch size -> one
-grey channel through tanh. Discriminator: stride-2 convolutions with LeakyReLU (no BN: real and
-generated patches go through it in one batch) down to <= 4 px, summed over space, then a
-projection head (Miyato & Koyama 2018): linear(h) + <embed(class), h>. The probe: a small CNN
+grey channel, unbounded: the patches it imitates are per-patch z-scores (augment.normalize;
+gan_balanced squashes it to [0, 1] otherwise); a tanh output z-scored again per patch gave
+one image for every class and noise on the smoke data. Discriminator: stride-2 convolutions
+with LeakyReLU and spectral normalisation (no BN: real and generated patches go through it in
+one batch) down to <= 4 px, summed over space, then a projection head (Miyato & Koyama 2018):
+linear(h) + <embed(class), h>. The probe: a small CNN
 trained from scratch to tell held-in real from generated patches, tested on held-out ones.
 """
 from __future__ import annotations
@@ -18,8 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 Z_DIM = 64
-G_CH = 32         # generator channels at the patch size (doubling toward the stem)
-D_CH = 32         # discriminator channels at the first stride
+G_CH = 16         # channels at the patch size (doubling toward the stem, at most 8x), G and D
 
 
 def stem(size: int) -> tuple[int, int]:
@@ -45,26 +47,26 @@ class Generator(nn.Module):
         self.c0 = chans[0]
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Patches in [0, 1], (B, 1, size, size)."""
+        """(B, 1, size, size) unbounded patches."""
         h = self.fc(torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], dim=1))
-        h = self.ups(h.view(len(z), self.c0, self.s0, self.s0))
-        x = torch.tanh(self.out(h))
+        x = self.out(self.ups(h.view(len(z), self.c0, self.s0, self.s0)))
         if x.shape[-1] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        return (x + 1) / 2
+        return x
 
 
 class Discriminator(nn.Module):
-    def __init__(self, num_classes: int, size: int, ch: int = D_CH):
+    def __init__(self, num_classes: int, size: int, ch: int = G_CH):
         super().__init__()
+        sn = nn.utils.parametrizations.spectral_norm
         layers, c_in, s = [], 1, size
         c = ch
         while s > 4:
-            layers += [nn.Conv2d(c_in, c, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+            layers += [sn(nn.Conv2d(c_in, c, 4, 2, 1)), nn.LeakyReLU(0.2, inplace=True)]
             c_in, c, s = c, min(c * 2, ch * 8), s // 2
         self.features = nn.Sequential(*layers)
-        self.linear = nn.Linear(c_in, 1)
-        self.embed = nn.Embedding(num_classes, c_in)
+        self.linear = sn(nn.Linear(c_in, 1))
+        self.embed = sn(nn.Embedding(num_classes, c_in))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = self.features(x).sum(dim=(2, 3))
