@@ -47,3 +47,30 @@ def _no_stray_mlflow(tmp_path, monkeypatch):
     """Tests never write ./mlflow.db in the repo: each gets its own SQLite store."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     yield
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(ray_local, tmp_path_factory):
+    """One tiny grid sweep (supervised and IPB, fold 0) run as a user runs it, through a sweep
+    script's main(): what it printed, its MLflow store, the table (a file:// URI, as a cluster
+    job gives s3://...) and config. The sweep tests and the MLflow UI test share it."""
+    import contextlib
+    import io
+
+    from ipb.config import load_config
+    from ipb.sweep import main
+    from tiny import TINY, write_tiny_table
+    d = tmp_path_factory.mktemp("sweep")
+    table = f"file://{write_tiny_table(d / 'table')}"
+    db = f"sqlite:///{d}/sweep.db"
+    overrides = [*TINY, "patch.size=32", "train.epochs=1", "train.steps_per_epoch=1",
+                 "method.teacher_pretrain_epochs=0", "method.simclr_epochs=1", "split.folds=5",
+                 "split.labeled_fraction=0.3", "sweep.folds=[0]", f"train.storage={d}/ray"]
+    confs = [{"method.name": "supervised"}, {"method.name": "ipb"}]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = main("test", "the tests' tiny sweep", lambda cfg: confs,
+                  ["--data", table, "--tracking-uri", db, *overrides])
+    cfg = load_config("smoke", [*overrides, f"data.table={table}", f"tracking.uri={db}"])
+    return {"rc": rc, "printed": printed.getvalue(), "db": db, "table": table, "cfg": cfg,
+            "confs": confs}

@@ -2,10 +2,10 @@
 
     pytest -q tests/test_mlflow_ui.py        # needs `chromium` (Debian package; .ci/run installs it)
 
-The sweep runs through a sweep script's own main() and prints `Look at it with: mlflow ui ...`
-and `MLflow UI: http://...`. That command is started on a free loopback port, the link (its port
-swapped) is loaded in Chromium, and the rendered DOM (Chrome DevTools Protocol over a
-websocket, aiohttp) must be MLflow's Runs view in model-training mode (not the GenAI page of
+The sweep (conftest's `tiny_sweep`) runs through a sweep script's own main() and prints
+`Look at it with: mlflow ui ...` and `MLflow UI: http://...`. That command is started on a
+free loopback port, the link (its port swapped) is loaded in Chromium, and the rendered DOM
+(Chrome DevTools Protocol over a websocket, aiohttp) must be MLflow's Runs view in model-training mode (not the GenAI page of
 "No data available") with the sweep's parent run listed, and, once its row is expanded, its
 trials right under it. Everything listens on 127.0.0.1, is bounded in time and is stopped by
 process group id.
@@ -27,8 +27,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from tiny import TINY, write_tiny_table
 
 pytestmark = pytest.mark.ray
 
@@ -132,17 +130,9 @@ async def _page(port: int, parent: str, trials: list[str], seconds: float) -> di
                     "text": await js("document.body.innerText")}
 
 
-def test_printed_link_opens_the_runs_of_the_sweep(ray_local, tmp_path, monkeypatch, capsys):
+def test_printed_link_opens_the_runs_of_the_sweep(tiny_sweep, tmp_path):
     chromium = _chromium()
-    from ipb.sweep import main
-    monkeypatch.chdir(tmp_path)           # a SQLite store keeps its artifacts in ./mlruns
-    db = f"sqlite:///{tmp_path}/ui.db"
-    assert main("ui", "the UI test's sweep", lambda cfg: [{"method.name": "supervised"}], [
-        "--data", str(write_tiny_table(tmp_path / "table")), "--tracking-uri", db, *TINY,
-        "patch.size=32", "train.epochs=1", "train.steps_per_epoch=1", "split.folds=5",
-        "split.labeled_fraction=0.3", "sweep.folds=[0,1]",
-        f"train.storage={tmp_path}/ray"]) == 0
-    out = capsys.readouterr().out
+    out, db = tiny_sweep["printed"], tiny_sweep["db"]
     link = re.search(r"^MLflow UI: (http://127\.0\.0\.1:(\d+)(/#/experiments/\d+/runs"
                      r"\?workflowType=machine_learning))$", out, re.M)
     command = re.search(r"^Look at it with:  (mlflow ui .*)$", out, re.M)
@@ -150,7 +140,7 @@ def test_printed_link_opens_the_runs_of_the_sweep(ray_local, tmp_path, monkeypat
 
     from ipb.tracking import client
     c = client(db)
-    runs = c.search_runs([c.get_experiment_by_name("ipb-ui").experiment_id])
+    runs = c.search_runs([c.get_experiment_by_name("ipb-test").experiment_id])
     parent = next(r for r in runs if r.data.tags.get("ipb.role") == "sweep")
     trials = [r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId")
               == parent.info.run_id]

@@ -100,37 +100,30 @@ def test_table_uri_reads_like_a_directory(tmp_path):
 
 
 @pytest.mark.ray
-def test_grid_sweep_logs_children_and_resumes(ray_local, tmp_path, monkeypatch):
+def test_grid_sweep_logs_children_and_resumes(tiny_sweep, tmp_path, monkeypatch):
+    """conftest's tiny sweep: trials are child runs of one parent, the report is on it, and
+    the same sweep again trains and logs nothing new."""
     from ipb import tracking
     from ipb.sweep import run_grid
-    monkeypatch.chdir(tmp_path)           # a SQLite store keeps its artifacts in ./mlruns
-    # the table as a URI, as a cluster job gives it (s3://...): the trial drivers read it
-    table = f"file://{write_tiny_table(tmp_path / 'table')}"
-    cfg = load_config("smoke", [*TINY, f"data.table={table}", "patch.size=32", "train.epochs=1",
-                                "train.steps_per_epoch=1", "method.teacher_pretrain_epochs=0",
-                                "method.simclr_epochs=1", "split.folds=5",
-                                "split.labeled_fraction=0.3", "sweep.folds=[0]",
-                                f"train.storage={tmp_path}/ray",
-                                f"tracking.uri=sqlite:///{tmp_path}/sweep.db"])
-    confs = [{"method.name": "supervised"}, {"method.name": "ipb"}]
-    out = run_grid("test", cfg, confs, table, progress=False)
-    c = tracking.client(tracking.tracking_uri(cfg))
+    s = tiny_sweep
+    assert s["rc"] == 0 and "SYNTHETIC" in s["printed"] and "2 finished trial runs" in s["printed"]
+    c = tracking.client(s["db"])
     exp = c.get_experiment_by_name("ipb-test").experiment_id
     runs = c.search_runs([exp])
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == out["parent_run_id"]]
+    parent = next(r for r in runs if r.data.tags.get("ipb.role") == "sweep")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
     assert {r.data.tags["ipb.method"] for r in children} == {"supervised", "ipb"}
-    assert "SYNTHETIC" in out["report"]["markdown"] and out["report"]["n_runs"] == 2
-    parent_arts = {a.path for a in c.list_artifacts(out["parent_run_id"], "report")}
+    parent_arts = {a.path for a in c.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.md", "report/table_tpr.csv", "report/tpr_per_class.png"} <= parent_arts
-    _check_mlflow_as_users_see_it(c, exp, out, children, tmp_path, monkeypatch)
+    _check_mlflow_as_users_see_it(c, exp, parent, children, s["db"], tmp_path, monkeypatch)
     # the same sweep again: nothing new is trained or logged
-    again = run_grid("test", cfg, confs, table, progress=False)
-    assert again["parent_run_id"] == out["parent_run_id"]
+    again = run_grid("test", s["cfg"], s["confs"], s["table"], progress=False)
+    assert again["parent_run_id"] == parent.info.run_id
     assert len(c.search_runs([exp])) == len(runs)
 
 
-def _check_mlflow_as_users_see_it(c, exp, out, children, tmp_path, monkeypatch):
+def _check_mlflow_as_users_see_it(c, exp, parent, children, uri, tmp_path, monkeypatch):
     """Issue 14: the experiment opens on its runs; each trial has source tags, the table as a
     dataset input, system metrics and two logged models; the champion is the best trial by
     validation; `ipb predict models:/...@champion` and the pyfunc model classify an image."""
@@ -153,18 +146,19 @@ def _check_mlflow_as_users_see_it(c, exp, out, children, tmp_path, monkeypatch):
         assert {m.name for m in models} == {"student", "colonies"}
     mv = c.get_model_version_by_alias(registered_name("ipb-test"), ALIAS)
     best = max(children, key=lambda r: r.data.metrics[SCORE])
-    assert mv.run_id == out["champion"]["run_id"]
+    champion = c.get_run(parent.info.run_id).data.tags
+    assert mv.run_id == champion["ipb.champion.run_id"]
     assert best.data.metrics[SCORE] == c.get_run(mv.run_id).data.metrics[SCORE]
     image = np.full((96, 96), 120, np.uint8)
     image[30:66, 30:66] = (60 + 80 * (np.indices((36, 36)).sum(0) % 2)).astype(np.uint8)
     with monkeypatch.context() as m:
-        m.setenv("MLFLOW_TRACKING_URI", out["tracking_uri"])
-        df = mlflow.pyfunc.load_model(out["champion"]["uri"]).predict([image])
+        m.setenv("MLFLOW_TRACKING_URI", uri)
+        df = mlflow.pyfunc.load_model(champion["ipb.champion.uri"]).predict([image])
     assert {"class", "p_A", "x0"} <= set(df.columns)
     from PIL import Image
     Image.fromarray(image).save(tmp_path / "well.png")
-    assert cli(["predict", out["champion"]["uri"], str(tmp_path / "well.png"), "--out",
-                str(tmp_path / "pred"), "--tracking-uri", out["tracking_uri"]]) == 0
+    assert cli(["predict", champion["ipb.champion.uri"], str(tmp_path / "well.png"), "--out",
+                str(tmp_path / "pred"), "--tracking-uri", uri]) == 0
     assert (tmp_path / "pred" / "colonies.csv").is_file()
 
 
