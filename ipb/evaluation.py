@@ -6,11 +6,10 @@ Each worker predicts its shard; confusion matrices and counts are all-reduced, s
 sees the same metrics. Besides TPR/precision/F1 (ipb/metrics.py) this measures collapse: the
 largest share of one predicted class, against the largest true share of the same colonies. A
 student that predicts one class for 80 % of colonies where no class holds 60 % is collapsed.
+A `part` is an ipb.engine.Part (a patch bank `bank` and true classes `y`, -1 unknown).
 Plain torch/numpy: no Ray, no MLflow.
 """
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,15 +20,12 @@ from ipb.dist import all_reduce_sum
 from ipb.methods.base import unwrap
 from ipb.metrics import confusion_matrix, metrics_from_confusion
 
-if TYPE_CHECKING:
-    from ipb.engine import Part
-
 COLLAPSE_SHARE = 0.8      # a student predicting one class this often ...
 COLLAPSE_TRUE_BELOW = 0.6  # ... where the true largest class is rarer than this, collapsed
 
 
 @torch.no_grad()
-def predict_proba(model: torch.nn.Module, part: "Part", cfg: Config, device: torch.device,
+def predict_proba(model: torch.nn.Module, part, cfg: Config, device: torch.device,
                   rng: np.random.Generator, batch: int = 256,
                   idx: np.ndarray | None = None) -> np.ndarray:
     """Softmax per colony: the centre patch, or the mean over `patch.test_patches` in the mask."""
@@ -54,7 +50,7 @@ def predict_proba(model: torch.nn.Module, part: "Part", cfg: Config, device: tor
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def evaluate(model, part: "Part", classes: list[str], cfg: Config, device, rng,
+def evaluate(model, part, classes: list[str], cfg: Config, device, rng,
              prefix: str) -> tuple[dict[str, float], np.ndarray]:
     """Metrics over ALL workers: each predicts its shard, confusion matrices are all-reduced.
     Adds `{prefix}.pred_share.max` / `{prefix}.true_share.max` (collapse)."""
@@ -73,7 +69,7 @@ def evaluate(model, part: "Part", classes: list[str], cfg: Config, device, rng,
     return out, cm
 
 
-def unlabeled_shares(model, part: "Part", num_classes: int, cfg: Config, device, rng,
+def unlabeled_shares(model, part, num_classes: int, cfg: Config, device, rng,
                      limit: int = 2048) -> dict[str, float]:
     """Largest predicted-class share on (a random sample of at most `limit` colonies per worker
     of) U, and the largest true share where U's classes are known (synthetic data)."""
