@@ -37,6 +37,7 @@ from ipb.inputs import resolve_table
 from ipb.sweep import config_from_args, mlflow_ui, parser, run_grid, start_command
 
 CURVE = (0.01, 0.05)
+CURVE_FOLDS = 3
 FINETUNE_EPOCHS = 3
 
 
@@ -68,7 +69,9 @@ def configurations(cfg, ablation: bool = False, related: bool = False) -> list[d
     mpl = {"_label": MPL, "method.name": "mpl"}
     ipb = {"_label": IPB_ROBUST, **robust}
     fractions = [f for f in (cfg.sweep.fractions or CURVE) if f != cfg.split.labeled_fraction]
-    curve = [{**row, "_label": curve_label(row["_label"], f), "split.labeled_fraction": f}
+    # the curve's extra fractions on the first CURVE_FOLDS pairs only: the 30-minute budget
+    curve = [{**row, "_label": curve_label(row["_label"], f), "split.labeled_fraction": f,
+              "_folds": list(cfg.sweep.folds[:CURVE_FOLDS])}
              for f in fractions for row in (sup, mpl, ipb)]
     rows = [sup] + [r for r in curve if r["method.name"] == "supervised"]
     rows += [mpl, {"_label": MPL_BALANCED, "method.name": "mpl_balanced"},
