@@ -491,47 +491,15 @@ _NOT_IN_TRIAL_HASH = ("profile", "tracking.", "sweep.", "train.storage", "data.c
                       "train.max_failures")
 
 
+def identity(cfg: Config) -> dict[str, Any]:
+    """The flat config keys that decide what a trial computes (not where or how fast)."""
+    return {k: v for k, v in flatten(to_dict(cfg)).items()
+            if not any(k == p or k.startswith(p) for p in _NOT_IN_TRIAL_HASH)}
+
+
 def trial_hash(cfg: Config) -> str:
     """Identity of a trial (resolved config incl. fold and seed) for resume and dedup."""
-    flat = {k: v for k, v in flatten(to_dict(cfg)).items()
-            if not any(k == p or k.startswith(p) for p in _NOT_IN_TRIAL_HASH)}
-    return config_hash(flat, cfg.train.fold, cfg.train.seed)
-
-
-def teacher_key(cfg: Config) -> str | None:
-    """Identity of the supervised model that an MPL-family trial's teacher pre-training
-    reproduces (same table, split, fold, seed, network, patches, augmentation, optimiser and
-    budget; selected on validation): a supervised trial's own key, an MPL/IPB trial's teacher's
-    key, None when there is no such model (no pre-training, or the last epoch is kept). The
-    method switches and the unlabeled views act only after pre-training and the multi-label
-    colonies only join U, so none of them is part of it."""
-    if cfg.method.name != "supervised":
-        m = cfg.method
-        if m.teacher_pretrain_epochs <= 0 or m.teacher_select != "val" or \
-                not _pretrains_teacher(m.name):
-            return None
-        cfg = apply(cfg, {"method.name": "supervised", "train.epochs": m.teacher_pretrain_epochs,
-                          "train.finetune_epochs": 0})
-    # multi_label_loss=partial puts multi-label colonies in L: the teacher trains on them
-    neutral = {f"method.{f.name}": getattr(MethodConfig(), f.name)
-               for f in fields(MethodConfig) if f.name not in ("name", "multi_label_loss")}
-    # the views of unlabeled patches only: the supervised CNN never sees them
-    neutral.update({f"augment.{k}": getattr(AugmentConfig(), k)
-                    for k in ("weak", "strong_p", "strong_brightness", "strong_contrast")})
-    flat = {k: v for k, v in flatten(to_dict(cfg)).items()
-            if not any(k == p or k.startswith(p) for p in _NOT_IN_TRIAL_HASH)}
-    flat.update({k: v for k, v in neutral.items()})
-    return "teacher-" + config_hash(flat, cfg.train.fold, cfg.train.seed)
-
-
-def _pretrains_teacher(name: str) -> bool:
-    """Whether method `name` starts with the supervised CNN's training (MPL, IPB, FixMatch,
-    ABC: a class attribute), so a sweep can hand it the supervised row's model."""
-    from ipb.methods import method_class     # here: ipb.methods imports this module
-    try:
-        return bool(getattr(method_class(name), "pretrains_teacher", False))
-    except ValueError:
-        return False
+    return config_hash(identity(cfg), cfg.train.fold, cfg.train.seed)
 
 
 def from_dict(d: dict[str, Any]) -> Config:

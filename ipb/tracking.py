@@ -15,7 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ipb.config import Config, flatten, teacher_key, to_dict, to_yaml, trial_hash
+from ipb.config import Config, flatten, to_dict, to_yaml, trial_hash
+from ipb.methods.teacher import teacher_key
 
 TAG_KEYS = ("ipb.method", "ipb.arch", "ipb.scales", "ipb.multi_label", "ipb.labeled_fraction",
             "ipb.fold", "ipb.seed", "ipb.sweep")

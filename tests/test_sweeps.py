@@ -42,7 +42,8 @@ def test_study_rows_pair_every_row_with_its_supervised_teacher():
     """The study's rows: supervised rows first, each MPL-family row's teacher is the
     supervised row of its labeled fraction (same teacher_key), --ablation adds one row per
     robust switch."""
-    from ipb.config import PRESETS, teacher_key
+    from ipb.config import PRESETS
+    from ipb.methods.teacher import teacher_key
     mod = _module("study")
     cfg = load_config("study")
     trials = expand(cfg, mod.configurations(cfg))

@@ -3,7 +3,7 @@
     ipb train --method fixmatch --arch vgg19 --fold 0
 
 One network. Stage 1 is the MPL family's teacher pre-training (`method.teacher_pretrain_epochs`
-on L; a sweep reuses the supervised row's selected model, config.teacher_key), so FixMatch, MPL
+on L; a sweep reuses the supervised row's selected model, methods.teacher.teacher_key), so FixMatch, MPL
 and IPB start from the same network and then spend the same `train.epochs` of unlabeled epochs.
 Stage 2, one step as USB runs it (semilearn/algorithms/fixmatch, its defaults):
   logits of cat(x_l, x_uw, x_us) in one forward (USB's use_cat)
@@ -34,7 +34,7 @@ EMA_WARMUP = 10        # decay = min(EMA_M, (1 + n) / (EMA_WARMUP + n))
 class FixMatch(Method):
     name = "fixmatch"
     uses_unlabeled = True
-    pretrains_teacher = True      # stage 1 = the supervised row (config.teacher_key)
+    pretrains_teacher = True      # stage 1 = the supervised row (methods.teacher.teacher_key)
 
     def __init__(self, cfg, num_classes, device, wrap):
         super().__init__(cfg, num_classes, device, wrap)

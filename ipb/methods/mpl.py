@@ -44,7 +44,7 @@ from ipb.methods.stabilize import DistAlign, FlexThreshold, ModelEMA, relative_t
 class MPL(Method):
     name = "mpl"
     uses_unlabeled = True
-    pretrains_teacher = True    # stage 1 = the supervised row (config.teacher_key)
+    pretrains_teacher = True    # stage 1 = the supervised row (methods.teacher.teacher_key)
 
     def __init__(self, cfg, num_classes, device, wrap):
         super().__init__(cfg, num_classes, device, wrap)
