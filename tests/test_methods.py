@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from ipb.config import apply, load_config
-from ipb.engine import Batches, Part, plan_unlabeled_epoch, run_trial
+from ipb.engine import Batches, plan_unlabeled_epoch, run_trial
 from ipb.methods import PHASE_INPUTS, create_method, list_methods
 from ipb.methods.ipb import balanced_draw
-from tiny import TINY, tiny_rows
+from tiny import TINY, tiny_parts
 
 CLASSES = ["A", "B", "C"]
 SIZE = 32
@@ -18,10 +18,7 @@ SIZE = 32
 
 @pytest.fixture(scope="module")
 def parts():
-    return {"labeled": Part.from_rows(tiny_rows((12, 8, 6), seed=0), CLASSES, SIZE),
-            "val": Part.from_rows(tiny_rows((3, 3, 3), seed=1), CLASSES, SIZE),
-            "test": Part.from_rows(tiny_rows((3, 3, 3), seed=2), CLASSES, SIZE),
-            "unlabeled": Part.from_rows(tiny_rows((30, 12, 4), seed=3), CLASSES, SIZE)}
+    return tiny_parts(CLASSES, SIZE)
 
 
 def cfg_for(method, *extra):

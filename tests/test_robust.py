@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from ipb.config import PRESETS, load_config
-from ipb.engine import Batches, Part, run_trial
+from ipb.engine import Batches, run_trial
 from ipb.evaluation import collapsed, evaluate
 from ipb.methods import create_method
 from ipb.methods.stabilize import DistAlign, FlexThreshold, ModelEMA, recalibrate_bn, \
     relative_threshold
-from tiny import TINY, tiny_rows
+from tiny import TINY, tiny_parts
 
 CLASSES = ["A", "B", "C"]
 SIZE = 32
@@ -22,10 +22,7 @@ SIZE = 32
 
 @pytest.fixture(scope="module")
 def parts():
-    return {"labeled": Part.from_rows(tiny_rows((12, 8, 6), seed=0), CLASSES, SIZE),
-            "val": Part.from_rows(tiny_rows((3, 3, 3), seed=1), CLASSES, SIZE),
-            "test": Part.from_rows(tiny_rows((3, 3, 3), seed=2), CLASSES, SIZE),
-            "unlabeled": Part.from_rows(tiny_rows((30, 12, 4), seed=3), CLASSES, SIZE)}
+    return tiny_parts(CLASSES, SIZE)
 
 
 def cfg_for(method, *extra):

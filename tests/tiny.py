@@ -33,6 +33,16 @@ def tiny_rows(n_per_class=(12, 8, 4), size=32, seed=0, classes=("A", "B", "C"),
     return pd.DataFrame(rows)
 
 
+def tiny_parts(classes=("A", "B", "C"), size=32) -> dict:
+    """labeled / val / test / unlabeled Parts of an imbalanced tiny set (U skewed like L)."""
+    from ipb.engine import Part
+    classes = list(classes)
+    return {"labeled": Part.from_rows(tiny_rows((12, 8, 6), seed=0), classes, size),
+            "val": Part.from_rows(tiny_rows((3, 3, 3), seed=1), classes, size),
+            "test": Part.from_rows(tiny_rows((3, 3, 3), seed=2), classes, size),
+            "unlabeled": Part.from_rows(tiny_rows((30, 12, 4), seed=3), classes, size)}
+
+
 def write_tiny_table(path, n_per_class=(24, 16, 10), n_unlabeled=20, size=32, seed=0):
     """A complete colony table on disk (schema, shards, manifest), marked synthetic."""
     from pathlib import Path
