@@ -10,7 +10,7 @@ labeled-fraction curve (Fig. 8) and the teacher's pseudo-class proportions over 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import numpy as np
 import pandas as pd
@@ -18,8 +18,12 @@ import pandas as pd
 from ipb.metrics import fold_stats, ttest
 
 
-def trial_runs(experiment: str, uri: str, parent_run_id: str | None = None) -> pd.DataFrame:
-    """One row per FINISHED trial run: tags and final metrics."""
+def trial_runs(experiment: str, uri: str, parent_run_id: str | None = None,
+               hashes: Collection[str] | None = None) -> pd.DataFrame:
+    """One row per FINISHED trial run: tags and final metrics. With `hashes` (a sweep's trial
+    hashes), the runs of those trials whichever sweep ran them, the newest per hash: a sweep
+    that adds rows to a finished one (e.g. `study.py --ablation`) reports the trials it
+    skipped as well as the ones it ran."""
     from ipb.tracking import client
     c = client(uri)
     exp = c.get_experiment_by_name(experiment)
@@ -27,11 +31,19 @@ def trial_runs(experiment: str, uri: str, parent_run_id: str | None = None) -> p
         raise ValueError(f"no MLflow experiment {experiment!r} at {uri}; "
                          "list them with `mlflow experiments search` or run a sweep first")
     flt = "attributes.status = 'FINISHED'"
-    if parent_run_id:
+    if parent_run_id and hashes is None:
         flt += f" and tags.`mlflow.parentRunId` = '{parent_run_id}'"
-    rows = []
+    rows, seen = [], set()
     # oldest first, so configurations appear in the order the sweep ran them
-    for r in reversed(c.search_runs([exp.experiment_id], flt, max_results=50000)):
+    runs = c.search_runs([exp.experiment_id], flt, max_results=50000)   # newest first
+    if hashes is not None:
+        wanted, runs, newest = set(hashes), [], runs
+        for r in newest:
+            h = r.data.tags.get("ipb.trial_hash")
+            if h in wanted and h not in seen:
+                seen.add(h)
+                runs.append(r)
+    for r in reversed(runs):
         t = r.data.tags
         if "ipb.trial_hash" not in t:
             continue

@@ -15,7 +15,7 @@ per-run metric histories, so they are tested without MLflow; `study_report` read
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import numpy as np
 import pandas as pd
@@ -205,13 +205,15 @@ def build(df: pd.DataFrame, classes: list[str], minority: str, main_fraction: fl
 
 def study_report(experiment: str, uri: str, parent_run_id: str, out_dir: Path,
                  minority: str | None, main_fraction: float, wall_min: float,
-                 log_artifact: Callable[[Path], None] | None = None) -> dict[str, Any]:
-    """Read the study's runs from MLflow, build the report, write Markdown/CSV/PNGs."""
+                 log_artifact: Callable[[Path], None] | None = None,
+                 hashes: Collection[str] | None = None) -> dict[str, Any]:
+    """Read the study's runs from MLflow (with `hashes`: those trials' runs, also the ones an
+    earlier sweep ran), build the report, write Markdown/CSV/PNGs."""
     from ipb import plots
     from ipb.report import pseudo_history, trial_runs
     from ipb.tracking import client
 
-    df = trial_runs(experiment, uri, parent_run_id)
+    df = trial_runs(experiment, uri, parent_run_id, hashes)
     if df.empty:
         return {"markdown": "no finished trial runs", "line": last_line(df.assign(
             label=[], method=[]), minority or "?", wall_min)}

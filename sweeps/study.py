@@ -117,7 +117,8 @@ def main(argv=None) -> int:
         rep = study_report(out["experiment"], uri, out["parent_run_id"], Path(d), minority,
                            cfg.split.labeled_fraction, (time.time() - t0) / 60,
                            log_artifact=lambda f: c.log_artifact(out["parent_run_id"], str(f),
-                                                                 artifact_path="study"))
+                                                                 artifact_path="study"),
+                           hashes=[t.hash for t in out["trials"]])
     print("\n" + rep["markdown"].split("\n\n![](")[0])
     print(f"\nMLflow: experiment {out['experiment']!r}, parent run {out['parent_run_id']} "
           f"(report and figures under its artifacts study/).\n"

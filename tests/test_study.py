@@ -1,4 +1,4 @@
-"""pytest tests/test_study.py -- the study report's numbers from made-up trial runs (no MLflow)."""
+"""pytest tests/test_study.py -- the study report's numbers from made-up trial runs (no Ray)."""
 from __future__ import annotations
 
 import re
@@ -91,3 +91,30 @@ def test_build_has_captioned_tables_curve_and_ends_with_the_line():
     assert np.all(curve["n"] == 5)
     # curve rows stay out of the main tables
     assert not out["tpr"]["row"].str.contains("labeled").any()
+
+
+def test_trial_runs_by_hash_include_trials_an_earlier_sweep_ran(tmp_path):
+    """`study.py --ablation` after the default study: a new parent run whose report must still
+    hold the finished trials it skipped (the newest run per trial hash, none from elsewhere)."""
+    from mlflow.tracking import MlflowClient
+
+    from ipb.report import trial_runs
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    exp = c.create_experiment("ipb-study", artifact_location=str(tmp_path / "art"))
+    old, new = (c.create_run(exp).info.run_id for _ in range(2))
+
+    def trial(parent, h, label, tpr):
+        r = c.create_run(exp, tags={"mlflow.parentRunId": parent, "ipb.trial_hash": h,
+                                    "ipb.config_label": label, "ipb.fold": "0"}).info.run_id
+        c.log_metric(r, "test.tpr.mean", tpr)
+        c.set_terminated(r, "FINISHED")
+    trial(old, "h-sup", SUPERVISED, 0.80)
+    trial(old, "h-other", "not in the new sweep", 0.10)
+    trial(new, "h-abl", "ablation row", 0.70)
+    assert set(trial_runs("ipb-study", uri, new)["label"]) == {"ablation row"}
+    df = trial_runs("ipb-study", uri, new, hashes=["h-sup", "h-abl"])
+    assert sorted(df["label"]) == sorted([SUPERVISED, "ablation row"])
+    trial(new, "h-sup", SUPERVISED, 0.90)       # run again: the newest counts, once
+    df = trial_runs("ipb-study", uri, new, hashes=["h-sup", "h-abl"])
+    assert len(df) == 2 and df.loc[df["label"] == SUPERVISED, "test.tpr.mean"].item() == 0.90
