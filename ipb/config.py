@@ -279,7 +279,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # synth.difficulty 0.8: the supervised row's VALIDATION TPR at 10 % labeled is then ~0.88,
     # near the paper's supervised CNNs (~0.86); at 0.5 it is 0.97 and leaves nothing to learn
     "study": {"profile": "study", "synth.wells": 320, "synth.size": 1536,
-              "synth.colonies_per_well": 56, "synth.difficulty": 0.8, "split.folds": 10, "split.labeled_fraction": 0.10,
+              "synth.colonies_per_well": 56, "synth.difficulty": 0.8, "split.folds": 10,
+              "split.labeled_fraction": 0.10,
               "patch.size": 48, "patch.ms_size": 96, "model.arch": "small_cnn",
               "model.width": 1.0, "model.dropout": 0.5,
               "train.epochs": 5, "train.batch_size": 32, "train.unlabeled_batch_size": 32,
