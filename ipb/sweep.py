@@ -164,6 +164,24 @@ def run_sweep(kind: str, base: Config, table: Path | str, sweep_hash: str,
             "champion": champion, "table": table}
 
 
+def cannot_run(trials: list[Trial], manifest: dict[str, Any]) -> dict[str, str]:
+    """label -> why, for the rows whose method cannot run on this table at all (e.g.
+    mpl_balanced where U holds colonies of unknown class): checked once per row before Tune
+    starts, so the sweep says it in one line instead of a failed trial (and its traceback) per
+    (fold, seed). `train.fit` checks each trial's own split again."""
+    from ipb.methods import method_class
+    unknown = {"unlabeled": int(manifest.get("unlabeled", 0)),
+               "multi_label": int(manifest.get("multi_label", 0))}
+    out: dict[str, str] = {}
+    for t in trials:
+        if t.label not in out:
+            try:
+                method_class(t.cfg.method.name).check_data(t.cfg, unknown)
+            except ValueError as e:
+                out[t.label] = str(e)
+    return out
+
+
 def run_grid(kind: str, base: Config, configurations: list[dict[str, Any]],
              table: Path | str, *, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) a grid sweep over `table` (`ipb.inputs.resolve_table`); returns
@@ -171,6 +189,7 @@ def run_grid(kind: str, base: Config, configurations: list[dict[str, Any]],
     from ray import tune
 
     from ipb import tracking
+    from ipb.data.table import read_manifest
 
     trials = expand(base, configurations)
     experiment = base.tracking.experiment or f"ipb-{kind}"
@@ -180,8 +199,18 @@ def run_grid(kind: str, base: Config, configurations: list[dict[str, Any]],
         todo_all = [Trial(t.label, apply(t.cfg, {"tracking.uri": s.uri}), t.hash) for t in trials]
         done = tracking.finished_trials(s.cfg, experiment)
         todo = [t for t in todo_all if t.hash not in done]
-        s.log(f"{len(trials)} trials ({len(trials) - len(todo)} already finished, "
-              f"{len(todo)} to run, {base.sweep.max_concurrent} at a time); MLflow {s.uri}, "
+        skip = cannot_run(todo, read_manifest(table))
+        for label, why in skip.items():
+            n = sum(t.label == label for t in todo)
+            s.log(f"not run: {label!r} ({n} trials): {why}")
+            key = f"ipb.not_run.{config_hash({'label': label})[:8]}"
+            tracking.client(tracking.tracking_uri(s.cfg)).set_tag(s.parent, key,
+                                                                  f"{label}: {why}"[:5000])
+        not_run = sum(t.label in skip for t in todo)
+        todo = [t for t in todo if t.label not in skip]
+        s.log(f"{len(trials)} trials ({len(done.keys() & {t.hash for t in trials})} already "
+              f"finished, {not_run} not run, {len(todo)} to run, "
+              f"{base.sweep.max_concurrent} at a time); MLflow {s.uri}, "
               f"experiment {experiment!r}, parent run {s.parent}")
         if not todo:
             return

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ipb.config import load_config
-from ipb.sweep import apply_suggestion, expand
+from ipb.sweep import apply_suggestion, cannot_run, expand
 from tiny import TINY, write_tiny_table
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
@@ -36,6 +36,15 @@ def test_every_sweep_configuration_resolves(script, profile):
                               for c in confs) * len(cfg.sweep.seeds)
     assert len({t.hash for t in trials}) == len(trials)      # every trial distinct
     assert all(t.cfg.train.fold in cfg.sweep.folds for t in trials)
+
+
+def test_rows_that_cannot_run_on_the_table_are_named_once_before_tune():
+    trials = expand(load_config("smoke", ["sweep.folds=[0,1]"]),
+                    [{"_label": "oracle", "method.name": "mpl_balanced"},
+                     {"_label": "IPB", "method.name": "ipb"}])
+    why = cannot_run(trials, {"unlabeled": 3, "multi_label": 2})
+    assert list(why) == ["oracle"] and "5 unlabeled colonies have none" in why["oracle"]
+    assert cannot_run(trials, {"unlabeled": 0, "multi_label": 0}) == {}
 
 
 def test_study_rows_pair_every_row_with_its_supervised_teacher():
@@ -195,8 +204,8 @@ def test_optuna_search_runs_and_resumes(ray_local, tmp_path):
 @pytest.mark.ray
 def test_study_end_to_end_on_a_tiny_table(ray_local, tmp_path, monkeypatch, capsys):
     """sweeps/study.py through its own main(): supervised, the oracle MPL (which cannot run on
-    a U with unlabeled colonies: it fails before training, naming why, and the sweep goes on)
-    and IPB (robust), which starts from the supervised run's model; the report's last line."""
+    a U with unlabeled colonies: the sweep says why in one line, runs none of its trials and
+    goes on) and IPB (robust), which starts from the supervised run's model; the report's last line."""
     import re
 
     from ipb import tracking
@@ -212,7 +221,8 @@ def test_study_end_to_end_on_a_tiny_table(ray_local, tmp_path, monkeypatch, caps
                      "split.folds=5",
                      "split.labeled_fraction=0.3", "sweep.folds=[0,1]",
                      f"train.storage={tmp_path}/ray"]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    cap = capsys.readouterr()
+    last, out = cap.out.strip().splitlines()[-1], cap.out + cap.err
     assert re.fullmatch(r"study: ipb-supervised [+-]\d\.\d{3} \(p=\S+\), ipb-mpl nan "
                         r"\(p=nan\), minority [+-]\d\.\d{3}, collapsed \d/2, wall \d+ min",
                         last), last
@@ -221,11 +231,16 @@ def test_study_end_to_end_on_a_tiny_table(ray_local, tmp_path, monkeypatch, caps
     by = {}
     for r in runs:
         by.setdefault(r.data.tags.get("ipb.config_label"), []).append(r)
-    assert all(r.info.status == "FAILED" and "unlabeled colonies have none"
-               in r.data.tags["ipb.error"] for r in by[MPL_BALANCED])
+    # the oracle row cannot run where U has unlabeled colonies: one line, no trial, no run
+    assert MPL_BALANCED not in by
+    assert re.search(r"not run: 'MPL \(balanced, oracle\)' \(2 trials\): method "
+                     r"mpl_balanced resamples U by its true classes, but 20 unlabeled", out)
+    assert "Traceback" not in out
     sup_ids = {r.info.run_id for r in by[SUPERVISED]}
     assert len(by[IPB_ROBUST]) == 2 and all(
         r.info.status == "FINISHED" and r.data.tags["ipb.teacher_run"] in sup_ids
         for r in by[IPB_ROBUST])
     parent = next(r for r in runs if r.data.tags.get("ipb.role") == "sweep")
+    assert any(k.startswith("ipb.not_run.") and v.startswith(MPL_BALANCED)
+               for k, v in parent.data.tags.items())
     assert "study/study.md" in {a.path for a in c.list_artifacts(parent.info.run_id, "study")}
