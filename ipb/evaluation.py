@@ -5,7 +5,8 @@
 Each worker predicts its shard; confusion matrices and counts are all-reduced, so every rank
 sees the same metrics. Besides TPR/precision/F1 (ipb/metrics.py) this measures collapse: the
 largest share of one predicted class, against the largest true share of the same colonies. A
-student that predicts one class for 80 % of colonies where no class holds 60 % is collapsed.
+student that predicts one class for 80 % of colonies where no class holds 60 % is collapsed
+(with a dominant class: more than halfway from its true share to 1; metrics.collapse_threshold).
 A `part` is an ipb.engine.Part (a patch bank `bank` and true classes `y`, -1 unknown).
 Plain torch/numpy: no Ray, no MLflow.
 """
@@ -18,10 +19,8 @@ from ipb.config import Config
 from ipb.data.augment import make_augment
 from ipb.dist import all_reduce_sum
 from ipb.methods.base import unwrap
-from ipb.metrics import confusion_matrix, metrics_from_confusion
+from ipb.metrics import collapse_threshold, confusion_matrix, metrics_from_confusion
 
-COLLAPSE_SHARE = 0.8      # a student predicting one class this often ...
-COLLAPSE_TRUE_BELOW = 0.6  # ... where the true largest class is rarer than this, collapsed
 
 
 @torch.no_grad()
@@ -93,4 +92,4 @@ def collapsed(metrics: dict[str, float], prefix: str) -> bool:
     true = metrics.get(f"{prefix}.true_share.max")
     if pred is None or true is None or np.isnan(true):
         return False
-    return pred > COLLAPSE_SHARE and true < COLLAPSE_TRUE_BELOW
+    return pred > collapse_threshold(true)

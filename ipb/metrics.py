@@ -147,3 +147,14 @@ def softmax_average(probs_list) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[0] == 0:
         raise ValueError(f"softmax_average wants K >= 1 arrays of shape [N, C], got {arr.shape}")
     return arr.mean(axis=0)
+
+
+COLLAPSE_SHARE = 0.8   # a student predicting one class this often, where no class holds 60 %
+
+
+def collapse_threshold(true_max: float) -> float:
+    """The largest predicted-class share above which a student has collapsed: 0.8 where the
+    largest true class holds under 60 % of the colonies; on data with a dominant class
+    (BCCD's RBC: 85 %), halfway from that class's true share to 1 -- 0.8 there would flag
+    a perfect classifier."""
+    return max(COLLAPSE_SHARE, (1.0 + true_max) / 2.0)

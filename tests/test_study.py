@@ -59,6 +59,17 @@ def test_last_line_format_and_collapse_count():
                         r"\(p=\S+\), minority \+0\.150, collapsed 5/10, wall 12 min", line), line
 
 
+def test_collapse_is_relative_to_a_dominant_true_class():
+    """0.8 where no class holds 60 % (the synthetic study); with BCCD's 85 % RBC a student
+    that predicts RBC for 82 % of cells is not collapsed, one at 96 % is."""
+    from ipb.study import is_collapsed
+    df = pd.DataFrame({"test.pred_share.max": [0.81, 0.79, 0.82, 0.96],
+                       "test.true_share.max": [0.56, 0.56, 0.85, 0.85]})
+    assert is_collapsed(df).tolist() == [True, False, False, True]
+    assert is_collapsed(df.drop(columns="test.true_share.max")).tolist() == [True, False,
+                                                                             True, True]
+
+
 def test_pseudo_movement_measures_total_variation_first_to_last():
     true = {f"ipb.true_frac.{c}": v for c, v in zip(CLASSES, (0.2, 0.2, 0.05, 0.55))}
     def epoch(p):
