@@ -143,7 +143,9 @@ def main() -> None:
     num_classes = len(PAPER_CLASSES)
     cfg = load_config("paper", {"train.use_gpu": False, "model.arch": args.arch,
                                 "model.width": args.width, "patch.size": args.size,
-                                "patch.ms_size": args.size, "method.name": "ipb"})
+                                "patch.ms_size": args.size, "method.name": "ipb",
+                                # epoch 0 is an MPL epoch (the paper profile pre-trains first)
+                                "method.teacher_pretrain_epochs": 0})
     print(f"MPL step benchmark: {args.arch} width {args.width}, patch {args.size}px, "
           f"batch {cfg.train.batch_size} labeled + {cfg.train.unlabeled_batch_size} unlabeled "
           f"(weak + strong), {num_classes} classes, CPU, torch.set_num_threads(1), "
@@ -219,9 +221,11 @@ def arch_step_times(args) -> dict[str, float]:
         arch, width, size = spec.split(":")
         cfg = load_config("paper", {"train.use_gpu": False, "model.arch": arch,
                                     "model.width": float(width), "patch.size": int(size),
-                                    "patch.ms_size": int(size), "method.name": "mpl"})
+                                    "patch.ms_size": int(size), "method.name": "mpl",
+                                    "method.teacher_pretrain_epochs": 0})
         torch.manual_seed(0)
         m = create_method("mpl", cfg, num_classes)
+        assert m.phase(0) == "mpl"
         m.start_epoch(0)
         batch = make_batch(cfg, num_classes, int(size))
         for _ in range(args.warmup):
