@@ -182,6 +182,9 @@ def build(df: pd.DataFrame, classes: list[str], minority: str, main_fraction: fl
     pairs = [(best, SUPERVISED), (best, MPL), (IPB_ROBUST, IPB_PAPER)] if best else []
     pairs += [(r, SUPERVISED) for r in dict.fromkeys(main["label"])
               if r not in (SUPERVISED, best)]
+    # the curve's other fractions: IPB (robust) against supervised on the same pairs
+    pairs += [(label, SUPERVISED + label[len(IPB_ROBUST):]) for label in dict.fromkeys(
+        df["label"]) if label.startswith(IPB_ROBUST + " (") and label.endswith("% labeled)")]
     tests = pd.DataFrame([comparison(df, a, b, minority) for a, b in dict.fromkeys(pairs)
                           if (df["label"] == a).any() and (df["label"] == b).any()])
     moves = {}

@@ -100,8 +100,12 @@ def test_build_has_captioned_tables_curve_and_ends_with_the_line():
     assert sorted(curve["labeled_fraction"].unique()) == [0.01, 0.05, 0.10]
     assert set(curve["method"]) == {SUPERVISED, MPL, IPB_ROBUST}
     assert np.all(curve["n"] == 5)
-    # curve rows stay out of the main tables
+    # curve rows stay out of the main tables, but IPB is tested against supervised at each
     assert not out["tpr"]["row"].str.contains("labeled").any()
+    tested = set(zip(out["tests"]["comparison"], out["tests"]["pairs"]))
+    for f in (0.01, 0.05):
+        name = f"{curve_label(IPB_ROBUST, f)} vs {curve_label(SUPERVISED, f)}"
+        assert (name, 5) in tested
 
 
 def test_trial_runs_by_hash_include_trials_an_earlier_sweep_ran(tmp_path):
