@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from ipb.config import apply, load_config
+from ipb.config import apply
 from ipb.engine import Batches, plan_unlabeled_epoch, run_trial
 from ipb.methods import PHASE_INPUTS, create_method, list_methods
 from ipb.methods.ipb import balanced_draw
-from tiny import TINY, tiny_parts
+from tiny import tiny_cfg, tiny_parts
 
 CLASSES = ["A", "B", "C"]
 SIZE = 32
@@ -22,10 +22,7 @@ def parts():
 
 
 def cfg_for(method, *extra):
-    return load_config("smoke", [*TINY, f"method.name={method}", f"patch.size={SIZE}",
-                                 "model.arch=vgg19", "model.dropout=0.0", "train.lr=0.003",
-                                 "train.batch_size=12", "train.unlabeled_batch_size=12",
-                                 "method.threshold=0.0", *extra])
+    return tiny_cfg(method, "model.arch=vgg19", "model.dropout=0.0", *extra, size=SIZE)
 
 
 def test_registry_lists_the_paper_methods():

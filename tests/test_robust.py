@@ -14,7 +14,7 @@ from ipb.evaluation import collapsed, evaluate
 from ipb.methods import create_method
 from ipb.methods.stabilize import DistAlign, FlexThreshold, ModelEMA, recalibrate_bn, \
     relative_threshold
-from tiny import TINY, tiny_parts
+from tiny import tiny_cfg, tiny_parts
 
 CLASSES = ["A", "B", "C"]
 SIZE = 32
@@ -26,10 +26,7 @@ def parts():
 
 
 def cfg_for(method, *extra):
-    return load_config("smoke", [*TINY, f"method.name={method}", f"patch.size={SIZE}",
-                                 "model.arch=small_cnn", "model.width=0.5", "train.lr=0.003",
-                                 "train.batch_size=12", "train.unlabeled_batch_size=12",
-                                 "method.threshold=0.0", *extra])
+    return tiny_cfg(method, "model.arch=small_cnn", "model.width=0.5", *extra, size=SIZE)
 
 
 def mpl_batch(cfg, parts, seed=0):

@@ -33,6 +33,15 @@ def tiny_rows(n_per_class=(12, 8, 4), size=32, seed=0, classes=("A", "B", "C"),
     return pd.DataFrame(rows)
 
 
+def tiny_cfg(method: str, *extra: str, size: int = 32):
+    """The smoke profile at the TINY budget for method tests on `tiny_parts` (batch 12, no
+    confidence threshold); `extra` overrides come last and win."""
+    from ipb.config import load_config
+    return load_config("smoke", [*TINY, f"method.name={method}", f"patch.size={size}",
+                                 "train.lr=0.003", "train.batch_size=12",
+                                 "train.unlabeled_batch_size=12", "method.threshold=0.0", *extra])
+
+
 def tiny_parts(classes=("A", "B", "C"), size=32) -> dict:
     """labeled / val / test / unlabeled Parts of an imbalanced tiny set (U skewed like L)."""
     from ipb.engine import Part
