@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", help="colony table (default: the cached SYNTHETIC table)")
     p.add_argument("--method", help="supervised | mpl | mpl_balanced | ipb | simclr | fixmatch | "
                                     "abc | contrastive_clustering | simtriplet | gan_balanced")
-    p.add_argument("--arch", help="vgg19 | ms_vgg19 | hrnet_w18 | ms_hrnet_w18")
+    p.add_argument("--arch", help="small_cnn | vgg19 | ms_vgg19 | hrnet_w18 | ms_hrnet_w18")
     p.add_argument("--fold", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int, help="Ray Train workers (data parallel)")

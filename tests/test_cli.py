@@ -18,6 +18,17 @@ def test_parser_knows_every_command():
     assert set(COMMANDS) <= set(sub.choices)
 
 
+def test_train_help_lists_every_registered_method_and_model():
+    """The --method / --arch help is plain text (no torch import to build the parser): it must
+    name every registered method and model."""
+    from ipb.methods import list_methods
+    from ipb.models import list_models
+    train = next(a for a in build_parser()._actions if a.dest == "command").choices["train"]
+    helps = {a.dest: a.help for a in train._actions}
+    assert set(helps["method"].split(" | ")) == set(list_methods())
+    assert set(helps["arch"].split(" | ")) == set(list_models())
+
+
 def test_overrides_after_options(capsys):
     assert main(["config", "--profile", "paper", "train.epochs=3", "segmentation.well_mask=off"]) == 0
     out = capsys.readouterr().out
