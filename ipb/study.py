@@ -182,6 +182,10 @@ def build(df: pd.DataFrame, classes: list[str], minority: str, main_fraction: fl
     pairs = [(best, SUPERVISED), (best, MPL), (IPB_ROBUST, IPB_PAPER)] if best else []
     pairs += [(r, SUPERVISED) for r in dict.fromkeys(main["label"])
               if r not in (SUPERVISED, best)]
+    # the ablation (--ablation): each variant of IPB (robust) against IPB (robust) itself
+    pairs += [(label, IPB_ROBUST) for label in dict.fromkeys(main["label"])
+              if label != IPB_ROBUST and (label.startswith(IPB_ROBUST + " ") or
+                                          label.startswith("MPL (robust)"))]
     # the curve's other fractions: IPB (robust) against supervised on the same pairs
     pairs += [(label, SUPERVISED + label[len(IPB_ROBUST):]) for label in dict.fromkeys(
         df["label"]) if label.startswith(IPB_ROBUST + " (") and label.endswith("% labeled)")]

@@ -84,6 +84,8 @@ def test_pseudo_movement_measures_total_variation_first_to_last():
 def test_build_has_captioned_tables_curve_and_ends_with_the_line():
     rows = {SUPERVISED: ("supervised", BASE, 0.8), MPL: ("mpl", BASE, 0.8),
             IPB_ROBUST: ("ipb", BASE, 0.8)}
+    ablation = f"{IPB_ROBUST} without ema=0.99"
+    rows[ablation] = ("ipb", [b - 0.01 for b in BASE], 0.8)
     for f in (0.01, 0.05):
         for label, (m, t, v) in list(rows.items()):
             if "labeled" not in label:
@@ -103,6 +105,7 @@ def test_build_has_captioned_tables_curve_and_ends_with_the_line():
     # curve rows stay out of the main tables, but IPB is tested against supervised at each
     assert not out["tpr"]["row"].str.contains("labeled").any()
     tested = set(zip(out["tests"]["comparison"], out["tests"]["pairs"]))
+    assert (f"{ablation} vs {IPB_ROBUST}", 5) in tested
     for f in (0.01, 0.05):
         name = f"{curve_label(IPB_ROBUST, f)} vs {curve_label(SUPERVISED, f)}"
         assert (name, 5) in tested
