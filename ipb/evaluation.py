@@ -22,7 +22,6 @@ from ipb.methods.base import unwrap
 from ipb.metrics import collapse_threshold, confusion_matrix, metrics_from_confusion
 
 
-
 @torch.no_grad()
 def predict_proba(model: torch.nn.Module, part, cfg: Config, device: torch.device,
                   rng: np.random.Generator, batch: int = 256,

@@ -33,16 +33,14 @@ def trial_runs(experiment: str, uri: str, parent_run_id: str | None = None,
     flt = "attributes.status = 'FINISHED'"
     if parent_run_id and hashes is None:
         flt += f" and tags.`mlflow.parentRunId` = '{parent_run_id}'"
-    rows, seen = [], set()
-    # oldest first, so configurations appear in the order the sweep ran them
+    rows = []
     runs = c.search_runs([exp.experiment_id], flt, max_results=50000)   # newest first
-    if hashes is not None:
-        wanted, runs, newest = set(hashes), [], runs
-        for r in newest:
-            h = r.data.tags.get("ipb.trial_hash")
-            if h in wanted and h not in seen:
-                seen.add(h)
-                runs.append(r)
+    if hashes is not None:   # the newest run of each wanted trial hash
+        newest, wanted = {}, set(hashes)
+        for r in runs:
+            newest.setdefault(r.data.tags.get("ipb.trial_hash"), r)
+        runs = [r for h, r in newest.items() if h in wanted]
+    # oldest first, so configurations appear in the order the sweep ran them
     for r in reversed(runs):
         t = r.data.tags
         if "ipb.trial_hash" not in t:

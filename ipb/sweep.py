@@ -199,6 +199,7 @@ def run_grid(kind: str, base: Config, configurations: list[dict[str, Any]],
         todo_all = [Trial(t.label, apply(t.cfg, {"tracking.uri": s.uri}), t.hash) for t in trials]
         done = tracking.finished_trials(s.cfg, experiment)
         todo = [t for t in todo_all if t.hash not in done]
+        finished = len(todo_all) - len(todo)
         skip = cannot_run(todo, read_manifest(table))
         for label, why in skip.items():
             n = sum(t.label == label for t in todo)
@@ -206,9 +207,9 @@ def run_grid(kind: str, base: Config, configurations: list[dict[str, Any]],
             key = f"ipb.not_run.{config_hash({'label': label})[:8]}"
             tracking.client(tracking.tracking_uri(s.cfg)).set_tag(s.parent, key,
                                                                   f"{label}: {why}"[:5000])
-        not_run = sum(t.label in skip for t in todo)
-        todo = [t for t in todo if t.label not in skip]
-        s.log(f"{len(trials)} trials ({len(done.keys() & {t.hash for t in trials})} already "
+        runnable = [t for t in todo if t.label not in skip]
+        not_run, todo = len(todo) - len(runnable), runnable
+        s.log(f"{len(trials)} trials ({finished} already "
               f"finished, {not_run} not run, {len(todo)} to run, "
               f"{base.sweep.max_concurrent} at a time); MLflow {s.uri}, "
               f"experiment {experiment!r}, parent run {s.parent}")

@@ -3,8 +3,9 @@
     ipb train --method fixmatch --arch vgg19 --fold 0
 
 One network. Stage 1 is the MPL family's teacher pre-training (`method.teacher_pretrain_epochs`
-on L; a sweep reuses the supervised row's selected model, methods.teacher.teacher_key), so FixMatch, MPL
-and IPB start from the same network and then spend the same `train.epochs` of unlabeled epochs.
+on L; a sweep reuses the supervised row's selected model, methods.teacher.teacher_key), so
+FixMatch, MPL and IPB start from the same network and then spend the same `train.epochs` of
+unlabeled epochs.
 Stage 2, one step as USB runs it (semilearn/algorithms/fixmatch, its defaults):
   logits of cat(x_l, x_uw, x_us) in one forward (USB's use_cat)
   supervised loss on x_l (cross-entropy; the partial-label loss with multi_label_loss=partial)
