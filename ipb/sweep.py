@@ -192,6 +192,11 @@ def run_grid(kind: str, base: Config, configurations: list[dict[str, Any]],
     from ipb.data.table import read_manifest
 
     trials = expand(base, configurations)
+    if not trials:    # else Tune runs nothing and the parent run still ends FINISHED
+        raise ValueError(f"sweep {kind!r} has 0 trials (grid of {len(configurations)} "
+                         f"configurations, sweep.folds={list(base.sweep.folds)}, sweep.seeds="
+                         f"{list(base.sweep.seeds)}, sweep.limit={base.sweep.limit}); widen "
+                         "the filter that emptied it")
     experiment = base.tracking.experiment or f"ipb-{kind}"
     sweep_hash = config_hash({"kind": kind, "trials": sorted(t.hash for t in trials)})
 
@@ -238,10 +243,19 @@ def run_grid(kind: str, base: Config, configurations: list[dict[str, Any]],
 
 # -- command line shared by sweeps/*.py --------------------------------------------------------
 
-def parser(description: str) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=description,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="smoke", help="smoke | paper | study | FILE.yaml")
+class _Parser(argparse.ArgumentParser):
+    """`key=value` overrides anywhere on the line, as `ipb train` takes them: plain
+    parse_args fills the positional `overrides` only before the first option, and calls
+    `--data T k=v` an unrecognized argument."""
+
+    def parse_args(self, args=None, namespace=None):
+        return self.parse_intermixed_args(args, namespace)
+
+
+def parser(description: str, profile: str = "smoke") -> argparse.ArgumentParser:
+    ap = _Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default=profile,
+                    help=f"smoke | paper | study | FILE.yaml (default: {profile})")
     ap.add_argument("--data", help="a colony table, or a directory of raw images (+ labels.csv) "
                                    "that is ingested first; default: the cached SYNTHETIC set")
     ap.add_argument("--labels", help="label CSV for raw images given with --data")
@@ -281,14 +295,32 @@ def start_command(cfg: Config) -> None:
     start()
 
 
+def checked_grid(ap: argparse.ArgumentParser, kind: str, cfg: Config,
+                 configurations: Callable[[Config], list[dict]]) -> list[dict]:
+    """The sweep's configurations, made before MLflow, the data and Ray: a filter that
+    matches nothing (or a bad value in the grid) is a usage error in a second, not a FINISHED
+    parent run of 0 trials."""
+    try:
+        grid = configurations(cfg)
+        n = len(expand(cfg, grid))
+    except ValueError as e:           # ConfigError included: it names the key
+        ap.error(str(e))
+    if n == 0:
+        ap.error(f"sweep {kind!r} has 0 trials ({len(grid)} configurations); check "
+                 "sweep.limit, sweep.folds and sweep.seeds")
+    return grid
+
+
 def main(kind: str, description: str, configurations: Callable[[Config], list[dict]],
          argv: list[str] | None = None) -> int:
     from ipb.inputs import resolve_table
-    args = parser(description).parse_args(argv)
+    ap = parser(description)
+    args = ap.parse_args(argv)
     cfg = config_from_args(args)
+    grid = checked_grid(ap, kind, cfg, configurations)
     start_command(cfg)
     print(f"ipb sweep {kind}; resolved base config:\n{to_yaml(cfg)}", flush=True)
-    out = run_grid(kind, cfg, configurations(cfg), resolve_table(cfg))
+    out = run_grid(kind, cfg, grid, resolve_table(cfg))
     print("\n" + out["report"]["markdown"])
     print(f"\nMLflow: experiment {out['experiment']!r}, parent run {out['parent_run_id']}."
           + champion_line(out) + "\n" + mlflow_ui(out), flush=True)

@@ -6,17 +6,31 @@
 Grid (Tune grid search, every cell over sweep.folds x sweep.seeds):
   ipb x {vgg19, hrnet_w18} x {single, multi-scale} x {multi_label off, on}   (8 rows)
   supervised x {vgg19, hrnet_w18, ms_hrnet_w18}                               (3 rows)
-`sweep.archs=[vgg19]` narrows the architectures (e.g. for a quick CPU check).
+`sweep.archs=[vgg19]` narrows the architectures (e.g. for a quick CPU check); an arch that is
+not in the grid is an error before anything starts.
 """
 import sys
 
+from ipb.config import ConfigError
 from ipb.sweep import main
 
 ARCHS = ("vgg19", "hrnet_w18")
 
 
+def grid_archs(cfg):
+    """The grid's archs that sweep.archs keeps. One the grid lacks is an error: dropped
+    quietly, a typo (or `small_cnn`) would run a smaller grid, or none, and call it FINISHED."""
+    wanted = list(cfg.sweep.archs)
+    unknown = [a for a in wanted if a not in ARCHS]
+    if unknown:
+        raise ConfigError(f"sweep.archs={wanted}: {unknown} not in the ablation grid, whose "
+                          f"archs are {list(ARCHS)} (each with its ms_ variants); name some of "
+                          "those, or leave sweep.archs empty for all")
+    return [a for a in ARCHS if not wanted or a in wanted]
+
+
 def configurations(cfg):
-    archs = [a for a in ARCHS if not cfg.sweep.archs or a in cfg.sweep.archs]
+    archs = grid_archs(cfg)
     rows = []
     for arch in archs:
         for ms in (False, True):

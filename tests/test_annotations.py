@@ -190,3 +190,34 @@ def test_csv_missing_column_wrong_fields_and_zero_size(images, tmp_path):
     assert lab.boxes["a.jpg"][1]["x0"] == -5                 # clipped (and listed) at ingest
     [zero] = lab.rejected
     assert "l.csv line 3" in zero["reason"] and zero["label"] == "B"
+
+
+def test_class_names_differing_in_case_or_spaces_are_one_class_and_said(images, tmp_path):
+    ann = tmp_path / "ann"
+    box = {"x0": 1, "y0": 1, "x1": 20, "y1": 20}
+    _voc(ann, "a", "a.jpg", [{"label": "RBC", **box}, {"label": "rbc ", **box},
+                             {"label": "RBC", **box}, {"label": "WBC", **box}])
+    _voc(ann, "b", "b.jpg", [{"label": " Rbc", **box}, {"label": " WBC ", **box}])
+    lab = read_labels(ann, images, {"a.jpg", "b.jpg"})
+    # the most frequent spelling wins; spaces never make a class of their own
+    assert lab.summary()["classes"] == {"RBC": 4, "WBC": 2}
+    [w] = lab.warnings                                       # WBC had one spelling: no warning
+    assert w["path"] == str(ann)
+    assert "'RBC' (2 objects), 'rbc' (1 object), 'Rbc' (1 object)" in w["warning"]
+
+
+def test_case_merge_ties_keep_the_first_spelling_and_reach_the_plan(images, tmp_path):
+    from ipb.data.sources import plan_sources
+    f = tmp_path / "l.csv"
+    f.write_text("image,x0,y0,x1,y1,label\na.jpg,1,1,9,9,rbc\nb.jpg,1,1,9,9,RBC\n"
+                 "b.jpg,2,2,2,9,Rbc\na.jpg,1,1,9,9,WBC | RBC\nb.jpg,3,3,9,9,rbc\n")
+    lab = read_labels(f, images, {"a.jpg", "b.jpg"})
+    # rbc 2, RBC 2 (one inside the multi-label 'WBC | RBC'), Rbc 1 (a rejected box)
+    assert {rel: [b["label"] for b in bs] for rel, bs in lab.boxes.items()} == {
+        "a.jpg": ["rbc", "WBC|rbc"], "b.jpg": ["rbc", "rbc"]}
+    assert lab.rejected[0]["label"] == "rbc"                 # a rejected box is named alike
+    assert "'rbc' (2 objects), 'RBC' (2 objects), 'Rbc' (1 object)" in lab.warnings[0]["warning"]
+    plan = plan_sources(images, f, "wells")                  # -> the manifest's `warnings`
+    assert plan.warnings == lab.warnings
+    f.write_text("image,label\na.jpg,Rbc\nb.jpg,WBC\n")      # one spelling each: no warning
+    assert read_labels(f, images, {"a.jpg", "b.jpg"}).warnings == []

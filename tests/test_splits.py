@@ -190,3 +190,11 @@ def test_worker_shards_cover_every_row_once():
         got = [shard(rows, part, r, 3)["colony_id"].tolist() for r in range(3)]
         assert sorted(sum(got, [])) == list(range(7)) and [len(g) for g in got] == [3, 2, 2]
     assert shard(rows, "labeled", 1, 3)["colony_id"].tolist() == list(range(7))
+
+
+def test_single_class_table_is_refused_with_what_to_do():
+    # one class trains to loss 0 and TPR 1.0: a perfect score that says nothing
+    meta = _meta({"Spread": 100})
+    with pytest.raises(ValueError, match=r"one class, 'Spread' \(100 colonies\).*label "
+                                         r"colonies of at least one more class"):
+        make_split(meta, SplitConfig(), 0)

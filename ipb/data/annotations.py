@@ -9,9 +9,12 @@
   COCO       one JSON file: `images` (id, file_name), `categories` (id, name), `annotations`
              (image_id, category_id, bbox [x, y, w, h] in pixels, optional `segmentation`:
              polygons [[x, y, ...], ...] or RLE, which become the colony's mask).
-Class names come from the file. A malformed entry is an `IngestError` naming the file and the
-line / object / annotation; a zero-size box is not an error but a listed rejection (an
-annotator's stray click must not stop a run, and must not vanish either).
+Class names come from the file, without surrounding spaces; spellings that differ only in case
+(`RBC`, `rbc`) are one class, the most frequent spelling (ties: the first seen), and `warnings`
+says which spellings were merged and how many objects each had. A malformed entry is an
+`IngestError` naming the file and the line / object / annotation; a zero-size box is not an
+error but a listed rejection (an annotator's stray click must not stop a run, and must not
+vanish either).
 Image names resolve as a path relative to the image root, else by file name when that is unique
 under the root (VOC and COCO files usually name the bare file).
 """
@@ -41,13 +44,15 @@ class Labels:
     boxes: dict[str, list[dict]] = field(default_factory=dict)
     image_labels: dict[str, str] = field(default_factory=dict)
     rejected: list[dict] = field(default_factory=list)   # zero-size boxes, listed not fatal
+    warnings: list[dict] = field(default_factory=list)   # {"path", "warning"}, as the manifest
 
     def summary(self) -> dict[str, Any]:
         from collections import Counter
         classes = Counter(b["label"] for bs in self.boxes.values() for b in bs)
         return {"mode": self.mode, "format": self.format, "images": len(self.boxes)
                 or len(self.image_labels), "boxes": sum(classes.values()),
-                "classes": dict(sorted(classes.items())), "rejected": len(self.rejected)}
+                "classes": dict(sorted(classes.items())), "rejected": len(self.rejected),
+                "warnings": len(self.warnings)}
 
 
 class _Names:
@@ -362,10 +367,63 @@ def _coco_annotation(path: Path, i: int, a: Any, images: dict, cats: dict, out: 
         out.boxes.setdefault(rel, []).append(box)
 
 
+# ---------------------------------------------------------------- class names
+
+def _parts(label: str) -> list[str]:
+    """'A | b' -> ['A', 'b']: the class names of one entry (a multi-label entry has several)."""
+    return [p.strip() for p in label.split("|")]
+
+
+def _spellings(out: Labels) -> dict[str, int]:
+    """Objects per class spelling, in the order the entries were read (kept, then rejected)."""
+    counts: dict[str, int] = {}
+    entries = [b["label"] for bs in out.boxes.values() for b in bs]
+    entries += list(out.image_labels.values()) + [r["label"] for r in out.rejected]
+    for label in entries:
+        for part in filter(None, _parts(label)):
+            counts[part] = counts.get(part, 0) + 1
+    return counts
+
+
+def _case_renames(out: Labels, path: Path) -> dict[str, str]:
+    """{spelling: the kept spelling} for classes spelt several ways; one warning per class."""
+    groups: dict[str, list[tuple[str, int]]] = {}
+    for name, n in _spellings(out).items():
+        groups.setdefault(name.casefold(), []).append((name, n))
+    rename = {}
+    for group in (g for g in groups.values() if len(g) > 1):
+        keep = max(group, key=lambda s: s[1])[0]      # max keeps the first of equal counts
+        rename.update({name: keep for name, _ in group})
+        said = ", ".join(f"{name!r} ({n} object{'s' * (n != 1)})" for name, n in group)
+        out.warnings.append({"path": str(path), "warning": (
+            f"class names that differ only in case were merged into {keep!r}: {said}; "
+            "use one spelling in the label file to silence this")})
+    return rename
+
+
+def merge_case(out: Labels, path: Path) -> Labels:
+    """Spellings that differ only in case are one class: an annotator's `rbc` next to `RBC`
+    would otherwise be a class of its own with a handful of colonies, and skew every
+    per-class score. The most frequent spelling wins (ties: the first seen); the warning
+    names every spelling, so no user label is renamed silently."""
+    rename = _case_renames(out, path)
+
+    def fix(label: str) -> str:
+        return "|".join(rename.get(p, p) for p in _parts(label))
+
+    for entry in [b for bs in out.boxes.values() for b in bs] + out.rejected:
+        entry["label"] = fix(entry["label"])
+    out.image_labels = {rel: fix(label) for rel, label in out.image_labels.items()}
+    return out
+
+
 def read_labels(labels: str | Path, root: Path, images: set[str]) -> Labels:
     """CSV file, VOC directory or COCO JSON (by what `labels` is); errors name the file."""
     path = Path(labels).expanduser()
-    names = _Names(root, images)
+    return merge_case(_read_any(path, _Names(root, images)), path)
+
+
+def _read_any(path: Path, names: _Names) -> Labels:
     if path.is_dir():
         return read_voc_labels(path, names)
     if not path.is_file():
@@ -379,4 +437,4 @@ def read_labels(labels: str | Path, root: Path, images: set[str]) -> Labels:
 
 
 __all__ = ["IngestError", "Labels", "read_labels", "read_csv_labels", "read_voc_labels",
-           "read_coco_labels", "rle_decode", "COLONY_COLUMNS", "IMAGE_COLUMNS"]
+           "read_coco_labels", "merge_case", "rle_decode", "COLONY_COLUMNS", "IMAGE_COLUMNS"]

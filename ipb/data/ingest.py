@@ -199,7 +199,7 @@ def _summarise(out: Store, plan: SourcePlan, fingerprint: dict, cfg: Config,
                        "fallback_um": cfg.segmentation.pixel_size_um},
         "bit_depths": dict(sorted(info["bit_depths"].items())),
         "rejected": rejected, "duplicates": info["duplicates"], "clipped": info["clipped"],
-        "merged_labels": info["merged"], "warnings": info["warnings"],
+        "merged_labels": info["merged"], "warnings": plan.warnings + info["warnings"],
         "source": str(plan.root), "layout": plan.layout, "label_mode": plan.label_mode,
         "label_format": plan.label_format, "labels": plan.labels,
         "config": {"segmentation": fingerprint["segmentation"], "data": asdict(cfg.data)},
@@ -295,6 +295,8 @@ def ingest(source: str | Path, out: str | Path, cfg: Config, labels: str | None 
         f"({len(done)} already done) from {plan.root} [{plan.layout}, labels: {plan.label_mode}"
         f"{' ' + plan.label_format if plan.label_format else ''}"
         f"{', SYNTHETIC' if plan.synthetic else ''}] -> {out}")
+    for w in plan.warnings:       # few, and they change the classes: each one is said
+        log(f"ingest: WARNING {w['path']}: {w['warning']}")
     n_images, n_rows = _run(cfg, plan, out, todo, log, progress) if todo else (0, 0)
     this_run = {"images": n_images, "rows": n_rows, "seconds": round(time.time() - t0, 1)}
     manifest = _summarise(out, plan, fingerprint, cfg, shards, this_run)

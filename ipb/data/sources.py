@@ -50,6 +50,7 @@ class SourcePlan:
     label_format: str = ""                        # csv | voc | coco | folders | ""
     labels: str | None = None                     # the label file / directory, resolved
     rejected: list[dict] = field(default_factory=list)   # found while planning, listed
+    warnings: list[dict] = field(default_factory=list)   # label-file notes for the manifest
 
     def task(self, rel: str) -> dict[str, Any]:
         """The per-image instructions shipped with the image bytes to a worker."""
@@ -188,7 +189,7 @@ def plan_sources(source: str | Path, labels: str | Path | None = None,
         raise IngestError(f"{wells_dir}: no images with extensions {', '.join(IMAGE_EXTS)}")
     return SourcePlan(root, "wells", images, lab.mode, lab.boxes, lab.image_labels, synthetic,
                       label_format=lab.format, labels=str(Path(labels).expanduser().resolve()),
-                      rejected=skipped + lab.rejected)
+                      rejected=skipped + lab.rejected, warnings=lab.warnings)
 
 
 def _is_synthetic(root: Path) -> bool:

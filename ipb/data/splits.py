@@ -201,6 +201,12 @@ def make_split(meta: pd.DataFrame, cfg: SplitConfig, fold: int, seed: int | None
     if not classes:
         raise ValueError("no labeled single-class colonies in the table (column 'label' is all "
                          "null); label some colonies before splitting")
+    if len(classes) < 2:
+        # one class trains to loss 0 and scores TPR 1.0: a perfect-looking, meaningless result
+        n = int(np.sum(kind == 0))
+        raise ValueError(f"the table's labeled single-class colonies are all of one class, "
+                         f"{classes[0]!r} ({n} colonies); a classifier needs >= 2 classes: "
+                         "label colonies of at least one more class before splitting")
     k, tf, lf, vf = cfg.folds, cfg.test_fraction, cfg.labeled_fraction, cfg.val_fraction
     cv = tf <= 1.0 / k + _EPS
     exact = abs(tf - 1.0 / k) <= _EPS
