@@ -112,10 +112,13 @@ class Batches:
         n = self.cfg.train.unlabeled_batch_size
         take = (self.cursor + np.arange(n)) % max(1, len(self.order))
         self.cursor += n
-        x = self.parts["unlabeled"].bank.extract(self.order[take], self.order_pos[take])
+        u = self.parts["unlabeled"]
+        x = u.bank.extract(self.order[take], self.order_pos[take])
         return {"x_uw": self.aug["weak"](x, generator=self.gen).to(self.device),
                 "x_us": self.aug["strong"](x, generator=self.gen).to(self.device),
-                "i_u": torch.from_numpy(self.order[take])}
+                "i_u": torch.from_numpy(self.order[take]),
+                # U's hidden classes (-1 unknown): for the target-accuracy diagnostic only
+                "y_u": torch.from_numpy(u.y[self.order[take]])}
 
     def contrastive(self) -> dict[str, torch.Tensor]:
         # U + L pooled, in proportion to their sizes on this worker
@@ -167,6 +170,11 @@ class Batches:
 
 def steps_for(phase: str, cfg: Config, parts: dict[str, Part], world: int) -> int:
     """Steps per epoch, identical on every rank (DDP must run the same number of steps)."""
+    if phase == "mpl" and cfg.method.mpl_passes > 0:
+        # the stage sees U mpl_passes times over its train.epochs epochs
+        n_u = global_sum(len(parts["unlabeled"]))
+        per_pass = n_u / (world * cfg.train.unlabeled_batch_size)
+        return max(1, math.ceil(cfg.method.mpl_passes * per_pass / cfg.train.epochs))
     if cfg.train.steps_per_epoch > 0:
         return cfg.train.steps_per_epoch
     if phase in ("supervised", "gan"):   # len(L) draws over all workers
@@ -346,8 +354,42 @@ def run_trial(cfg: Config, parts: dict[str, Part], classes: list[str], *,
                 return {"method": method.state_dict(), "epoch": epoch, "history": history,
                         "best": best, "pre_best": pre_best}
             report(metrics, state_fn)
-    return _finish(method, cfg, parts, classes, batches, world, device, rng, gen, best,
-                   history, stage_teacher if teacher_state is None else None, pool, log)
+    start_teacher = stage_teacher if stage_teacher is not None else pre_best["state"]
+    out = _finish(method, cfg, parts, classes, batches, world, device, rng, gen, best,
+                  history, stage_teacher if teacher_state is None else None, pool, log)
+    if method.pseudo_model() is not None:
+        out["metrics"].update(diagnostics(method, out["model"], start_teacher, parts["test"],
+                                          history, cfg, device, rng))
+    return out
+
+
+DIAG_MEANS = {"diag.h_abs": "train.h_abs", "diag.mpl_grad_share": "train.mpl_grad_share",
+              "diag.mask_rate": "train.mask_rate", "diag.target_acc": "train.target_acc",
+              "diag.target_acc_all": "train.target_acc_all", "diag.pseudo_acc": "ipb.pseudo_acc"}
+
+
+def diagnostics(method, model, start_teacher: dict | None, test: Part, history: list[dict],
+                cfg: Config, device, rng) -> dict[str, float]:
+    """Teacher plus noise, or more? (ipb/methods/diagnostics.py): the final student's test
+    agreement with the teacher it started from, its relative weight change from its own start,
+    and the means over the MPL epochs of |h|, the MPL gradient share, the mask's admitted share
+    of U and the accuracy of the student's targets (of the teacher's classes for IPB's draw)."""
+    from ipb.methods.diagnostics import agreement, weight_change
+    out = {"diag.weight_change": weight_change(model, method.student_start)}
+    if start_teacher is not None and len(test):
+        teacher = method.new_model()
+        unwrap(teacher).load_state_dict(start_teacher)
+        p_t = predict_proba(teacher, test, cfg, device, rng)
+        p_s = predict_proba(model, test, cfg, device, rng)
+        mine = all_reduce_sum(torch.tensor([agreement(p_t, p_s) * len(test), len(test)],
+                                           dtype=torch.float64))
+        out["diag.test_agree"] = float(mine[0] / mine[1])
+    mpl = [h for h in history if h.get("phase.mpl")]
+    for key, src in DIAG_MEANS.items():
+        vals = [h[src] for h in mpl if src in h and not math.isnan(h[src])]
+        if vals:
+            out[key] = float(np.mean(vals))
+    return out
 
 
 def _finish(method, cfg: Config, parts, classes, batches, world, device, rng, gen, best,

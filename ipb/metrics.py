@@ -135,6 +135,49 @@ def paired_ttest(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, 
     return float(d.mean()), float(res.statistic), float(res.pvalue)
 
 
+# n_test / n_train of a 10-fold split (test 10 %, the rest trains): the Nadeau-Bengio term
+CV_TEST_TRAIN_RATIO = 1 / 9
+
+
+def corrected_paired_ttest(a: Sequence[float], b: Sequence[float],
+                           test_train_ratio: float = CV_TEST_TRAIN_RATIO
+                           ) -> tuple[float, float, float]:
+    """The corrected resampled paired t-test (Nadeau & Bengio 2003): (mean difference a - b,
+    statistic, two-sided p) over J matched (fold, seed) pairs whose training sets overlap.
+    The variance of the mean difference is s^2 (1/J + n_test/n_train) instead of s^2 / J: the
+    plain test treats overlapping folds as independent and is too optimistic. p is nan for
+    fewer than 2 pairs, 1.0 when every difference is 0, 0.0 when all are equal and non-zero."""
+    from scipy import stats
+
+    x = np.asarray(a, dtype=np.float64).ravel()
+    y = np.asarray(b, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"paired t-test needs matched pairs, got {x.size} and {y.size} values")
+    d = x - y
+    if d.size < 2:
+        return (float(d.mean()) if d.size else math.nan), math.nan, math.nan
+    mean = float(d.mean())
+    if np.all(d == 0):
+        return 0.0, 0.0, 1.0
+    var = float(d.var(ddof=1))
+    if var <= (1e-12 * max(1.0, float(np.abs(d).max()))) ** 2:
+        return mean, math.copysign(math.inf, mean), 0.0   # no spread
+    t = mean / math.sqrt(var * (1.0 / d.size + test_train_ratio))
+    return mean, t, float(2 * stats.t.sf(abs(t), d.size - 1))
+
+
+def min_detectable_difference(sd: float, n_pairs: int, alpha: float = 0.05,
+                              test_train_ratio: float = CV_TEST_TRAIN_RATIO) -> float:
+    """The smallest mean difference the corrected test calls significant at `alpha` with
+    `n_pairs` pairs whose differences have standard deviation `sd` (nan for < 2 pairs)."""
+    from scipy import stats
+
+    if n_pairs < 2 or not np.isfinite(sd):
+        return math.nan
+    return float(stats.t.ppf(1 - alpha / 2, n_pairs - 1) * sd *
+                 math.sqrt(1.0 / n_pairs + test_train_ratio))
+
+
 def ttest_per_class(a: Mapping[str, Sequence[float]],
                     b: Mapping[str, Sequence[float]]) -> dict[str, tuple[float, float]]:
     """`ttest` for every key the two configurations share (e.g. class names or metric names)."""

@@ -2,9 +2,11 @@
 
     python sweeps/study.py            # runs the study (sweeps/study.py), then prints this report
 
-Every row ran on the same (fold, seed) pairs, so rows are compared pair by pair: a paired
-t-test on the per-pair differences of mean test TPR (and of the rarest class's TPR). A
-difference with p >= 0.05 is reported as within noise. The IPB row named in the last line is
+Every row ran on the same (fold, seed) pairs, so rows are compared pair by pair: the
+corrected resampled paired t-test (Nadeau & Bengio 2003; cross-validation training sets
+overlap, so the plain paired test is too optimistic) on the per-pair differences of mean test
+TPR (and of the rarest class's TPR), with the smallest difference the test could detect on
+those pairs. A difference with p >= 0.05 is reported as within noise. The IPB row named in the last line is
 the one with the best mean VALIDATION TPR (never selected on test). The report also says how
 many MPL-family students collapsed (largest predicted-class share on test > 0.8), whether the
 teacher's pseudo-class proportions moved toward the true unlabeled mix (total-variation
@@ -20,11 +22,19 @@ from typing import Any, Callable, Collection
 import numpy as np
 import pandas as pd
 
-from ipb.metrics import collapse_threshold, fold_stats, paired_ttest
+from ipb.metrics import CV_TEST_TRAIN_RATIO, collapse_threshold, corrected_paired_ttest, \
+    fold_stats, min_detectable_difference
 
 SUPERVISED, MPL, MPL_BALANCED = "supervised", "MPL (imbalanced)", "MPL (balanced, oracle)"
 IPB_PAPER, IPB_ROBUST, IPB_FINETUNE = "IPB (paper)", "IPB (robust)", "IPB (robust) + fine-tune"
-IPB_ROWS = (IPB_PAPER, IPB_ROBUST, IPB_FINETUNE)
+IPB_LEARN = "IPB (learn)"
+MPL_ROBUST = "MPL (robust): IPB (robust) without balancing"
+MPL_LEARN = "MPL (learn): IPB (learn) without balancing"
+FIXMATCH, ABC = "FixMatch", "ABC (FixMatch + balanced head)"
+IPB_ROWS = (IPB_PAPER, IPB_ROBUST, IPB_FINETUNE, IPB_LEARN)
+# each IPB row's twin: the same switches without the pseudo-class balancing
+MPL_TWIN = {IPB_PAPER: MPL, IPB_ROBUST: MPL_ROBUST, IPB_LEARN: MPL_LEARN}
+TOP_FRACTION = 0.5      # the headroom: supervised here minus supervised at the study's fraction
 MPL_FAMILY = ("mpl", "mpl_balanced", "ipb")
 NOISE_P = 0.05
 
@@ -70,15 +80,21 @@ def row_table(df: pd.DataFrame, classes: list[str], minority: str, metric: str) 
     return pd.DataFrame(out)
 
 
-def comparison(df: pd.DataFrame, a: str, b: str, minority: str) -> dict[str, Any]:
-    """Paired difference a - b of mean test TPR and of the minority class's TPR."""
+def comparison(df: pd.DataFrame, a: str, b: str, minority: str,
+               ratio: float = CV_TEST_TRAIN_RATIO) -> dict[str, Any]:
+    """Paired difference a - b of mean test TPR and of the minority class's TPR, by the
+    corrected resampled t-test (`ratio` = n_test / n_train), and the smallest difference of
+    mean TPR that test could detect on these pairs."""
     x, y = matched(df, a, b, "test.tpr.mean")
-    d, _, p = paired_ttest(x, y) if len(x) else (np.nan, np.nan, np.nan)
+    nan3 = (np.nan, np.nan, np.nan)
+    d, _, p = corrected_paired_ttest(x, y, ratio) if len(x) else nan3
     xm, ym = matched(df, a, b, f"test.tpr.{minority}")
-    dm, _, pm = paired_ttest(xm, ym) if len(xm) else (np.nan, np.nan, np.nan)
+    dm, _, pm = corrected_paired_ttest(xm, ym, ratio) if len(xm) else nan3
+    sd = float(np.std(x - y, ddof=1)) if len(x) > 1 else np.nan
     verdict = "-" if np.isnan(p) else ("within noise" if p >= NOISE_P else
                                        ("better" if d > 0 else "worse"))
     return {"comparison": f"{a} vs {b}", "pairs": len(x), "d mean TPR": d, "p": p,
+            "detectable": min_detectable_difference(sd, len(x), NOISE_P, ratio),
             f"d {minority} TPR": dm, "p minority": pm, "verdict": verdict}
 
 
@@ -131,18 +147,53 @@ def _signed(x: float) -> str:
     return "nan" if np.isnan(x) else f"{x:+.3f}"
 
 
-def last_line(df: pd.DataFrame, minority: str, wall_min: float) -> str:
+def headroom(df: pd.DataFrame) -> float:
+    """Supervised at TOP_FRACTION minus supervised at the study's fraction, same pairs."""
+    x, y = matched(df, curve_label(SUPERVISED, TOP_FRACTION), SUPERVISED, "test.tpr.mean")
+    return float(np.mean(x - y)) if len(x) else np.nan
+
+
+def last_line(df: pd.DataFrame, minority: str, wall_min: float,
+              ratio: float = CV_TEST_TRAIN_RATIO) -> str:
     """`study: ipb-supervised <+d> (p=<p>), ipb-mpl <+d> (p=<p>), minority <+d>, collapsed
-    <k>/<n>, wall <m> min` for the best IPB row (by validation)."""
+    <k>/<n>, headroom <+h>, wall <m> min` for the best IPB row (by validation); ipb-mpl is
+    that row minus MPL with the same switches (MPL_TWIN); p corrected."""
     best = best_ipb_row(df)
     nan = {"d mean TPR": np.nan, "p": np.nan, f"d {minority} TPR": np.nan}
-    sup = comparison(df, best, SUPERVISED, minority) if best else nan
-    mpl = comparison(df, best, MPL, minority) if best else nan
+    sup = comparison(df, best, SUPERVISED, minority, ratio) if best else nan
+    twin = MPL_TWIN.get(best or "", MPL)
+    mpl = comparison(df, best, twin, minority, ratio) if best else nan
     k, n = collapsed_count(df)
     return (f"study: ipb-supervised {_signed(sup['d mean TPR'])} (p={sup['p']:.3g}), "
             f"ipb-mpl {_signed(mpl['d mean TPR'])} (p={mpl['p']:.3g}), "
             f"minority {_signed(sup[f'd {minority} TPR'])}, collapsed {k}/{n}, "
-            f"wall {wall_min:.0f} min")
+            f"headroom {_signed(headroom(df))}, wall {wall_min:.0f} min")
+
+
+DIAG_COLUMNS = {"agree w/ teacher (test)": "diag.test_agree",
+                "weight change": "diag.weight_change", "mean |h|": "diag.h_abs",
+                "MPL grad share": "diag.mpl_grad_share", "U admitted": "diag.mask_rate",
+                "target acc (U)": "diag.target_acc", "pseudo-class acc (U)": "diag.pseudo_acc",
+                "TPR - teacher": "_gain"}
+
+
+def diagnostics_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per MPL-family row, means over its runs: is the student its teacher plus noise?
+    (ipb/engine.py `diagnostics`). `TPR - teacher`: the row's mean test TPR minus the
+    supervised row's (its teacher) on the same pairs."""
+    out = []
+    for label, g in df.groupby("label", sort=False):
+        if not g["method"].isin(MPL_FAMILY).any():
+            continue
+        row: dict[str, Any] = {"row": label}
+        for name, col in DIAG_COLUMNS.items():
+            if col == "_gain":
+                x, y = matched(df, label, SUPERVISED, "test.tpr.mean")
+                row[name] = float(np.mean(x - y)) if len(x) else np.nan
+            else:
+                row[name] = float(g[col].mean()) if col in g else np.nan
+        out.append(row)
+    return pd.DataFrame(out, columns=["row", *DIAG_COLUMNS])
 
 
 def _markdown(frame: pd.DataFrame) -> str:
@@ -156,7 +207,7 @@ def _markdown(frame: pd.DataFrame) -> str:
 
 
 def curve_frame(df: pd.DataFrame, main_fraction: float,
-                families: tuple[str, ...] = (SUPERVISED, MPL, IPB_ROBUST)) -> pd.DataFrame:
+                families: tuple[str, ...] = (SUPERVISED, MPL, IPB_LEARN)) -> pd.DataFrame:
     """Mean (std) test TPR per family and labeled fraction; the main rows are the main fraction."""
     out = []
     for fam in families:
@@ -174,23 +225,32 @@ def curve_frame(df: pd.DataFrame, main_fraction: float,
 
 
 def build(df: pd.DataFrame, classes: list[str], minority: str, main_fraction: float,
-          histories: dict[str, list[dict]], wall_min: float, title: str) -> dict[str, Any]:
+          histories: dict[str, list[dict]], wall_min: float, title: str,
+          ratio: float = CV_TEST_TRAIN_RATIO) -> dict[str, Any]:
     """Every table of the report from the trial runs (no MLflow): markdown + frames."""
     main = df[~df["label"].str.endswith("% labeled)")]
     tpr, f1 = row_table(main, classes, minority, "tpr"), row_table(main, classes, minority, "f1")
     best = best_ipb_row(df)
-    pairs = [(best, SUPERVISED), (best, MPL), (IPB_ROBUST, IPB_PAPER)] if best else []
+    pairs = [(best, SUPERVISED), (best, MPL_TWIN.get(best, MPL)), (best, MPL),
+             (IPB_ROBUST, IPB_PAPER)] if best else []
+    pairs += [(best, r) for r in (FIXMATCH, ABC, IPB_ROBUST) if best and r != best]
+    pairs += [(ipb, twin) for ipb, twin in MPL_TWIN.items()]
     pairs += [(r, SUPERVISED) for r in dict.fromkeys(main["label"])
               if r not in (SUPERVISED, best)]
     # the ablation (--ablation): each variant of IPB (robust) against IPB (robust) itself
     pairs += [(label, IPB_ROBUST) for label in dict.fromkeys(main["label"])
               if label != IPB_ROBUST and (label.startswith(IPB_ROBUST + " ") or
                                           label.startswith("MPL (robust)"))]
-    # the curve's other fractions: IPB (robust) against supervised on the same pairs
-    pairs += [(label, SUPERVISED + label[len(IPB_ROBUST):]) for label in dict.fromkeys(
-        df["label"]) if label.startswith(IPB_ROBUST + " (") and label.endswith("% labeled)")]
-    tests = pd.DataFrame([comparison(df, a, b, minority) for a, b in dict.fromkeys(pairs)
-                          if (df["label"] == a).any() and (df["label"] == b).any()])
+    pairs += [(label, IPB_LEARN) for label in dict.fromkeys(main["label"])
+              if label.startswith(IPB_LEARN + " without ")]
+    # the curve's other fractions: IPB against supervised on the same pairs
+    pairs += [(label, SUPERVISED + label[len(fam):]) for fam in (IPB_ROBUST, IPB_LEARN)
+              for label in dict.fromkeys(df["label"])
+              if label.startswith(fam + " (") and label.endswith("% labeled)")]
+    tests = pd.DataFrame([comparison(df, a, b, minority, ratio)
+                          for a, b in dict.fromkeys(pairs)
+                          if a != b and (df["label"] == a).any() and (df["label"] == b).any()])
+    diag = diagnostics_table(main)
     moves = {}
     for label in IPB_ROWS:
         ids = df.loc[df["label"] == label, "run_id"].tolist()
@@ -198,32 +258,40 @@ def build(df: pd.DataFrame, classes: list[str], minority: str, main_fraction: fl
         if len(mv):
             moves[label] = mv
     curve = curve_frame(df, main_fraction)
-    line = last_line(df, minority, wall_min)
+    line = last_line(df, minority, wall_min, ratio)
     md = [f"# {title}", "",
           f"{len(df)} finished trial runs. Test split, mean (std) over (fold, seed) pairs; "
-          f"minority class: {minority}. Rows were compared on the same pairs (paired "
-          f"t-tests); p >= {NOISE_P} is within noise. Best IPB row by validation TPR: {best}. "
+          f"minority class: {minority}. Rows were compared on the same pairs by the corrected "
+          f"resampled paired t-test (Nadeau & Bengio 2003, variance x (1/J + n_test/n_train "
+          f"= {ratio:.3g})); p >= {NOISE_P} is within noise; `detectable` is the smallest "
+          f"difference the test could call significant on those pairs. Headroom (supervised "
+          f"at {TOP_FRACTION:.0%} labeled minus supervised here): {_signed(headroom(df))}. "
+          f"Best IPB row by validation TPR: {best}. "
           "Collapsed: an MPL-family student whose largest predicted-class share on test "
           "exceeds 0.8 (where one class truly holds over 60 %: halfway from its share to 1).",
           "", "## Table 1. True positive rate (recall) per class", "", _markdown(tpr), "",
           "## Table 2. F1 per class", "", _markdown(f1), "",
-          "## Table 3. Paired t-tests of mean test TPR (and the minority class's TPR)", "",
-          _markdown(tests) if len(tests) else "(too few rows)", ""]
+          "## Table 3. Corrected paired t-tests of mean test TPR (and the minority class's "
+          "TPR)", "", _markdown(tests) if len(tests) else "(too few rows)", "",
+          "## Table 4. Teacher plus noise? Diagnostics of the MPL-family students (means "
+          "over runs; the teacher = the supervised model each starts from)", "",
+          _markdown(diag) if len(diag) else "(no MPL-family rows)", ""]
     for label, mv in moves.items():
         md.append(f"Pseudo-class proportions, {label}: total-variation distance from the true "
                   f"U mix fell from first to last MPL epoch in {int(mv['fell'].sum())}/{len(mv)}"
                   f" runs (mean {mv['tv_first'].mean():.3f} -> {mv['tv_last'].mean():.3f}).")
     if len(curve) and curve["labeled_fraction"].nunique() > 1:
-        md += ["", "## Table 4. Labeled-fraction curve: mean test TPR", "", _markdown(curve)]
+        md += ["", "## Table 5. Labeled-fraction curve: mean test TPR", "", _markdown(curve)]
     md += ["", line]
     return {"markdown": "\n".join(md), "line": line, "tpr": tpr, "f1": f1, "tests": tests,
-            "moves": moves, "curve": curve, "best": best}
+            "moves": moves, "curve": curve, "best": best, "diagnostics": diag}
 
 
 def study_report(experiment: str, uri: str, parent_run_id: str, out_dir: Path,
                  minority: str | None, main_fraction: float, wall_min: float,
                  log_artifact: Callable[[Path], None] | None = None,
-                 hashes: Collection[str] | None = None) -> dict[str, Any]:
+                 hashes: Collection[str] | None = None,
+                 ratio: float = CV_TEST_TRAIN_RATIO) -> dict[str, Any]:
     """Read the study's runs from MLflow (with `hashes`: those trials' runs, also the ones an
     earlier sweep ran), build the report, write Markdown/CSV/PNGs."""
     from ipb import plots
@@ -248,10 +316,10 @@ def study_report(experiment: str, uri: str, parent_run_id: str, out_dir: Path,
                 for m in c.get_metric_history(rid, key):
                     per_epoch.setdefault(m.step, {"epoch": m.step})[key] = m.value
         histories[rid] = [per_epoch[e] for e in sorted(per_epoch)]
-    out = build(df, classes, minority, main_fraction, histories, wall_min, title)
+    out = build(df, classes, minority, main_fraction, histories, wall_min, title, ratio)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("tpr", "f1", "tests", "curve"):
+    for name in ("tpr", "f1", "tests", "curve", "diagnostics"):
         out[name].to_csv(out_dir / f"study_{name}.csv", index=False)
     files = []
     for label in IPB_ROWS:

@@ -300,7 +300,7 @@ def test_related_rows_are_listed_and_paired_with_their_teachers():
     cfg = load_config("study")
     plain = mods["study"].configurations(cfg)
     rows = mods["study"].configurations(cfg, related=True)
-    assert rows[:len(plain)] == plain and len(rows) == len(plain) + 9
+    assert rows[:len(plain)] == plain and len(rows) == len(plain) + 7
     trials = expand(cfg, rows)
     sup = {teacher_key(t.cfg) for t in trials if t.cfg.method.name == "supervised"}
     reusing = [t for t in trials if t.cfg.method.name != "supervised" and teacher_key(t.cfg)]

@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ipb.study import IPB_PAPER, IPB_ROBUST, MPL, SUPERVISED, best_ipb_row, build, \
-    comparison, curve_label, last_line, pseudo_movement
+from ipb.study import IPB_LEARN, IPB_PAPER, IPB_ROBUST, MPL, MPL_LEARN, SUPERVISED, \
+    TOP_FRACTION, best_ipb_row, build, comparison, curve_label, diagnostics_table, last_line, \
+    pseudo_movement
 
 CLASSES = ["Debris", "Dense", "Differentiated", "Spread"]
 
@@ -41,6 +42,7 @@ def test_paired_difference_consistent_gain_is_significant_and_noise_is_not():
     gain = comparison(df, IPB_ROBUST, SUPERVISED, "Differentiated")
     assert gain["pairs"] == 5 and gain["d mean TPR"] == pytest.approx(0.044)
     assert gain["p"] < 0.001 and gain["verdict"] == "better"
+    assert 0 < gain["detectable"] < 0.044
     noise = comparison(df, IPB_PAPER, SUPERVISED, "Differentiated")
     assert noise["p"] > 0.05 and noise["verdict"] == "within noise"
 
@@ -50,13 +52,45 @@ def test_best_ipb_row_is_chosen_on_validation_not_test():
     assert best_ipb_row(df) == IPB_ROBUST
 
 
-def test_last_line_format_and_collapse_count():
-    df = runs({SUPERVISED: ("supervised", BASE, 0.8), MPL: ("mpl", [0.25] * 5, 0.3),
-               IPB_ROBUST: ("ipb", [b + 0.05 for b in BASE], 0.9)}, minority_shift=0.1)
+def test_last_line_format_collapse_count_twin_and_headroom():
+    """ipb-mpl is the best IPB row minus MPL with the same switches (IPB (learn) -> MPL
+    (learn)), not the paper's MPL; headroom = supervised at 50 % minus supervised."""
+    df = runs({SUPERVISED: ("supervised", BASE, 0.8),
+               curve_label(SUPERVISED, TOP_FRACTION): ("supervised", [b + 0.1 for b in BASE],
+                                                       0.9),
+               MPL: ("mpl", [0.25] * 5, 0.3),
+               MPL_LEARN: ("mpl", [b + 0.02 + 0.001 * k for k, b in enumerate(BASE)], 0.85),
+               IPB_LEARN: ("ipb", [b + 0.05 for b in BASE], 0.9)}, minority_shift=0.1)
     df.loc[df["label"] == MPL, "test.pred_share.max"] = 1.0
     line = last_line(df, "Differentiated", 12.4)
-    assert re.fullmatch(r"study: ipb-supervised \+0\.050 \(p=\S+\), ipb-mpl \+0\.\d{3} "
-                        r"\(p=\S+\), minority \+0\.150, collapsed 5/10, wall 12 min", line), line
+    assert re.fullmatch(r"study: ipb-supervised \+0\.050 \(p=\S+\), ipb-mpl \+0\.028 "
+                        r"\(p=\S+\), minority \+0\.150, collapsed 5/15, headroom \+0\.100, "
+                        r"wall 12 min", line), line
+
+
+def test_corrected_test_is_less_optimistic_than_the_plain_one():
+    """Nadeau-Bengio: variance x (1/J + n_test/n_train); the same differences give a larger
+    p, and the plain test (ratio 0) is the old paired t-test."""
+    from ipb.metrics import corrected_paired_ttest, min_detectable_difference, paired_ttest
+    a = [0.80, 0.82, 0.78, 0.85, 0.81]
+    b = [x - d for x, d in zip(a, (0.01, 0.03, 0.0, 0.02, 0.015))]
+    _, _, p_plain = paired_ttest(a, b)
+    _, _, p0 = corrected_paired_ttest(a, b, 0.0)
+    _, _, p = corrected_paired_ttest(a, b, 1 / 9)
+    assert p0 == pytest.approx(p_plain) and p > p_plain
+    assert corrected_paired_ttest(a, a)[2] == 1.0
+    sd = float(np.std(np.subtract(a, b), ddof=1))
+    assert min_detectable_difference(sd, 10) < min_detectable_difference(sd, 5)
+
+
+def test_diagnostics_table_shows_teacher_plus_noise():
+    df = runs({SUPERVISED: ("supervised", BASE, 0.8), IPB_ROBUST: ("ipb", BASE, 0.8)})
+    df["diag.test_agree"] = np.where(df["method"] == "ipb", 0.93, np.nan)
+    df["diag.h_abs"] = 1e-4
+    tab = diagnostics_table(df).set_index("row")
+    assert list(tab.index) == [IPB_ROBUST]
+    assert tab.loc[IPB_ROBUST, "agree w/ teacher (test)"] == pytest.approx(0.93)
+    assert tab.loc[IPB_ROBUST, "TPR - teacher"] == pytest.approx(0.0)
 
 
 def test_collapse_is_relative_to_a_dominant_true_class():
@@ -83,7 +117,7 @@ def test_pseudo_movement_measures_total_variation_first_to_last():
 
 def test_build_has_captioned_tables_curve_and_ends_with_the_line():
     rows = {SUPERVISED: ("supervised", BASE, 0.8), MPL: ("mpl", BASE, 0.8),
-            IPB_ROBUST: ("ipb", BASE, 0.8)}
+            IPB_ROBUST: ("ipb", BASE, 0.8), IPB_LEARN: ("ipb", BASE, 0.8)}
     ablation = f"{IPB_ROBUST} without ema=0.99"
     rows[ablation] = ("ipb", [b - 0.01 for b in BASE], 0.8)
     for f in (0.01, 0.05):
@@ -93,14 +127,15 @@ def test_build_has_captioned_tables_curve_and_ends_with_the_line():
     df = runs(rows)
     out = build(df, CLASSES, "Differentiated", 0.10, {}, 3.0, "SYNTHETIC test")
     md = out["markdown"]
-    for caption in ("Table 1. True positive rate", "Table 2. F1", "Table 3. Paired t-tests",
-                    "Table 4. Labeled-fraction curve"):
+    for caption in ("Table 1. True positive rate", "Table 2. F1",
+                    "Table 3. Corrected paired t-tests", "Nadeau & Bengio",
+                    "Table 4. Teacher plus noise?", "Table 5. Labeled-fraction curve"):
         assert caption in md
     assert "Differentiated (minority)" in md
     assert md.strip().splitlines()[-1] == out["line"]
     curve = out["curve"]
     assert sorted(curve["labeled_fraction"].unique()) == [0.01, 0.05, 0.10]
-    assert set(curve["method"]) == {SUPERVISED, MPL, IPB_ROBUST}
+    assert set(curve["method"]) == {SUPERVISED, MPL, IPB_LEARN}
     assert np.all(curve["n"] == 5)
     # curve rows stay out of the main tables, but IPB is tested against supervised at each
     assert not out["tpr"]["row"].str.contains("labeled").any()

@@ -62,7 +62,17 @@ def test_study_rows_pair_every_row_with_its_supervised_teacher():
     assert all(teacher_key(t.cfg) in sup for t in trials
                if t.cfg.method.name in ("mpl", "mpl_balanced", "ipb"))
     n_plain = len(mod.configurations(cfg))
-    assert len(mod.configurations(cfg, ablation=True)) == n_plain + len(PRESETS["robust"]) + 2
+    learn_only = [k for k, v in PRESETS["learn"].items() if PRESETS["robust"].get(k) != v]
+    ablation = mod.configurations(cfg, ablation=True)
+    # + oracle, MPL (robust), IPB (robust) + fine-tune, jitter_space, one row per switch
+    assert len(ablation) == n_plain + 4 + len(PRESETS["robust"]) + len(learn_only)
+    # a random student goes back to the full lr with its init (else it measures the lr)
+    init = next(r for r in ablation if "without student_init" in r["_label"])
+    assert init["method.student_init"] == "random" and init["method.student_lr_scale"] == 1.0
+    # the default study: FixMatch and ABC, IPB (learn) and its twin without balancing
+    labels = [r["_label"] for r in mod.configurations(cfg)]
+    assert {"FixMatch", "IPB (learn)", "MPL (learn): IPB (learn) without balancing",
+            "supervised (50% labeled)"} <= set(labels)
 
 
 def test_ablation_is_table_2():
@@ -224,7 +234,8 @@ def test_study_end_to_end_on_a_tiny_table(ray_local, tmp_path, monkeypatch, caps
     cap = capsys.readouterr()
     last, out = cap.out.strip().splitlines()[-1], cap.out + cap.err
     assert re.fullmatch(r"study: ipb-supervised [+-]\d\.\d{3} \(p=\S+\), ipb-mpl nan "
-                        r"\(p=nan\), minority [+-]\d\.\d{3}, collapsed \d/2, wall \d+ min",
+                        r"\(p=nan\), minority [+-]\d\.\d{3}, collapsed \d/2, headroom \S+, "
+                        r"wall \d+ min",
                         last), last
     c = tracking.client(db)
     runs = c.search_runs([c.get_experiment_by_name("ipb-study").experiment_id])

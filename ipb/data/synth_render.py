@@ -5,7 +5,10 @@ import numpy as np; img, mask, rows = render_well(SynthConfig(), np.random.defau
 
 Classes differ by cell size, texture contrast and unevenness, outline and extras (processes,
 bright rims); `difficulty` pulls the class parameters together and adds blur, noise and
-gradient. ipb/data/synth.py writes what this draws, labelled SYNTHETIC.
+gradient. `well_nuisance` > 0 adds what differs between real wells whatever the class
+(`well_nuisance`: gain, blur, illumination and cell scale drawn once per well), so a few
+labelled colonies cover few of the conditions U covers. ipb/data/synth.py writes what this
+draws, labelled SYNTHETIC.
 """
 from __future__ import annotations
 
@@ -174,16 +177,42 @@ def _outline(r: float, irregular: float, rng: np.random.Generator) -> np.ndarray
     return r * np.clip(rad, 0.55, 1.7)
 
 
-def _place(cfg: SynthConfig, classes: list[str], growth: np.ndarray, rng) -> list[dict]:
+# per-well nuisance at well_nuisance=1: cell scale exp(U(-a, a)), texture gain exp(N(0, s)),
+# extra blur U(0, b) px, illumination gradient x U(0.5, 1 + 3) and level +-U(l); class-free
+NUISANCE = dict(scale=0.2, gain=0.35, blur=1.0, gradient=3.0, level=0.06)
+
+
+def well_nuisance(cfg: SynthConfig, rng: np.random.Generator) -> dict[str, float]:
+    """The class-independent conditions of one well (all neutral at well_nuisance=0)."""
+    k = float(cfg.well_nuisance)
+    if k <= 0:
+        return dict(scale=1.0, gain=1.0, blur=0.0, gradient=1.0, level=0.0)
+    return dict(scale=float(np.exp(rng.uniform(-1, 1) * NUISANCE["scale"] * k)),
+                gain=float(np.exp(rng.normal(0, NUISANCE["gain"] * k))),
+                blur=float(rng.uniform(0, NUISANCE["blur"] * k)),
+                gradient=float(rng.uniform(0.5, 1 + NUISANCE["gradient"] * k)),
+                level=float(rng.uniform(-1, 1) * NUISANCE["level"] * k))
+
+
+def colony_radius(cfg: SynthConfig, n: int, factor: float, rng: np.random.Generator,
+                  scale: float = 1.0) -> float:
+    """A colony's mean radius (px): the well's mean for n colonies x class size factor x
+    log-normal jitter x the well's cell scale (benchmarks/ideal_observer.py draws the same)."""
+    r0 = np.sqrt(0.33 * cfg.size * cfg.size / (max(n, 1) * np.pi))
+    return float(np.clip(r0 * factor * scale * np.exp(rng.normal(0, 0.22)), _MIN_RADIUS,
+                         cfg.size / 4))
+
+
+def _place(cfg: SynthConfig, classes: list[str], growth: np.ndarray, rng,
+           scale: float = 1.0) -> list[dict]:
     """Centres and outlines without overlap (at final size); some colonies touch the border."""
     size, n = cfg.size, len(classes)
-    r0 = np.sqrt(0.33 * size * size / (max(n, 1) * np.pi))
     placed: list[dict] = []
     for i, lab in enumerate(classes):
         parts = lab.split("|")
         factor = np.mean([CLASS_PARAMS[c]["size"] for c in parts])
         irregular = np.mean([CLASS_PARAMS[c]["irregular"] for c in parts])
-        r = float(np.clip(r0 * factor * np.exp(rng.normal(0, 0.22)), _MIN_RADIUS, size / 4))
+        r = colony_radius(cfg, n, factor, rng, scale)
         rad = _outline(r, irregular, rng)
         for attempt in range(300):
             if attempt and attempt % 60 == 0:   # crowded: shrink rather than overlap
@@ -196,13 +225,14 @@ def _place(cfg: SynthConfig, classes: list[str], growth: np.ndarray, rng) -> lis
     return placed
 
 
-def _background(cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
+def _background(cfg: SynthConfig, rng: np.random.Generator, nuisance: dict) -> np.ndarray:
     s, d = cfg.size, cfg.difficulty
     yy, xx = (np.arange(s, dtype=np.float32)[:, None] / s - 0.5,
               np.arange(s, dtype=np.float32)[None, :] / s - 0.5)
     ang = rng.uniform(0, 2 * np.pi)
-    g = (0.015 + 0.06 * d) * rng.uniform(0.6, 1.0)
-    bg = 0.5 + rng.uniform(-0.04, 0.04) + g * (np.cos(ang) * xx + np.sin(ang) * yy)
+    g = (0.015 + 0.06 * d) * rng.uniform(0.6, 1.0) * nuisance["gradient"]
+    bg = 0.5 + nuisance["level"] + rng.uniform(-0.04, 0.04) + \
+        g * (np.cos(ang) * xx + np.sin(ang) * yy)
     bg -= 0.5 * g * (xx * xx + yy * yy)
     bg += 0.006 * _lowfreq(s, s, s / 12, rng) + 0.003 * _lowfreq(s, s, 6, rng)
     specks = _spots(s, s, int(s * s / 9000), 1.6, rng)
@@ -239,11 +269,12 @@ def render_well(cfg: SynthConfig, rng: np.random.Generator, time_points: int = 1
         classes = list(rng.choice(list(probs), size=cfg.colonies_per_well,
                                   p=np.array(list(probs.values())) / sum(probs.values())))
     T, s, d = max(1, int(time_points)), cfg.size, float(np.clip(cfg.difficulty, 0, 1))
+    nz = well_nuisance(cfg, rng)    # draws nothing at well_nuisance=0: old wells unchanged
     growth = 1 + (rng.uniform(0.08, 0.25, len(classes)) if T > 1 else np.zeros(len(classes)))
-    colonies = _place(cfg, classes, growth, rng)
+    colonies = _place(cfg, classes, growth, rng, nz["scale"])
     seqs = _evolve(classes, T, rng)
-    bg = _background(cfg, rng)
-    blur, noise = 0.3 + 1.2 * d, 0.003 + 0.010 * d
+    bg = _background(cfg, rng, nz)
+    blur, noise = 0.3 + 1.2 * d + nz["blur"], 0.003 + 0.010 * d
     th = np.linspace(0, 2 * np.pi, 180, endpoint=False)
     out = []
     for t in range(T):
@@ -273,7 +304,9 @@ def render_well(cfg: SynthConfig, rng: np.random.Generator, time_points: int = 1
             fields = []
             for c in parts:
                 crng = np.random.default_rng([col["seed"], sum(map(ord, c))])
-                fields.append(_texture(c, _class_params(c, d, crng), m, dist_in, d, trng))
+                params = _class_params(c, d, crng)
+                params["cell"] *= nz["scale"]
+                fields.append(nz["gain"] * _texture(c, params, m, dist_in, d, trng))
             if len(parts) == 2:   # region of the second class: periphery (Spread) or a half
                 if "Spread" in parts:
                     second = dist_in < 0.45 * dist_in.max()

@@ -122,6 +122,7 @@ class Method:
         self.cfg, self.num_classes, self.device, self.wrap = cfg, num_classes, device, wrap
         self.step_count = 0
         self.amp = cfg.train.amp and device.type == "cuda"
+        self.student_start: dict | None = None   # the student's weights at its stage start
 
     # -- building blocks -------------------------------------------------------------------
     def new_model(self) -> nn.Module:

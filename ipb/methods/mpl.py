@@ -27,6 +27,13 @@ Robust switches (config `method.*`, paper behaviour by default; ipb/methods/stab
  pseudo_patches=K     the teacher's class of a colony (for IPB's balancing) from K patches
  student_target=colony the student learns that colony-level class for any patch of the colony
  label_smoothing, dist_align, threshold_mode=relative|flexmatch, bn_recalibrate (the engine).
+Issue 18 (preset `learn`): soft_targets + sharpen_temperature (p^(1/T), mask on the unsharpened
+confidence); mpl_passes (the engine's stage length in passes over U); h_normalize (h over a
+running RMS, so the MPL term keeps its size whatever the student's lr).
+Diagnostics every MPL step (logged per epoch; ipb/methods/diagnostics.py): |h| before any
+normalisation, the MPL term's share of the teacher's gradient norm (every GRAD_EVERY steps),
+the share of U the mask admits, and the accuracy of the student's targets where U's classes
+are known (synthetic data: never trained on, only counted).
 """
 from __future__ import annotations
 
@@ -37,7 +44,10 @@ import torch
 import torch.nn.functional as F
 
 from ipb.methods.base import Method, make_optimizer, register_method, set_lr, unwrap
+from ipb.methods.diagnostics import grad_share, snapshot, target_accuracy
 from ipb.methods.stabilize import DistAlign, FlexThreshold, ModelEMA, relative_threshold
+
+GRAD_EVERY = 25   # MPL steps between two measurements of the MPL term's gradient share
 
 
 @register_method
@@ -54,7 +64,9 @@ class MPL(Method):
         self.opt_t = make_optimizer(cfg, self.teacher.parameters())
         self.opt_s = make_optimizer(cfg, self.student.parameters())
         self.h_baseline = 0.0
+        self.h_sq = 0.0      # running mean of h^2 after the baseline (h_normalize)
         self.mpl_steps = 0   # steps since the MPL phase began (UDA ramp)
+        self.grad_share = float("nan")   # the last measured MPL share of the teacher gradient
         self.ema = ModelEMA(self.student, m.ema) if m.ema > 0 else None
         self.align = None
         if m.dist_align != "off":
@@ -94,6 +106,7 @@ class MPL(Method):
         self.opt_t = make_optimizer(self.cfg, self.teacher.parameters())
         if self.cfg.method.student_init == "teacher":
             unwrap(self.student).load_state_dict(unwrap(self.teacher).state_dict())
+        self.student_start = snapshot(self.student)   # diagnostics: how far it moves
         if self.ema is not None:
             self.ema.reset(self.student)
 
@@ -140,16 +153,26 @@ class MPL(Method):
                 relative_threshold(m.threshold, self.num_classes)
             mask = (conf >= tau).float()
         weight = mask if m.student_mask else torch.ones_like(mask)
-        return (p_uw if m.soft_targets else hard), weight, mask, p_uw
+        soft = p_uw
+        if m.soft_targets and m.sharpen_temperature != 1.0:
+            soft = p_uw ** (1.0 / m.sharpen_temperature)
+            soft = soft / soft.sum(dim=1, keepdim=True)
+        return (soft if m.soft_targets else hard), weight, mask, p_uw
 
     def feedback(self, s_loss_l_old: torch.Tensor, s_loss_l_new: torch.Tensor) -> float:
-        """The MPL signal h; its sign is disputed (MPL issue 602 / MPL-pytorch issue 6)."""
+        """The MPL signal h; its sign is disputed (MPL issue 602 / MPL-pytorch issue 6).
+        h_normalize: divided by the running RMS of h (after the baseline): with a student
+        started from the teacher at a small lr, the raw |h| is ~1e-4 and the MPL term nothing."""
         m = self.cfg.method
         diff = (s_loss_l_new - s_loss_l_old).item()
         h = diff if m.h_sign == "new_minus_old" else -diff
         if m.h_baseline_ema > 0:
             self.h_baseline = m.h_baseline_ema * self.h_baseline + (1 - m.h_baseline_ema) * h
             h = h - self.h_baseline
+        if m.h_normalize:
+            decay = m.h_baseline_ema if m.h_baseline_ema > 0 else 0.95
+            self.h_sq = h * h if self.h_sq == 0.0 else decay * self.h_sq + (1 - decay) * h * h
+            h = h / (self.h_sq ** 0.5 + 1e-12)
         return h
 
     @torch.no_grad()
@@ -217,6 +240,7 @@ class MPL(Method):
                 s_l_new, _ = self.student(x_l)
             s_loss_l_new = self.labeled_nll(s_l_new, batch)
         # 6: MPL feedback on the teacher
+        h_raw = abs((s_loss_l_new - s_loss_l_old).item())
         h = self.feedback(s_loss_l_old, s_loss_l_new)
         if m.mpl_target == "student":
             hard = targets.argmax(dim=1) if m.soft_targets else targets
@@ -225,6 +249,8 @@ class MPL(Method):
             t_mpl = h * F.cross_entropy(t_us, t_us.detach().argmax(dim=1))
         # 7: teacher step
         t_loss = t_sup + lambda_u * uda + t_mpl
+        if self.mpl_steps % GRAD_EVERY == 0:
+            self.grad_share = grad_share(self.teacher, t_sup + lambda_u * uda, t_mpl)
         self.opt_t.zero_grad(set_to_none=True)
         t_loss.backward()
         self.opt_t.step()
@@ -233,7 +259,9 @@ class MPL(Method):
         return {"train.teacher": t_loss.item(), "train.teacher_sup": t_sup.item(),
                 "train.uda": uda.item(), "train.mpl": t_mpl.item(), "train.h": h,
                 "train.student": s_loss.item(), "train.student_l_new": s_loss_l_new.item(),
-                "train.mask_rate": mask.mean().item()}
+                "train.mask_rate": mask.mean().item(), "train.h_abs": h_raw,
+                "train.mpl_grad_share": self.grad_share,
+                **target_accuracy(targets, mask, batch.get("y_u"))}
 
     # -- models and checkpoints --------------------------------------------------------------
     def eval_model(self):
@@ -266,8 +294,11 @@ class MPL(Method):
         super().load_state_dict(state)
 
     def extra_state(self):
-        return {"h_baseline": self.h_baseline, "mpl_steps": self.mpl_steps}
+        return {"h_baseline": self.h_baseline, "h_sq": self.h_sq, "mpl_steps": self.mpl_steps,
+                "student_start": self.student_start}
 
     def load_extra_state(self, state):
         self.h_baseline = state.get("h_baseline", 0.0)
+        self.h_sq = state.get("h_sq", 0.0)
         self.mpl_steps = state.get("mpl_steps", 0)
+        self.student_start = state.get("student_start")

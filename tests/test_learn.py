@@ -1,0 +1,152 @@
+"""pytest tests/test_learn.py -- issue 18: each `learn` switch, the diagnostics, the nuisance of
+the study set and its ceiling (no Ray)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ipb.config import PRESETS, SynthConfig, load_config
+from ipb.engine import steps_for
+from ipb.methods import create_method
+from ipb.methods.diagnostics import agreement, grad_share, snapshot, target_accuracy, \
+    weight_change
+from tiny import tiny_cfg, tiny_parts
+
+CLASSES = ["A", "B", "C"]
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def parts():
+    return tiny_parts(CLASSES, SIZE)
+
+
+def cfg_for(method, *extra):
+    return tiny_cfg(method, "model.arch=small_cnn", "model.width=0.5", *extra, size=SIZE)
+
+
+def test_preset_learn_is_robust_plus_its_own_switches():
+    cfg = load_config("smoke", ["method.preset=learn"])
+    for key, value in PRESETS["learn"].items():
+        section, name = key.split(".")
+        assert getattr(getattr(cfg, section), name) == value
+    assert cfg.method.student_init == "teacher" and cfg.method.student_lr_scale == 1.0
+    assert cfg.train.finetune_epochs == 3
+    back = load_config("smoke", ["method.preset=learn", "method.preset=paper"])
+    assert back.method.sharpen_temperature == 1.0 and not back.method.h_normalize
+
+
+def test_sharpened_soft_targets_keep_the_order_and_the_mask():
+    m = create_method("mpl", cfg_for("mpl", "method.soft_targets=true",
+                                     "method.sharpen_temperature=0.5", "method.threshold=0.5"), 3)
+    p = torch.tensor([[0.6, 0.3, 0.1], [0.4, 0.35, 0.25]])
+    targets, weight, mask, p_out = m.student_targets(p)
+    sharp = p ** 2 / (p ** 2).sum(1, keepdim=True)
+    assert torch.allclose(targets, sharp) and torch.allclose(p_out, p)
+    assert mask.tolist() == [1.0, 0.0]        # the mask uses the unsharpened confidence
+    assert (targets.argmax(1) == p.argmax(1)).all() and (targets.max(1).values > p.max(1).values).all()
+
+
+def test_mpl_passes_sets_the_stage_length_in_passes_over_u(parts):
+    n_u = len(parts["unlabeled"])
+    cfg = cfg_for("mpl", "method.mpl_passes=3", "train.epochs=2", "train.steps_per_epoch=5")
+    per_epoch = steps_for("mpl", cfg, parts, 1)
+    assert per_epoch == math.ceil(3 * n_u / cfg.train.unlabeled_batch_size / 2)
+    assert steps_for("supervised", cfg, parts, 1) == 5        # the teacher's stage unchanged
+    assert steps_for("mpl", cfg_for("mpl", "train.steps_per_epoch=5"), parts, 1) == 5
+
+
+def test_h_normalize_keeps_the_size_of_h_whatever_its_scale():
+    out = {}
+    for scale in (1e-4, 1.0):
+        m = create_method("mpl", cfg_for("mpl", "method.h_normalize=true",
+                                         "method.h_sign=old_minus_new"), 3)
+        rng = np.random.default_rng(0)
+        hs = [m.feedback(torch.tensor(1.0), torch.tensor(1.0 - scale * d))
+              for d in rng.normal(0, 1, 200)]
+        out[scale] = np.abs(hs[50:]).mean()
+    assert out[1e-4] == pytest.approx(out[1.0], rel=1e-3) and 0.3 < out[1.0] < 3
+    raw = create_method("mpl", cfg_for("mpl"), 3)
+    assert abs(raw.feedback(torch.tensor(1.0), torch.tensor(1.0 + 1e-4))) < 1e-3
+
+
+def test_weight_change_and_agreement():
+    lin = torch.nn.Linear(3, 2)
+    start = snapshot(lin)
+    assert weight_change(lin, start) == 0.0
+    with torch.no_grad():
+        lin.weight.mul_(1.1)
+        lin.bias.mul_(1.1)
+    assert weight_change(lin, start) == pytest.approx(0.1)
+    assert math.isnan(weight_change(lin, None))
+    a = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    b = np.array([[0.8, 0.2], [0.1, 0.9], [0.4, 0.6], [0.45, 0.55]])
+    assert agreement(a, b) == 0.75
+
+
+def test_grad_share_is_the_mpl_terms_share_of_the_gradient_norm():
+    lin = torch.nn.Linear(3, 1, bias=False)
+    x = torch.ones(1, 3)
+    base = lin(x).sum()                   # gradient x: norm sqrt(3)
+    assert grad_share(lin, base, 3 * lin(x).sum()) == pytest.approx(0.75)
+    assert grad_share(lin, base, torch.tensor(0.0)) == 0.0
+    base.backward()                       # the graph is kept for the step after it
+    assert lin.weight.grad is not None
+
+
+def test_target_accuracy_counts_only_known_admitted_colonies():
+    targets = torch.tensor([0, 1, 2, 1])
+    mask = torch.tensor([1.0, 1.0, 0.0, 1.0])
+    y = torch.tensor([0, 2, 2, -1])
+    acc = target_accuracy(targets, mask, y)
+    assert acc["train.target_acc"] == 0.5 and acc["train.target_acc_all"] == pytest.approx(2 / 3)
+    assert target_accuracy(targets, mask, None) == {}
+    assert target_accuracy(targets, mask, torch.full((4,), -1)) == {}
+
+
+def test_mpl_family_runs_log_the_diagnostics(parts):
+    from ipb.engine import run_trial
+    cfg = cfg_for("ipb", "method.preset=learn", "method.pseudo_patches=2",
+                  "method.mpl_passes=0", "train.finetune_epochs=1")
+    m = run_trial(cfg, parts, CLASSES, log=lambda s: None)["metrics"]
+    for key in ("diag.test_agree", "diag.weight_change", "diag.h_abs", "diag.mpl_grad_share",
+                "diag.mask_rate", "diag.target_acc", "diag.pseudo_acc"):
+        assert key in m and np.isfinite(m[key]), key
+    assert 0 <= m["diag.test_agree"] <= 1 and m["diag.weight_change"] > 0
+    assert m["diag.mpl_grad_share"] > 0.01     # normalised h: the MPL term is not nothing
+    sup = run_trial(cfg_for("supervised"), parts, CLASSES, log=lambda s: None)["metrics"]
+    assert not any(k.startswith("diag.") for k in sup)
+
+
+def test_well_nuisance_is_off_by_default_and_class_independent():
+    from ipb.data.synth_render import render_well, well_nuisance
+    off = SynthConfig(wells=1, size=256, colonies_per_well=4)
+    assert well_nuisance(off, np.random.default_rng(0)) == dict(scale=1.0, gain=1.0, blur=0.0,
+                                                               gradient=1.0, level=0.0)
+    rng = np.random.default_rng(0)
+    state = rng.bit_generator.state
+    well_nuisance(off, rng)
+    assert rng.bit_generator.state == state       # old wells: the same random stream
+    on = SynthConfig(wells=1, size=256, colonies_per_well=4, well_nuisance=1.0)
+    draws = [well_nuisance(on, np.random.default_rng(s)) for s in range(200)]
+    scales = np.array([d["scale"] for d in draws])
+    assert scales.min() < 0.9 < 1.1 < scales.max()
+    img0 = render_well(off, np.random.default_rng(1))[0][0]
+    img1 = render_well(on, np.random.default_rng(1))[0][0]
+    assert img0.shape == img1.shape and not np.array_equal(img0, img1)
+
+
+def test_ideal_observer_ceiling_falls_with_difficulty():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ideal_observer.py"
+    spec = importlib.util.spec_from_file_location("ideal_observer", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    easy = mod.ceiling(SynthConfig(difficulty=0.3), n=1500)
+    hard = mod.ceiling(SynthConfig(difficulty=1.0), n=1500)
+    assert easy["ceiling"] > 0.97 > hard["ceiling"] > 0.5
+    assert easy["without offset"] <= easy["ceiling"] + 0.01
