@@ -10,18 +10,17 @@ small_cnn network. Every row runs on the same (fold, seed) pairs (sweep.folds x 
 one Tune trial and one MLflow child run each, under one parent run in experiment `ipb-study`:
   supervised                 the CNN on L; it is also the teacher every MPL-family row and
                              FixMatch/ABC start from (same split, seed and budget: reused)
-  supervised (50% labeled)   the same at 50 %: the headroom the study's fraction leaves
-  MPL (imbalanced)           method.name=mpl, the paper's switches
-  IPB (paper)                method.name=ipb, the paper's switches
+  supervised (50% labeled)   the same at 50 % (first 3 pairs): the headroom the fraction leaves
   IPB (robust)               method.preset=robust: the stable reference (ipb/config.py PRESETS)
   IPB (learn)                method.preset=learn: robust + a student that can move (colony-level
-                             sharpened targets, full lr, 3 passes over U, normalised h, fine-tune)
+                             sharpened targets, full lr, 2 passes over U, normalised h, fine-tune)
   MPL (learn)                the same switches without the pseudo-class balancing
   FixMatch, ABC              the anchors, from the supervised row's model like MPL/IPB
 `--calibrate` runs only supervised at 1/2/5/10/50 % labelled on a development partition
 (split seed 1) and names the fraction the rule picks (CALIBRATION, HEADROOM below): run it on
 new data before any SSL row. `--curve` adds supervised, MPL and IPB (learn) at sweep.fractions
-(default 1 % and 5 %). `--ablation` adds the oracle MPL (balanced by true classes), MPL
+(default 2, 5 and 10 %). `--ablation` adds the paper's MPL (imbalanced) and IPB (paper), the
+oracle MPL (balanced by true classes), MPL
 (robust), IPB (robust) + fine-tune and one row per preset switch put back (robust's against
 the paper, learn's against robust). `--related` adds the other related methods of issue 12
 (SimCLR, Contrastive Clustering, SimTriplet, GAN balancing, partial labels). Statistics: the
@@ -39,7 +38,7 @@ from ipb.study import ABC, FIXMATCH, IPB_FINETUNE, IPB_LEARN, IPB_PAPER, IPB_ROB
 from ipb.inputs import resolve_table
 from ipb.sweep import config_from_args, mlflow_ui, parser, run_grid, start_command
 
-CURVE = (0.01, 0.05)
+CURVE = (0.02, 0.05, 0.10)
 CURVE_FOLDS = 3
 FINETUNE_EPOCHS = 3
 # --calibrate (issue 18): supervised only, on a development partition of the table (another
@@ -143,23 +142,25 @@ def configurations(cfg, ablation: bool = False, related: bool = False,
     ipb = {"_label": IPB_LEARN, **learn}
     # the headroom: the supervised row at 50 % labelled on the same pairs
     rows = [sup]
-    if cfg.split.labeled_fraction != TOP_FRACTION:
+    if cfg.split.labeled_fraction != TOP_FRACTION:   # on CURVE_FOLDS pairs: the budget
         rows.append({**sup, "_label": curve_label(SUPERVISED, TOP_FRACTION),
-                     "split.labeled_fraction": TOP_FRACTION})
+                     "split.labeled_fraction": TOP_FRACTION,
+                     "_folds": list(cfg.sweep.folds[:CURVE_FOLDS])})
     fractions = [f for f in (cfg.sweep.fractions or CURVE) if f != cfg.split.labeled_fraction]
     # the curve's extra fractions on the first CURVE_FOLDS pairs only: the 30-minute budget
     extra = [{**row, "_label": curve_label(row["_label"], f), "split.labeled_fraction": f,
               "_folds": list(cfg.sweep.folds[:CURVE_FOLDS])}
              for f in fractions for row in (sup, mpl, ipb)] if curve else []
     rows += [r for r in extra if r["method.name"] == "supervised"]
-    rows += [mpl, {"_label": IPB_PAPER, "method.name": "ipb"},
-             {"_label": IPB_ROBUST, **robust}, ipb,
+    # the paper's MPL and IPB (which do not learn here: README) are --ablation rows
+    rows += [{"_label": IPB_ROBUST, **robust}, ipb,
              {"_label": MPL_LEARN, "method.name": "mpl", "method.preset": "learn"},
              {"_label": FIXMATCH, "method.name": "fixmatch"},
              {"_label": ABC, "method.name": "abc"}]
     rows += [r for r in extra if r["method.name"] != "supervised"]
     if ablation:
-        rows += [{"_label": MPL_BALANCED, "method.name": "mpl_balanced"},
+        rows += [mpl, {"_label": IPB_PAPER, "method.name": "ipb"},
+                 {"_label": MPL_BALANCED, "method.name": "mpl_balanced"},
                  {"_label": MPL_ROBUST, "method.name": "mpl", "method.preset": "robust"},
                  {"_label": IPB_FINETUNE, **robust, "train.finetune_epochs": FINETUNE_EPOCHS}]
         rows += switch_rows({"_label": IPB_ROBUST, **robust}, IPB_ROBUST, "robust", None)
@@ -179,8 +180,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ablation", action="store_true",
                     help="add one row per robust switch (and MPL with the robust preset)")
     ap.add_argument("--curve", action="store_true",
-                    help="add supervised, MPL and IPB (learn) at sweep.fractions (default 1 %% "
-                         "and 5 %%) on the first 3 pairs")
+                    help="add supervised, MPL and IPB (learn) at sweep.fractions (default 2, 5, 10 %% "
+                         "on the first 3 pairs")
     ap.add_argument("--related", action="store_true",
                     help="add issue 12's related methods (FixMatch, ABC, SimCLR, Contrastive "
                          "Clustering, SimTriplet, GAN balancing, partial labels)")

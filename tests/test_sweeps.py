@@ -64,8 +64,9 @@ def test_study_rows_pair_every_row_with_its_supervised_teacher():
     n_plain = len(mod.configurations(cfg))
     learn_only = [k for k, v in PRESETS["learn"].items() if PRESETS["robust"].get(k) != v]
     ablation = mod.configurations(cfg, ablation=True)
-    # + oracle, MPL (robust), IPB (robust) + fine-tune, jitter_space, one row per switch
-    assert len(ablation) == n_plain + 4 + len(PRESETS["robust"]) + len(learn_only)
+    # + the paper's MPL and IPB, the oracle, MPL (robust), IPB (robust) + fine-tune,
+    # jitter_space, one row per switch
+    assert len(ablation) == n_plain + 6 + len(PRESETS["robust"]) + len(learn_only)
     # a random student goes back to the full lr with its init (else it measures the lr)
     init = next(r for r in ablation if "without student_init" in r["_label"])
     assert init["method.student_init"] == "random" and init["method.student_lr_scale"] == 1.0
