@@ -4,7 +4,9 @@
 
 Many processes must not write one SQLite file: a sweep with `sweep.max_concurrent > 1` on a
 sqlite:/// URI starts a server (one worker) for the sweep's duration and gives every trial its
-URL; artifacts go to `<db dir>/mlartifacts`, where the SQLite store reads them afterwards.
+URL; artifacts go to `<db dir>/mlartifacts`, where the SQLite store reads them afterwards. That
+is for one machine: on a Ray cluster with nodes elsewhere (or an autoscaler that may add some)
+a sqlite:/// or loopback URI is refused (`ipb.runtime.check_tracking`).
 """
 from __future__ import annotations
 
@@ -35,7 +37,12 @@ class writers:
         self.cfg, self.concurrent, self.proc = cfg, concurrent, None
 
     def __enter__(self) -> str:
-        uri = tracking_uri(self.cfg)
+        from ipb.runtime import check_tracking
+        # The server below listens on 127.0.0.1 and keeps artifacts in a local directory: both
+        # exist on this machine only. On a cluster with (or able to add) other machines that
+        # is refused here, before a trial there logs to nowhere; one `mlflow server` on the
+        # head that every node reaches is the way (cluster/README.md).
+        uri = check_tracking(tracking_uri(self.cfg))
         if not uri.startswith("sqlite") or self.concurrent <= 1:
             return uri
         import socket

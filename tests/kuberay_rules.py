@@ -1,10 +1,13 @@
 """A small checker for KubeRay manifests, offline: the CRD schemas and the operator's extra rules.
 
     from kuberay_rules import crd_schema, unknown_fields, raycluster_rule_errors, rayjob_rule_errors
+    from kuberay_rules import service_accounts, service_account_errors     # our own rule
 
 The rules are those listed in shared/schemas/kuberay-v1.7.0/README.md (the operator's Go
 validation, ray-operator/controllers/ray/utils/validation.go at v1.7.0) that matter for a
 RayCluster with an autoscaler and a RayJob that runs a sweep; each returns a list of errors.
+`service_account_errors` is a rule of this project, not the operator's: every Ray pod has a
+bucket identity.
 """
 from __future__ import annotations
 
@@ -157,7 +160,45 @@ def documented_secrets() -> dict[str, set[str]]:
     return out
 
 
-def ray_manifests() -> list[tuple[str, dict]]:
-    docs = [(p.name, d) for p in sorted(KUBERAY.glob("*.yaml"))
+def kuberay_docs() -> list[tuple[str, dict]]:
+    """(file name, document) for every document of cluster/kuberay/*.yaml."""
+    return [(p.name, d) for p in sorted(KUBERAY.glob("*.yaml"))
             for d in yaml.safe_load_all(p.read_text()) if d]
-    return [(n, d) for n, d in docs if d.get("apiVersion") == "ray.io/v1"]
+
+
+def ray_manifests() -> list[tuple[str, dict]]:
+    return [(n, d) for n, d in kuberay_docs() if d.get("apiVersion") == "ray.io/v1"]
+
+
+# The annotations that bind a Kubernetes ServiceAccount to a cloud identity: EKS IAM roles for
+# service accounts, GKE Workload Identity.
+IDENTITY_ANNOTATIONS = ("eks.amazonaws.com/role-arn", "iam.gke.io/gcp-service-account")
+
+
+def service_accounts() -> dict[str, dict[str, str]]:
+    """ServiceAccount name -> its annotations, for those the manifests create."""
+    return {d["metadata"]["name"]: d["metadata"].get("annotations") or {}
+            for _, d in kuberay_docs() if d.get("kind") == "ServiceAccount"}
+
+
+def service_account_errors(doc: dict, accounts: dict[str, dict[str, str]]) -> list[str]:
+    """Not an operator rule but ours: every Ray pod (head and each worker group of a RayCluster,
+    or of a RayJob's own rayClusterSpec) reads and writes the bucket, so it must run as a
+    ServiceAccount that the manifests create and that carries a cloud identity annotation;
+    without serviceAccountName a pod runs as the namespace's `default`, which has none."""
+    spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"].get("rayClusterSpec")
+    if not spec:
+        return []              # a RayJob on an existing cluster: that cluster's pods count
+    errs = []
+    for group, pod in _pods(spec):
+        name = pod.get("serviceAccountName")
+        if not name:
+            errs.append(f"{group}: no serviceAccountName (the pod would run as `default`, "
+                        "with no bucket identity)")
+        elif name not in accounts:
+            errs.append(f"{group}: serviceAccountName {name!r} is not a ServiceAccount of "
+                        f"cluster/kuberay/*.yaml (there: {sorted(accounts)})")
+        elif not set(IDENTITY_ANNOTATIONS) & set(accounts[name]):
+            errs.append(f"{group}: ServiceAccount {name!r} has none of the annotations "
+                        f"{IDENTITY_ANNOTATIONS} that give it a cloud identity")
+    return errs

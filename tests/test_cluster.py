@@ -76,15 +76,15 @@ def test_launcher_config_passes_ray_schema_offline(name, monkeypatch):
     head = types[config["head_node_type"]]
     workers = {k: v for k, v in types.items() if k != config["head_node_type"]}
     assert head["resources"].get("GPU", 0) == 0 and head["max_workers"] == 0
-    gpus = sorted(w["resources"].get("GPU", 0) for w in workers.values())
-    assert gpus == [1, 8], f"cluster/{name}: want a 1-GPU and an 8-GPU worker type, got {gpus}"
+    gpus = sorted({w["resources"].get("GPU", 0) for w in workers.values()})
+    assert gpus == [1, 8], f"cluster/{name}: want 1-GPU and 8-GPU worker types, got {gpus}"
     for wname, w in workers.items():
         assert w["min_workers"] == 0 and w["max_workers"] >= 1, wname
-    node_cfgs = {k: json.dumps(v["node_config"]) for k, v in types.items()}
-    spot = ('"MarketType": "spot"' if config["provider"]["type"] == "aws"
-            else '"preemptible": true')
-    assert spot not in node_cfgs[config["head_node_type"]], "the head must be on-demand"
-    assert all(spot in node_cfgs[w] for w in workers), "GPU workers must be spot/preemptible"
+    assert not _is_spot(config["provider"]["type"], head["node_config"]), \
+        "the head must be on-demand"
+    for size in gpus:      # spot first for every size (its on-demand twin: a test below)
+        assert any(_is_spot(config["provider"]["type"], w["node_config"])
+                   for w in workers.values() if w["resources"].get("GPU") == size), size
 
     head_cmds = " ".join(config["head_start_ray_commands"])
     store = "s3://" if config["provider"]["type"] == "aws" else "gs://"
@@ -110,8 +110,113 @@ def test_launcher_config_passes_ray_schema_offline(name, monkeypatch):
                 node["ImageId"].lower() != "latest_dlami", tname
         elif "scheduling" in node:
             assert isinstance(node["scheduling"], dict), "GCP scheduling is a mapping"
-            assert node["scheduling"] == {"preemptible": True, "onHostMaintenance": "TERMINATE",
-                                          "automaticRestart": False}
+            # Spot VMs are provisioningModel SPOT; the legacy `preemptible` is not used
+            assert "preemptible" not in node["scheduling"], tname
+            assert node["scheduling"]["provisioningModel"] in ("SPOT", "STANDARD"), tname
+            assert node["scheduling"]["onHostMaintenance"] == "TERMINATE", tname  # GPU VMs
+            assert node["scheduling"]["automaticRestart"] is False, tname
+
+
+def _is_spot(provider: str, node_config: dict) -> bool:
+    if provider == "aws":
+        return node_config.get("InstanceMarketOptions", {}).get("MarketType") == "spot"
+    scheduling = node_config.get("scheduling") or {}
+    return scheduling.get("provisioningModel") == "SPOT" or scheduling.get("preemptible") is True
+
+
+def _prepared(name, monkeypatch) -> dict:
+    from ray.autoscaler._private.util import prepare_config
+    _no_network(monkeypatch)
+    return prepare_config(yaml.safe_load((CLUSTER / name).read_text()))
+
+
+def _workers(config) -> dict:
+    return {k: v for k, v in config["available_node_types"].items()
+            if k != config["head_node_type"]}
+
+
+@pytest.mark.parametrize("name", LAUNCHERS)
+def test_every_spot_worker_type_has_an_on_demand_twin(name, monkeypatch):
+    """When the region has no spot capacity, the autoscaler must have somewhere else to go:
+    beside each spot type an on-demand type with the same resources and machine, of lower
+    `priority` (Ray 2.60's autoscaler v2, the default of `ray up`, prefers the higher one) and
+    a smaller name (autoscaler v1 ignores priority and takes the larger name on a tie)."""
+    config = _prepared(name, monkeypatch)
+    provider = config["provider"]["type"]
+    workers = _workers(config)
+    machine = "InstanceType" if provider == "aws" else "machineType"
+    spot = {k: w for k, w in workers.items() if _is_spot(provider, w["node_config"])}
+    assert spot, f"cluster/{name}: no spot worker type"
+    for sname, s in spot.items():
+        twins = [k for k, w in workers.items() if k not in spot
+                 and w["resources"] == s["resources"]
+                 and w["node_config"][machine] == s["node_config"][machine]]
+        assert twins, (f"cluster/{name}: spot type {sname!r} has no on-demand twin (same "
+                       f"resources and {machine}); add one of lower priority")
+        for t in twins:
+            assert workers[t].get("priority", 0) < s.get("priority", 0), \
+                f"cluster/{name}: {t!r} must have a lower priority than {sname!r}"
+            assert t < sname, f"cluster/{name}: {t!r} must sort before {sname!r} (autoscaler v1)"
+            assert workers[t]["min_workers"] == 0
+            rest = {k: v for k, v in s["node_config"].items()
+                    if k not in ("InstanceMarketOptions", "scheduling")}
+            assert {k: v for k, v in workers[t]["node_config"].items() if k != "scheduling"} \
+                == rest, f"cluster/{name}: {t!r} differs from {sname!r} beyond the market"
+
+
+README_TEXT = (CLUSTER / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", LAUNCHERS)
+def test_workers_have_their_own_documented_cloud_identity(name, monkeypatch):
+    """Workers must not run as the head's autoscaler identity: Ray creates that one for the
+    head only (AWS: launching with it needs iam:PassRole, which Ray's head role lacks; GCP: it
+    holds compute.admin). Each worker identity is named in cluster/README.md, with what it may
+    do, and on AWS with the head's iam:PassRole on it."""
+    # what `ray up` makes for the head (ray/autoscaler/_private/{aws,gcp}/config.py; not
+    # imported: the GCP module needs the Google client libraries)
+    DEFAULT_RAY_INSTANCE_PROFILE, DEFAULT_SERVICE_ACCOUNT_ID = "ray-autoscaler-v1", \
+        "ray-autoscaler-sa-v1"
+    config = _prepared(name, monkeypatch)
+    head = config["available_node_types"][config["head_node_type"]]["node_config"]
+    for wname, w in _workers(config).items():
+        node = w["node_config"]
+        if config["provider"]["type"] == "aws":
+            profile = node.get("IamInstanceProfile", {})
+            ident = profile.get("Name") or profile.get("Arn", "").rsplit("/", 1)[-1]
+            head_profile = head.get("IamInstanceProfile", {}).get("Name",
+                                                                  DEFAULT_RAY_INSTANCE_PROFILE)
+            reused = ident in (DEFAULT_RAY_INSTANCE_PROFILE, head_profile)
+        else:
+            emails = [a["email"] for a in node.get("serviceAccounts", [])]
+            assert len(emails) == 1, f"cluster/{name}: {wname}: one service account, not {emails}"
+            ident = emails[0].split("@")[0]
+            reused = ident == DEFAULT_SERVICE_ACCOUNT_ID or \
+                emails == [a["email"] for a in head.get("serviceAccounts", [])]
+        assert ident, f"cluster/{name}: worker type {wname!r} has no cloud identity for the bucket"
+        assert not reused, (f"cluster/{name}: worker type {wname!r} reuses the head's "
+                            f"autoscaler identity {ident!r}; give workers their own")
+        assert re.search(rf"\|[^\n]*`{re.escape(ident)}`[^\n]*\|", README_TEXT), \
+            f"cluster/README.md: no row of the identity table for {ident!r}"
+        if config["provider"]["type"] == "aws":
+            assert re.search(rf"iam:PassRole[^\n]*{re.escape(ident)}", README_TEXT), \
+                f"cluster/README.md: the head's iam:PassRole on {ident!r} is not documented"
+
+
+@pytest.mark.parametrize("name", LAUNCHERS)
+def test_launcher_config_says_the_cluster_can_grow(name, monkeypatch):
+    """At a sweep's start an autoscaling cluster is its head alone; every node's `ray start`
+    exports IPB_CLUSTER_MAX_WORKERS with what the autoscaler may add, so ipb's guards refuse
+    storage and tracking URIs that other nodes would not reach (ipb/runtime.py)."""
+    from ipb.runtime import MAX_WORKERS_ENV, launcher_max_workers
+    config = _prepared(name, monkeypatch)
+    want = launcher_max_workers(config)
+    assert want == 9
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = next(c for c in config[key] if "ray start" in c).split("ray start")[0]
+        m = re.search(rf"export {MAX_WORKERS_ENV}=(\d+);", start)
+        assert m and int(m.group(1)) == want, \
+            f"cluster/{name}: {key} must export {MAX_WORKERS_ENV}={want} before `ray start`"
 
 
 # ---------------------------------------------------------------- KubeRay manifests
@@ -162,9 +267,87 @@ def test_rayjob_manifest_runs_an_existing_sweep_script():
     assert m, f"rayjob entrypoint {entry!r} does not run a sweeps/*.py script"
     assert m.group(2) == "sweeps/ablation.py"
     assert (REPO / m.group(2)).is_file(), f"rayjob runs {m.group(2)}, which is not in the repo"
-    assert "--profile paper" in entry and "--data s3://" in entry
+    assert "--profile paper" in entry and "--data $IPB_BUCKET/" in entry
     runtime_env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
     assert runtime_env["env_vars"]["MLFLOW_TRACKING_URI"].startswith("http://mlflow")
+    # the submitter's shell expands $IPB_BUCKET, so it has the variable from the ConfigMap
+    (sub,) = job["spec"]["submitterPodTemplate"]["spec"]["containers"]
+    assert any(e["name"] == "IPB_BUCKET" and e["valueFrom"]["configMapKeyRef"]["name"] ==
+               "ipb-bucket" for e in sub["env"])
+
+
+def test_every_ray_pod_has_a_bucket_identity():
+    """Ray pods read the table and write checkpoints in the bucket: each names a ServiceAccount
+    that the manifests create, with an IRSA / Workload Identity annotation
+    (tests/kuberay_rules.py), which cluster/README.md documents with read and write."""
+    from kuberay_rules import ray_manifests, service_account_errors, service_accounts
+    accounts = service_accounts()
+    for fname, doc in ray_manifests():
+        errs = service_account_errors(doc, accounts)
+        assert not errs, f"cluster/kuberay/{fname}: {errs}"
+    (rc,) = [d for _, d in ray_manifests() if d["kind"] == "RayCluster"]
+    name = rc["spec"]["headGroupSpec"]["template"]["spec"]["serviceAccountName"]
+    assert re.search(rf"\|[^\n]*`{name}`[^\n]*read and write", README_TEXT), \
+        f"cluster/README.md: the identity table must give {name!r} read and write"
+    assert "service account needs read access for the data" not in README_TEXT
+
+
+def _strings(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from _strings(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _strings(v)
+    elif isinstance(obj, str):
+        yield obj
+
+
+def test_kuberay_bucket_is_one_value():
+    """EKS wants s3://, GKE gs://: the manifests name the bucket once (ConfigMap ipb-bucket,
+    key uri), every other place reads it through IPB_BUCKET, and the README's instructions
+    switch that one value."""
+    from kuberay_rules import kuberay_docs
+    docs = kuberay_docs()
+    cms = [d for _, d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] ==
+           "ipb-bucket"]
+    assert len(cms) == 1, "cluster/kuberay: want one ConfigMap ipb-bucket (key uri: the bucket)"
+    (cm,) = cms
+    assert re.fullmatch(r"(s3|gs)://[\w.-]+", cm["data"]["uri"])
+    for fname, d in docs:
+        if d is cm:
+            continue
+        hard = [v for v in _strings(d) if re.search(r"\b(s3|gs)://", v)]
+        assert not hard, f"cluster/kuberay/{fname}: bucket URI written out: {hard}"
+        for tmpl in [d.get("spec", {}).get("template")] + \
+                [g["template"] for g in _ray_groups(d)]:
+            for c in (tmpl or {}).get("spec", {}).get("containers", []):
+                names = [e["name"] for e in c.get("env", [])]
+                used = "$(IPB_BUCKET)" in json.dumps(c)
+                if used:   # Kubernetes expands $(VAR) only from variables defined before
+                    assert "IPB_BUCKET" in names and all(
+                        "$(IPB_BUCKET)" not in json.dumps(e) for e in
+                        c["env"][:names.index("IPB_BUCKET")]), f"{fname}: {c['name']}"
+    uri = re.escape(cm["data"]["uri"])
+    assert re.search(rf"sed -i \S*\"s#{uri}#\$\w+#\"\s+cluster/kuberay/bucket\.yaml",
+                     README_TEXT), "cluster/README.md: no sed that sets the bucket's URI"
+
+
+def _ray_groups(doc) -> list[dict]:
+    spec = doc.get("spec", {}) if doc.get("kind") == "RayCluster" else {}
+    return [spec["headGroupSpec"], *spec.get("workerGroupSpecs", [])] if spec else []
+
+
+def test_kuberay_cluster_says_it_can_grow():
+    """IPB_CLUSTER_MAX_WORKERS on every Ray pod equals what the worker groups may reach."""
+    from ipb.runtime import MAX_WORKERS_ENV
+    (rc,) = _kuberay("raycluster.yaml")
+    spec = rc["spec"]
+    want = sum(g["maxReplicas"] for g in spec["workerGroupSpecs"])
+    for g in _ray_groups(rc):
+        (c,) = [c for c in _containers(g["template"]) if c["name"].startswith("ray-")]
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        assert env.get(MAX_WORKERS_ENV) == str(want), (g.get("groupName", "head"), env)
 
 
 def test_mlflow_manifest():
