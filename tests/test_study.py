@@ -50,6 +50,10 @@ def test_paired_difference_consistent_gain_is_significant_and_noise_is_not():
 def test_best_ipb_row_is_chosen_on_validation_not_test():
     df = runs({IPB_PAPER: ("ipb", [0.9] * 5, 0.70), IPB_ROBUST: ("ipb", [0.5] * 5, 0.80)})
     assert best_ipb_row(df) == IPB_ROBUST
+    # among the rows whose MPL twin ran, where any did (both differences of one row)
+    df = runs({IPB_ROBUST: ("ipb", [0.5] * 5, 0.90), IPB_LEARN: ("ipb", [0.6] * 5, 0.80),
+               MPL_LEARN: ("mpl", [0.5] * 5, 0.80)})
+    assert best_ipb_row(df) == IPB_LEARN
 
 
 def test_last_line_format_collapse_count_twin_and_headroom():
