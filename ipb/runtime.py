@@ -293,7 +293,8 @@ def tracking_refusal(uri: str, node_ips: list[str], max_workers: int | None,
     sqlite = uri.startswith("sqlite:")
     if not (sqlite or _loopback(urlsplit(uri).hostname)):
         return None
-    elsewhere = len(node_ips) >= 2 and not all(_loopback(ip) for ip in node_ips)
+    # nodes on one machine share its address (two Ray nodes here both say 192.0.2.2)
+    elsewhere = len({ip for ip in node_ips if not _loopback(ip)}) >= 2
     if not (elsewhere or max_workers):
         return None
     why = (f"may add up to {max_workers} worker nodes ({source or 'its autoscaler'})"

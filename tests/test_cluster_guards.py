@@ -124,6 +124,8 @@ def test_tracking_uri_other_nodes_cannot_reach_is_refused():
     # every node on this machine (the multi-node tests run so): loopback reaches them all
     assert tracking_refusal("http://127.0.0.1:5000", ["127.0.0.1", "127.0.0.1"], None) is None
     assert tracking_refusal(sqlite, ["127.0.0.1", "127.0.0.1"], None) is None
+    # two nodes of one machine share its address: they reach its loopback server too
+    assert tracking_refusal("http://127.0.0.1:5000", ["192.0.2.2", "192.0.2.2"], None) is None
     # an address every node reaches
     assert tracking_refusal("http://10.0.0.5:5000", head_only, 9) is None
     assert tracking_refusal("http://mlflow:5000", ["10.0.0.5", "10.0.0.7"], 9) is None
