@@ -114,24 +114,37 @@ def ttest(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     return float(res.statistic), float(res.pvalue)
 
 
+def _paired_differences(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
+    x = np.asarray(a, dtype=np.float64).ravel()
+    y = np.asarray(b, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"paired t-test needs matched pairs, got {x.size} and {y.size} values")
+    return x - y
+
+
+def _degenerate(d: np.ndarray) -> tuple[float, float, float] | None:
+    """The result of a paired test whose differences decide it alone: fewer than 2 pairs
+    (p nan), all 0 (p 1), all equal and non-zero (p 0, no spread); else None."""
+    if d.size < 2:
+        return (float(d.mean()) if d.size else math.nan), math.nan, math.nan
+    if np.all(d == 0):
+        return 0.0, 0.0, 1.0
+    if np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):
+        return float(d.mean()), math.copysign(math.inf, float(d.mean())), 0.0
+    return None
+
+
 def paired_ttest(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
     """Paired Student t-test of matched values (the same (fold, seed) pairs, in the same
     order): (mean difference a - b, statistic, two-sided p). p is nan for fewer than 2 pairs
     and 1.0 when every difference is exactly 0."""
     from scipy import stats
 
-    x = np.asarray(a, dtype=np.float64).ravel()
-    y = np.asarray(b, dtype=np.float64).ravel()
-    if x.shape != y.shape:
-        raise ValueError(f"paired t-test needs matched pairs, got {x.size} and {y.size} values")
-    d = x - y
-    if d.size < 2:
-        return (float(d.mean()) if d.size else math.nan), math.nan, math.nan
-    if np.all(d == 0):
-        return 0.0, 0.0, 1.0
-    if np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):
-        return float(d.mean()), math.copysign(math.inf, float(d.mean())), 0.0   # no spread
-    res = stats.ttest_rel(x, y)
+    d = _paired_differences(a, b)
+    fixed = _degenerate(d)
+    if fixed is not None:
+        return fixed
+    res = stats.ttest_1samp(d, 0.0)     # = ttest_rel(a, b)
     return float(d.mean()), float(res.statistic), float(res.pvalue)
 
 
@@ -149,21 +162,12 @@ def corrected_paired_ttest(a: Sequence[float], b: Sequence[float],
     fewer than 2 pairs, 1.0 when every difference is 0, 0.0 when all are equal and non-zero."""
     from scipy import stats
 
-    x = np.asarray(a, dtype=np.float64).ravel()
-    y = np.asarray(b, dtype=np.float64).ravel()
-    if x.shape != y.shape:
-        raise ValueError(f"paired t-test needs matched pairs, got {x.size} and {y.size} values")
-    d = x - y
-    if d.size < 2:
-        return (float(d.mean()) if d.size else math.nan), math.nan, math.nan
-    mean = float(d.mean())
-    if np.all(d == 0):
-        return 0.0, 0.0, 1.0
-    var = float(d.var(ddof=1))
-    if var <= (1e-12 * max(1.0, float(np.abs(d).max()))) ** 2:
-        return mean, math.copysign(math.inf, mean), 0.0   # no spread
-    t = mean / math.sqrt(var * (1.0 / d.size + test_train_ratio))
-    return mean, t, float(2 * stats.t.sf(abs(t), d.size - 1))
+    d = _paired_differences(a, b)
+    fixed = _degenerate(d)
+    if fixed is not None:
+        return fixed
+    t = float(d.mean()) / math.sqrt(float(d.var(ddof=1)) * (1.0 / d.size + test_train_ratio))
+    return float(d.mean()), t, float(2 * stats.t.sf(abs(t), d.size - 1))
 
 
 def min_detectable_difference(sd: float, n_pairs: int, alpha: float = 0.05,
