@@ -98,6 +98,9 @@ def cmd_splits(args) -> int:
         print(f"{tag}fold {f}: " + ", ".join(
             f"{part} {c.get('total', 0)} {({k: v for k, v in c.items() if k != 'total'})}"
             for part, c in split.summary()["counts"].items()))
+        for w in split.warnings + ((split.selection_problem(),) if split.selection_problem()
+                                   else ()):
+            print(f"{tag}fold {f}: WARNING {w.removeprefix(f'fold {f}: ')}")
     return 0
 
 
@@ -148,6 +151,7 @@ def cmd_predict(args) -> int:
 
     from ipb.config import parse_overrides
     from ipb.predict import DEFAULT_TEST_PATCHES, config_for, load_student, predict_images
+    from ipb.predict_files import prepare_out
     # IMAGES and key=value overrides share the positional tail: a dotted key=value that is not
     # an existing file is an override
     is_ov = [bool(re.match(r"^\w+(\.\w+)+=", a)) and not Path(a).exists() for a in args.images]
@@ -155,11 +159,14 @@ def cmd_predict(args) -> int:
     ov = parse_overrides([a for a, o in zip(args.images, is_ov) if o])
     if not images:
         raise FileNotFoundError("no IMAGES given (files or directories of images)")
+    if not any(Path(a).exists() for a in images):   # before the model is downloaded
+        raise FileNotFoundError(f"none of IMAGES exists: {', '.join(images)}")
+    prepare_out(args.out, args.overwrite)
     model, meta = load_student(args.model, tracking_uri=args.tracking_uri)
     cfg = config_for(meta, args.profile, ov)
     k = args.test_patches if args.test_patches is not None else int(
         ov.get("patch.test_patches", DEFAULT_TEST_PATCHES))
-    out = predict_images(model, meta, images, args.out, cfg, test_patches=k)
+    out = predict_images(model, meta, images, args.out, cfg, test_patches=k, overwrite=True)
     print(f"{out['n_images']} images, {out['n_colonies']} colonies ("
           + ", ".join(f"{c} {n}" for c, n in out["counts"].items())
           + f"), {out['n_skipped']} skipped, {out['seconds']:.1f}s -> {args.out}/colonies.csv, "
@@ -254,7 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGES",
                    help="image files or directories, then optional key.sub=value overrides "
                         "(e.g. segmentation.pixel_size_um=1.0)")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", required=True, help="output directory (refused if it holds an "
+                                                "earlier prediction, unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the earlier prediction in --out (its own files only)")
     p.add_argument("--test-patches", type=int,
                    help="patches averaged per colony (default 5; 1 = the paper's centre patch)")
     p.add_argument("--tracking-uri", help="MLflow URI for a run id or models:/ (default "

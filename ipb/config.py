@@ -87,6 +87,7 @@ class SplitConfig:
     val_fraction: float = 0.20        # of L, for model selection
     group_by: Literal["none", "source", "group"] = "none"
     seed: int = 0
+    allow_weak_val: bool = False      # run even when val holds < 2 classes (selection is noise)
 
 
 @dataclass(frozen=True)
@@ -519,7 +520,7 @@ def config_hash(cfg: Config | dict, *extra: Any) -> str:
 # settings that say where/how a trial runs, not what it computes
 _NOT_IN_TRIAL_HASH = ("profile", "tracking.", "sweep.", "train.storage", "data.cache_dir",
                       "data.ingest_workers", "train.num_workers", "train.cpus_per_worker",
-                      "train.max_failures")
+                      "train.max_failures", "split.allow_weak_val")
 
 
 def identity(cfg: Config) -> dict[str, Any]:

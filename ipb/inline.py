@@ -67,6 +67,12 @@ def run_inline(config: dict[str, Any]):
         buf = io.BytesIO()
         torch.save(state_fn(), buf)
         store.write_bytes(buf.getvalue(), *state)
+        if config.get("tune_trial"):
+            # a sweep's trial: Tune's stop (Ctrl-C, SIGTERM) ends the trial at this report,
+            # after its checkpoint, instead of waiting for its last epoch
+            from ray import tune
+            tune.report({k: float(v) for k, v in metrics.items()
+                         if isinstance(v, (int, float))})
         if fault and metrics["epoch"] == fault["epoch"] and not Path(fault["marker"]).exists():
             # fault injection for the resume test: the trial fails once, after its checkpoint
             Path(fault["marker"]).write_text(str(os.getpid()))

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from ipb.config import Config, expand_path
-from ipb.predict_files import (COLONY_FIELDS, output_names, short_groups, synthetic_line,
-                               write_interchange, write_outputs)
+from ipb.predict_files import (COLONY_FIELDS, output_names, prepare_out, short_groups,
+                               synthetic_line, write_interchange, write_outputs)
 from ipb.student import ARTIFACT, MODEL_FILE, config_for, load_student  # noqa: F401 (API)
 from ipb.temporal import TEMPORAL_FIELDS, constrain_rows
 
@@ -282,11 +282,12 @@ def predict(model, images, cfg: Config | None = None,
 def predict_images(model: torch.nn.Module, meta: dict, paths: list[str | os.PathLike],
                    out_dir: str | os.PathLike, cfg: Config | None = None,
                    test_patches: int | None = DEFAULT_TEST_PATCHES,
-                   device: str | torch.device | None = None, progress: bool = True
-                   ) -> dict[str, Any]:
+                   device: str | torch.device | None = None, progress: bool = True,
+                   overwrite: bool = False) -> dict[str, Any]:
     """Segment and classify every colony of `paths`; write CSVs, plots, label images and
-    GeoJSON under `out_dir`. test_patches=None uses cfg.patch.test_patches. Returns a summary
-    with the output files."""
+    GeoJSON under `out_dir` (refused if it holds an earlier prediction, unless `overwrite`:
+    `predict_files.prepare_out`). test_patches=None uses cfg.patch.test_patches. Returns a
+    summary with the output files."""
     cfg = cfg or config_for(meta)
     k = int(cfg.patch.test_patches if test_patches is None else test_patches)
     pred = _Predictor(model, meta, cfg, k, device)
@@ -295,7 +296,7 @@ def predict_images(model: torch.nn.Module, meta: dict, paths: list[str | os.Path
     inputs = _inputs(list(paths))
     if not inputs:
         raise FileNotFoundError(f"no images among {[str(p) for p in paths]}")
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_out(out, overwrite)
     warn = synthetic_line(meta)
     if warn and progress:
         print(warn, file=sys.stderr, flush=True)

@@ -29,6 +29,45 @@ COLONY_FIELDS = ["id", "image", "time", "colony", "x0", "y0", "x1", "y1", "area"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+# what one prediction writes under --out: a folder holding any of these holds a prediction
+OWN_FILES = ("colonies.csv", "counts.csv", "skipped.csv", "README.txt", "counts_over_time*.png")
+OWN_DIRS = {"labels": "*.ome.tif", "geojson": "*.geojson"}
+
+
+def own_outputs(out: Path) -> list[Path]:
+    """The files an earlier `ipb predict` wrote under `out` (nothing else there is ours)."""
+    found = [f for pat in OWN_FILES for f in out.glob(pat)]
+    return found + [f for d, pat in OWN_DIRS.items() for f in (out / d).glob(pat)]
+
+
+def prepare_out(out: str | Path, overwrite: bool = False) -> Path:
+    """Check `--out` before any model is loaded or image read: a folder that holds an earlier
+    prediction is refused (its labels/ and geojson/ would mix with this run's colonies.csv)
+    unless `overwrite`, which removes that prediction's own files only; a folder that cannot
+    be written is a clear error, not an OSError after the first image."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; give a folder")
+    old = own_outputs(out) if out.is_dir() else []
+    if old and not overwrite:
+        raise ValueError(f"--out {out} holds an earlier prediction ({len(old)} files, e.g. "
+                         f"{old[0].name}); give a new folder or --overwrite (which removes "
+                         "that prediction's files only)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for f in old:
+            f.unlink()
+        for d in OWN_DIRS:
+            (out / d).mkdir(exist_ok=True)
+        probe = out / ".ipb-write-check"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"--out {out} cannot be written ({e.strerror or e}); give a folder "
+                         "you can write to") from None
+    return out
+
+
 def output_names(rels: list[str]) -> dict[str, str]:
     """A file-system-safe, unique output stem per input (sub/a.tif -> sub_a)."""
     used: set[str] = set()
@@ -178,9 +217,5 @@ def _plot_counts(times: list[int], counts: dict[str, list[int]], path: Path, tit
     return path
 
 
-__all__ = ["DEFAULT_TEST_PATCHES", "load_student", "config_for", "expand_inputs",
-           "classify_colonies", "predict_images"]
-
-
-__all__ = ["COLONY_FIELDS", "output_names", "write_interchange", "short_groups",
+__all__ = ["COLONY_FIELDS", "prepare_out", "own_outputs", "output_names", "write_interchange", "short_groups",
            "synthetic_line", "write_outputs"]

@@ -20,10 +20,12 @@ from ipb.metrics import fold_stats, ttest
 
 def trial_runs(experiment: str, uri: str, parent_run_id: str | None = None,
                hashes: Collection[str] | None = None) -> pd.DataFrame:
-    """One row per FINISHED trial run: tags and final metrics. With `hashes` (a sweep's trial
-    hashes), the runs of those trials whichever sweep ran them, the newest per hash: a sweep
-    that adds rows to a finished one (e.g. `study.py --ablation`) reports the trials it
-    skipped as well as the ones it ran."""
+    """One row per trial: the newest FINISHED run of each trial hash (tags and final
+    metrics), so a trial that two sweeps ran at once, or ran again, enters a mean or a test
+    once. With `hashes` (a sweep's trial hashes), the runs of those trials whichever sweep ran
+    them: a sweep that adds rows to a finished one (e.g. `study.py --ablation`) reports the
+    trials it skipped as well as the ones it ran; else those under `parent_run_id` (if
+    given)."""
     from ipb.tracking import client
     c = client(uri)
     exp = c.get_experiment_by_name(experiment)
@@ -34,12 +36,13 @@ def trial_runs(experiment: str, uri: str, parent_run_id: str | None = None,
     if parent_run_id and hashes is None:
         flt += f" and tags.`mlflow.parentRunId` = '{parent_run_id}'"
     rows = []
-    runs = c.search_runs([exp.experiment_id], flt, max_results=50000)   # newest first
-    if hashes is not None:   # the newest run of each wanted trial hash
-        newest, wanted = {}, set(hashes)
-        for r in runs:
-            newest.setdefault(r.data.tags.get("ipb.trial_hash"), r)
-        runs = [r for h, r in newest.items() if h in wanted]
+    runs = c.search_runs([exp.experiment_id], flt, max_results=50000,
+                         order_by=["attributes.start_time DESC"])
+    newest, wanted = {}, None if hashes is None else set(hashes)
+    for r in runs:
+        if "ipb.trial_hash" in r.data.tags:
+            newest.setdefault(r.data.tags["ipb.trial_hash"], r)
+    runs = [r for h, r in newest.items() if wanted is None or h in wanted]
     # oldest first, so configurations appear in the order the sweep ran them
     for r in reversed(runs):
         t = r.data.tags

@@ -16,8 +16,11 @@ and the champion model on the parent run); the table comes from the entry point
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import signal
 import sys
+import traceback
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,14 +66,35 @@ def expand(base: Config, configurations: list[dict[str, Any]]) -> list[Trial]:
     return trials
 
 
-def trial_resources(cfg: Config) -> dict[str, float]:
+DRIVER_RESOURCE = "ipb_driver"   # advertised by the cluster's head (cluster/*.yaml, kuberay)
+
+
+def trial_resources(cfg: Config, pinned: bool = False) -> dict[str, float]:
     """What a Tune trial's own process asks for. A Ray Train trial only waits on its
     TorchTrainer: no CPU, so trials pack onto the CPUs/GPUs their workers ask for (a bundle
-    must not be empty: memory it is). An inline trial trains in that process."""
+    must not be empty: memory it is). An inline trial trains in that process. `pinned` (the
+    cluster advertises DRIVER_RESOURCE on its head): the driver of a Train trial runs there,
+    never on a spot node whose loss would take the trial's controller and MLflow run along."""
     if cfg.train.runner == "inline":
         return {"CPU": cfg.train.cpus_per_worker,
                 **({"GPU": cfg.train.gpus_per_worker} if cfg.train.use_gpu else {})}
-    return {"CPU": 0, "memory": 256 * 2**20}
+    return {"CPU": 0, "memory": 256 * 2**20, **({DRIVER_RESOURCE: 0.001} if pinned else {})}
+
+
+def driver_pinned() -> bool:
+    """Whether this Ray cluster has a home for trial drivers (DRIVER_RESOURCE)."""
+    import ray
+    return DRIVER_RESOURCE in ray.cluster_resources()
+
+
+def tune_run_config(name: str, base: Config, callbacks: list):
+    """The Tune RunConfig of every sweep: its storage, quiet, and `train.max_failures`
+    retries of a trial whose process died (a lost node): the retry resumes from the trial's
+    last checkpoint in its own MLflow run (ipb.train.fit)."""
+    from ray import tune
+    return tune.RunConfig(name=name, storage_path=_tune_storage(base), verbose=0,
+                          callbacks=callbacks,
+                          failure_config=tune.FailureConfig(max_failures=base.train.max_failures))
 
 
 def trial_driver(config: dict[str, Any]) -> None:
@@ -87,10 +111,17 @@ def trial_driver(config: dict[str, Any]) -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     spec = config["trial"]
     cfg = from_dict(spec["cfg"])
-    out = fit(cfg, table_data(config["data"]), parent_run_id=config["parent_run_id"],
-              sweep=config["sweep"], experiment=config["experiment"],
-              callbacks=[TuneReportCallback()],
-              extra_tags={**config["tags"], "ipb.config_label": spec["label"]})
+    try:
+        out = fit(cfg, table_data(config["data"]), parent_run_id=config["parent_run_id"],
+                  sweep=config["sweep"], experiment=config["experiment"],
+                  callbacks=[TuneReportCallback()], tune_trial=True,
+                  extra_tags={**config["tags"], "ipb.config_label": spec["label"]})
+    except Exception:
+        # the trial's own error (its MLflow run is FAILED with it): reported, not raised, so
+        # that Tune's retries (FailureConfig) are spent on lost processes and nodes only
+        traceback.print_exc()
+        tune.report({"done": 1.0, "failed": 1.0})
+        return
     tune.report({"test.tpr.mean": out["metrics"]["test.tpr.mean"], "done": 1.0})
 
 
@@ -149,7 +180,11 @@ def run_sweep(kind: str, base: Config, table: Path | str, sweep_hash: str,
         try:
             body(Sweep(kind, cfg_uri, uri, data, parent, experiment, tags, log, progress))
         except BaseException as e:
-            tracking.end_run(cfg_uri, parent, "FAILED", error=f"{type(e).__name__}: {e}")
+            stopped = isinstance(e, KeyboardInterrupt)
+            if stopped:
+                tracking.client(uri).set_tag(parent, "ipb.sweep_status", "interrupted")
+            tracking.end_run(cfg_uri, parent, "KILLED" if stopped else "FAILED",
+                             error=f"{type(e).__name__}: {e}")
             raise
         report = log_report(experiment, uri, parent)
         champion = register_champion(uri, experiment, parent)
@@ -180,6 +215,44 @@ def cannot_run(trials: list[Trial], manifest: dict[str, Any]) -> dict[str, str]:
             except ValueError as e:
                 out[t.label] = str(e)
     return out
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped a sweep before every trial ran: its parent run ends KILLED
+    with the counts, the script exits 130 (143 for SIGTERM); the same command resumes it."""
+
+    def __init__(self, counts: dict[str, int]):
+        super().__init__(f"sweep interrupted: {counts['finished']} trials finished, "
+                         f"{counts['failed']} failed, {counts['interrupted']} interrupted "
+                         "(their runs KILLED); run the same command again to resume them")
+        self.counts = counts
+
+
+def outcome(s: Sweep, experiment: str, todo: list[Trial], results) -> dict[str, int]:
+    """What the Tune run did to `todo`, read from the trials' MLflow runs (Tune's results
+    say nothing of a trial its stop cut short): finished, failed (a run FAILED, or an error
+    before any run), interrupted (a run KILLED or left RUNNING by the stop, or never started).
+    Runs left RUNNING are ended KILLED, so none stays RUNNING forever."""
+    from ipb import tracking
+    errored = {r.config["trial"]["hash"] for r in results if r.config and (
+        r.error or (r.metrics or {}).get("failed"))}
+    states = tracking.trial_states(s.cfg, experiment, s.parent)
+    # a trial this sweep waited for, which another sweep finished, counts as finished
+    states.update({h: ("FINISHED", rid) for h, rid in
+                   tracking.finished_trials(s.cfg, experiment).items()})
+    counts = {"finished": 0, "failed": 0, "interrupted": 0}
+    for t in todo:
+        status, run_id = states.get(t.hash, (None, None))
+        if status == "RUNNING":
+            tracking.end_run(s.cfg, run_id, "KILLED", error="the sweep was stopped")
+            status = "KILLED"
+        if status == "FINISHED":
+            counts["finished"] += 1
+        elif status == "FAILED" or (status is None and t.hash in errored):
+            counts["failed"] += 1
+        else:
+            counts["interrupted"] += 1
+    return counts
 
 
 def run_grid(kind: str, base: Config, configurations: list[dict[str, Any]],
@@ -222,19 +295,20 @@ def run_grid(kind: str, base: Config, configurations: list[dict[str, Any]],
             return
         t0 = time.time()
         results = tune.Tuner(
-            tune.with_resources(trial_driver, trial_resources(base)),
+            tune.with_resources(trial_driver, trial_resources(base, driver_pinned())),
             param_space={"trial": tune.grid_search([t.spec() for t in todo]),
                          "data": s.data, "parent_run_id": s.parent, "sweep": kind,
                          "experiment": experiment, "tags": s.tags},
             tune_config=tune.TuneConfig(max_concurrent_trials=base.sweep.max_concurrent,
                                         trial_dirname_creator=lambda t: t.trial_id),
-            run_config=tune.RunConfig(name=f"{kind}-{sweep_hash[:8]}-{int(t0)}",
-                                      storage_path=_tune_storage(base), verbose=0,
-                                      callbacks=s.callbacks(len(todo))),
+            run_config=tune_run_config(f"{kind}-{sweep_hash[:8]}-{int(t0)}", base,
+                                       s.callbacks(len(todo))),
         ).fit()
-        errors = [r for r in results if r.error]
-        s.log(f"{len(todo) - len(errors)} trials finished, {len(errors)} failed "
-              f"in {time.time() - t0:.0f}s")
+        counts = outcome(s, experiment, todo, results)
+        s.log(f"{counts['finished']} trials finished, {counts['failed']} failed, "
+              f"{counts['interrupted']} interrupted in {time.time() - t0:.0f}s")
+        if counts["interrupted"]:
+            raise SweepInterrupted(counts)
 
     out = run_sweep(kind, base, table, sweep_hash, body, experiment=experiment,
                     progress=progress)
@@ -282,10 +356,39 @@ def config_from_args(args) -> Config:
     return cfg
 
 
+_STOP = {"signal": signal.SIGINT}     # the signal that stopped the sweep (its exit code)
+
+
+def _stop_gracefully_on_sigterm() -> None:
+    """SIGTERM (`kill`, a scheduler, `ray job stop`) takes Ctrl-C's path: Tune's own SIGINT
+    handler stops the trials and returns, and the sweep ends its runs KILLED."""
+    def on_term(signum, frame):
+        _STOP["signal"] = signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGINT)
+    try:
+        signal.signal(signal.SIGTERM, on_term)
+    except ValueError:         # not the main thread (e.g. a test's worker thread)
+        pass
+
+
+def stoppable(fn: Callable[..., int]) -> Callable[..., int]:
+    """A sweep script's main: a stop (Ctrl-C, SIGTERM) is one line and exit code 130 / 143,
+    not a traceback, and never exit 0."""
+    @functools.wraps(fn)
+    def wrapper(*a, **kw) -> int:
+        try:
+            return fn(*a, **kw)
+        except KeyboardInterrupt as e:
+            print(f"ipb: {e or 'interrupted'}", file=sys.stderr, flush=True)
+            return 128 + int(_STOP["signal"])
+    return wrapper
+
+
 def start_command(cfg: Config) -> None:
     """What every sweep script does first: an unreachable MLflow server fails here in seconds
     (not after Ray and minutes of retries), a watcher kills what the script starts if it is
-    killed itself (ipb/reaper.py), and logs stay plain when redirected."""
+    killed itself (ipb/reaper.py), logs stay plain when redirected, and SIGTERM stops the
+    sweep as Ctrl-C does."""
     from ipb.console import plain_logs_when_redirected
     from ipb.preflight import check_tracking_uri
     from ipb.reaper import start
@@ -293,6 +396,8 @@ def start_command(cfg: Config) -> None:
     plain_logs_when_redirected()
     check_tracking_uri(tracking_uri(cfg))
     start()
+    _STOP["signal"] = signal.SIGINT
+    _stop_gracefully_on_sigterm()
 
 
 def checked_grid(ap: argparse.ArgumentParser, kind: str, cfg: Config,
@@ -311,6 +416,7 @@ def checked_grid(ap: argparse.ArgumentParser, kind: str, cfg: Config,
     return grid
 
 
+@stoppable
 def main(kind: str, description: str, configurations: Callable[[Config], list[dict]],
          argv: list[str] | None = None) -> int:
     from ipb.inputs import resolve_table
@@ -414,12 +520,16 @@ def run_search(base: Config, space: Callable, table: Path | str, *,
         s.log(f"Optuna dashboard:  {optuna_dashboard_command(where)}")
         if not remaining:
             return
+        # trials at once: TPE's constant liar counts running trials as bad so concurrent
+        # suggestions spread out instead of piling onto one region (Optuna's advice)
+        sampler = optuna.samplers.TPESampler(seed=base.train.seed,
+                                             constant_liar=base.sweep.max_concurrent > 1)
         searcher = ConcurrencyLimiter(
             OptunaSearch(space=space, metric="objective", mode="max", study_name=study,
-                         storage=storage, seed=base.train.seed),
+                         storage=storage, sampler=sampler),
             max_concurrent=base.sweep.max_concurrent)
         tune.Tuner(
-            tune.with_resources(search_driver, trial_resources(base)),
+            tune.with_resources(search_driver, trial_resources(base, driver_pinned())),
             param_space={"base": to_dict(s.cfg), "data": s.data, "parent_run_id": s.parent,
                          "experiment": experiment, "tags": s.tags},
             tune_config=tune.TuneConfig(
@@ -427,9 +537,8 @@ def run_search(base: Config, space: Callable, table: Path | str, *,
                 scheduler=ASHAScheduler(time_attr="folds_done", metric="objective",
                                         mode="max", max_t=len(base.sweep.folds),
                                         grace_period=1, reduction_factor=2)),
-            run_config=tune.RunConfig(name=f"{study}-{int(time.time())}",
-                                      storage_path=_tune_storage(base), verbose=0,
-                                      callbacks=s.callbacks(remaining)),
+            run_config=tune_run_config(f"{study}-{int(time.time())}", base,
+                                       s.callbacks(remaining)),
         ).fit()
 
     out = run_sweep("search", base, table, study, body, experiment=experiment,

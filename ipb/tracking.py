@@ -155,14 +155,41 @@ def trial_tags(cfg: Config, synthetic: bool, sweep: str = "") -> dict[str, str]:
     return tags
 
 
+def trial_experiment(cfg: Config, sweep: str = "", experiment: str | None = None) -> str:
+    """The experiment a trial run lives in."""
+    return experiment or cfg.tracking.experiment or ("ipb-" + (sweep or "train"))
+
+
+def trial_run(cfg: Config, experiment: str, statuses: tuple[str, ...],
+              parent_run_id: str | None = None, any_parent: bool = False):
+    """The newest run of this trial (its `ipb.trial_hash`) in `experiment` whose status is
+    one of `statuses`, under `parent_run_id` (None: a run without a parent) unless
+    `any_parent`; or None."""
+    c = client(tracking_uri(cfg))
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = c.search_runs([exp.experiment_id], f"tags.`ipb.trial_hash` = '{trial_hash(cfg)}'",
+                         max_results=1000, order_by=["attributes.start_time DESC"])
+    for r in runs:
+        if r.info.status in statuses and (
+                any_parent or r.data.tags.get("mlflow.parentRunId") == parent_run_id):
+            return r
+    return None
+
+
 def start_trial_run(cfg: Config, split, manifest: dict, *, name: str,
                     parent_run_id: str | None = None, sweep: str = "",
                     experiment: str | None = None, table: str = "",
-                    extra_tags: dict[str, str] | None = None) -> str:
-    """Create the run (RUNNING) with tags and flattened params; returns its id."""
+                    extra_tags: dict[str, str] | None = None,
+                    reuse: tuple[str, ...] = ()) -> str:
+    """Create the run (RUNNING) with tags and flattened params; returns its id. When this
+    trial has a run of a status in `reuse` (an interrupted or failed run of the same trial and
+    parent), that run is reopened instead: a resumed trial continues its own run, its metrics
+    go on from the epoch it resumed at, and no second run of the trial appears."""
     from mlflow.entities import Param, RunTag
     c = client(tracking_uri(cfg))
-    exp = experiment or cfg.tracking.experiment or ("ipb-" + (sweep or "train"))
+    exp = trial_experiment(cfg, sweep, experiment)
     synthetic = bool(manifest.get("synthetic"))
     tags = trial_tags(cfg, synthetic, sweep)
     tags["mlflow.runName"] = ("SYNTHETIC " if synthetic else "") + name
@@ -173,16 +200,29 @@ def start_trial_run(cfg: Config, split, manifest: dict, *, name: str,
     tags.update(extra_tags or {})
     if "mlflow.source.name" not in tags:     # a sweep passes its entry point's
         tags.update(source_tags())
-    run = c.create_run(experiment_id(exp, tracking_uri(cfg)), tags=tags)
-    c.log_inputs(run.info.run_id, datasets=[table_input(table, manifest, split)])
+    old = trial_run(cfg, exp, reuse, parent_run_id) if reuse else None
+    if old is not None:
+        run_id = old.info.run_id
+        c.update_run(run_id, status="RUNNING")
+        if "ipb.error" in old.data.tags:
+            c.delete_tag(run_id, "ipb.error")
+        tags["ipb.reopened_from"] = old.info.status
+        c.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        logged = old.data.params
+    else:
+        run_id = c.create_run(experiment_id(exp, tracking_uri(cfg)), tags=tags).info.run_id
+        c.log_inputs(run_id, datasets=[table_input(table, manifest, split)])
+        logged = {}
     params = {k: str(v)[:500] for k, v in flatten(to_dict(cfg)).items()}
     for p in ("labeled", "val", "unlabeled", "test"):
         params[f"split.n_{p}"] = str(len(getattr(split, p)))
-    items = [Param(k, v) for k, v in params.items()]
+    # a reopened run keeps the params it has (MLflow refuses to change one: e.g. the port of
+    # the sweep's tracking server in tracking.uri)
+    items = [Param(k, v) for k, v in params.items() if k not in logged]
     for i in range(0, len(items), 100):
-        c.log_batch(run.info.run_id, params=items[i:i + 100])
-    c.log_batch(run.info.run_id, tags=[RunTag("ipb.n_params", str(len(items)))])
-    return run.info.run_id
+        c.log_batch(run_id, params=items[i:i + 100])
+    c.log_batch(run_id, tags=[RunTag("ipb.n_params", str(len(params)))])
+    return run_id
 
 
 def system_metrics(uri: str, run_id: str, resume: bool = False, interval: float = 10.0):
@@ -334,6 +374,23 @@ def sweep_parent_run(cfg: Config, experiment: str, kind: str, sweep_hash: str,
     (Path(tempfile.gettempdir()) / f"ipb-{run.info.run_id}.yaml").write_text(to_yaml(cfg))
     c.log_artifact(run.info.run_id, str(Path(tempfile.gettempdir()) / f"ipb-{run.info.run_id}.yaml"))
     return run.info.run_id
+
+
+def trial_states(cfg: Config, experiment: str, parent_run_id: str) -> dict[str, tuple[str, str]]:
+    """trial hash -> (status, run id) of the newest run of each trial under a sweep's parent
+    run (a FINISHED run of the hash wins over any other)."""
+    c = client(tracking_uri(cfg))
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return {}
+    runs = c.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                         max_results=50000, order_by=["attributes.start_time DESC"])
+    out: dict[str, tuple[str, str]] = {}
+    for r in runs:
+        h = r.data.tags.get("ipb.trial_hash")
+        if h and (h not in out or (r.info.status == "FINISHED" and out[h][0] != "FINISHED")):
+            out[h] = (r.info.status, r.info.run_id)
+    return out
 
 
 def finished_trials(cfg: Config, experiment: str, metric: str | None = None) -> dict[str, Any]:

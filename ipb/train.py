@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ipb.config import Config, config_hash, from_dict, to_dict
+from ipb.config import Config, from_dict, to_dict, trial_hash
 
 STATE_FILE = "state.pt"
 RESULT_FILE = "result.json"
@@ -312,6 +312,9 @@ def _before_training(cfg: Config, run_id: str, split, progress: bool, name: str)
     from ipb.methods import method_class
     try:
         method_class(cfg.method.name).check_data(cfg, split.counts.get("unlabeled", {}))
+        problem = split.selection_problem() if cfg.train.select_on == "val" else None
+        if problem and (not cfg.split.allow_weak_val or not len(split.val)):
+            raise ValueError(problem)
         found = tracking.find_teacher(cfg, split.classes)
     except BaseException as e:
         tracking.end_run(cfg, run_id, "FAILED", error=f"{type(e).__name__}: {e}")
@@ -326,25 +329,31 @@ def _before_training(cfg: Config, run_id: str, split, progress: bool, name: str)
 
 
 def run_name(cfg: Config) -> str:
+    """The trial's Train run name (its checkpoint directory in train.storage) and MLflow run
+    name: from the trial hash, so the same trial finds its checkpoints again from another
+    sweep process (whose tracking.uri, the port of its MLflow server, differs)."""
     return (f"{cfg.method.name}-{cfg.model.arch}-f{cfg.train.fold}-s{cfg.train.seed}-"
-            f"{config_hash(cfg)[:8]}")
+            f"{trial_hash(cfg)[:8]}")
 
 
 def fit(cfg: Config, table: Path | str | dict[str, Any], *, parent_run_id: str | None = None,
         sweep: str = "", experiment: str | None = None, progress: bool = True,
         fault: dict | None = None, callbacks: list | None = None,
-        extra_tags: dict[str, str] | None = None) -> dict[str, Any]:
+        extra_tags: dict[str, str] | None = None, tune_trial: bool = False) -> dict[str, Any]:
     """Train one (config, fold, seed) on Ray Train and log it as one MLflow run.
 
     `table`: a colony table (a directory or a URI, as `ipb.inputs.resolve_table` gives it),
     read, checked and put in the object store here; or a sweep's `put_table` dict (its
     storage already checked). Returns {"run_id", "metrics", "result", "checkpoint", "name",
     "models"}. The MLflow run is FINISHED on success and FAILED (with the error as a tag) on
-    any exception, which is re-raised. `fault` ({"rank", "epoch", "marker"}) kills that worker
-    once at that epoch (tests of resume).
+    any exception, which is re-raised; run again, the trial resumes from its last checkpoint
+    in its own MLflow run. The trial is claimed for its life (`ipb.claims`): in a sweep
+    (`parent_run_id`) a trial another process trains is waited for and, once FINISHED, not
+    trained again (the result has "skipped"); `ipb train` refuses it. `fault` ({"rank",
+    "epoch", "marker"}) kills that worker once at that epoch (tests of resume).
     """
     from ipb import tracking
-    from ipb.logged_models import log_student
+    from ipb.claims import claim
     from ipb.runtime import check_storage, train_storage
 
     data = table
@@ -353,11 +362,43 @@ def fit(cfg: Config, table: Path | str | dict[str, Any], *, parent_run_id: str |
         data = put_table(table)   # a directory or a URI: kept as given
     parts, split, manifest = prepare_parts(cfg, data)
     name = run_name(cfg)
+    say = (lambda s: print(f"[{name}] {s}", file=sys.stderr, flush=True)) if progress \
+        else (lambda s: None)
+    with claim(train_storage(cfg), trial_hash(cfg), wait=bool(parent_run_id), log=say) as lock:
+        exp = tracking.trial_experiment(cfg, sweep, experiment)
+        done = tracking.trial_run(cfg, exp, ("FINISHED",), any_parent=True) \
+            if parent_run_id else None
+        if done is not None:      # another sweep finished it while this one waited
+            say(f"finished already as run {done.info.run_id}: not trained again")
+            return {"run_id": done.info.run_id, "metrics": dict(done.data.metrics),
+                    "result": None, "checkpoint": None, "name": name, "models": None,
+                    "experiment_id": done.info.experiment_id, "skipped": "finished"}
+        # a RUNNING run of this trial is one whose process died when this process holds its
+        # lock, or in a sweep (Tune runs one instance of a trial at a time: a retry after a
+        # lost node finds its predecessor's run RUNNING)
+        reuse = ("FAILED", "KILLED") + (("RUNNING",) if lock or parent_run_id else ())
+        run_id = tracking.start_trial_run(
+            cfg, split, manifest, name=name, parent_run_id=parent_run_id, sweep=sweep,
+            experiment=exp, table=data["table"], reuse=reuse,
+            extra_tags={**(extra_tags or {}), "ipb.storage": train_storage(cfg)})
+        return _train_and_log(cfg, parts, split, manifest, name, run_id, progress, fault,
+                              callbacks, tune_trial)
+
+
+def _train_and_log(cfg: Config, parts, split, manifest, name: str, run_id: str,
+                   progress: bool, fault, callbacks, tune_trial: bool) -> dict[str, Any]:
+    """`fit` once its run exists: split warnings, the checks before training, Ray Train (or
+    inline), the result and the model logged, the run ended."""
+    from ipb import tracking
+    from ipb.logged_models import log_student
     uri = tracking.tracking_uri(cfg)
-    run_id = tracking.start_trial_run(cfg, split, manifest, name=name, parent_run_id=parent_run_id,
-                                      sweep=sweep, experiment=experiment, table=data["table"],
-                                      extra_tags={**(extra_tags or {}),
-                                                  "ipb.storage": train_storage(cfg)})
+    warnings = list(split.warnings) + ([split.selection_problem()]
+                                       if split.selection_problem() else [])
+    if warnings:     # a user sees them, and so does the run
+        tracking.client(uri).set_tag(run_id, "ipb.split_warnings", "\n".join(warnings)[:5000])
+        if progress:
+            for w in warnings:
+                print(f"[{name}] split WARNING {w}", file=sys.stderr, flush=True)
     teacher = _before_training(cfg, run_id, split, progress, name)
     if progress:
         print(f"[{name}] MLflow run {run_id} at {uri}; split " + "; ".join(
@@ -366,7 +407,7 @@ def fit(cfg: Config, table: Path | str | dict[str, Any], *, parent_run_id: str |
     loop_config = {"cfg": to_dict(cfg), "classes": split.classes, "parts": parts,
                    "run_id": run_id, "tracking_uri": uri, "name": name, "fault": fault,
                    "t_start": time.time(), "synthetic": bool(manifest.get("synthetic")),
-                   "teacher": teacher}
+                   "teacher": teacher, "tune_trial": tune_trial}
     try:
         t0 = time.time()
         if cfg.train.runner == "inline":       # one worker in this process (ipb/inline.py)
@@ -388,7 +429,10 @@ def fit(cfg: Config, table: Path | str | dict[str, Any], *, parent_run_id: str |
             print(f"[{name}] {how} {t1 - t0:.0f}s, MLflow artifacts {time.time() - t1:.0f}s",
                   file=sys.stderr, flush=True)
     except BaseException as e:
-        tracking.end_run(cfg, run_id, "FAILED", error=f"{type(e).__name__}: {e}")
+        # Ctrl-C or a stop signal: KILLED (a re-run resumes it); anything else: FAILED
+        stopped = isinstance(e, (KeyboardInterrupt, SystemExit))
+        tracking.end_run(cfg, run_id, "KILLED" if stopped else "FAILED",
+                         error=f"{type(e).__name__}: {e}")
         raise
     return {"run_id": run_id, "metrics": out["metrics"], "result": out,
             "checkpoint": checkpoint, "name": name, "models": models,

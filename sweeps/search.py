@@ -11,7 +11,7 @@ import sys
 from ipb.config import to_yaml
 from ipb.inputs import resolve_table
 from ipb.sweep import champion_line, config_from_args, mlflow_ui, parser, run_search, \
-    start_command
+    start_command, stoppable
 
 ARCHS = ("vgg19", "ms_vgg19", "hrnet_w18", "ms_hrnet_w18")
 
@@ -27,7 +27,8 @@ def space(trial):
     trial.suggest_categorical("model.width", [0.125, 0.25, 0.5, 1.0])
 
 
-if __name__ == "__main__":
+@stoppable
+def main() -> int:
     args = parser(__doc__).parse_args()
     cfg = config_from_args(args)
     start_command(cfg)
@@ -36,4 +37,8 @@ if __name__ == "__main__":
     print("\n" + out["report"]["markdown"])
     print(f"\nbest: {out['best']}" + champion_line(out) + "\nOptuna dashboard:  "
           f"{out['optuna_dashboard']}\n" + mlflow_ui(out), flush=True)
-    sys.exit(0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

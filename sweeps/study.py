@@ -36,7 +36,7 @@ from ipb.config import PRESETS, Config, flatten, to_dict, to_yaml
 from ipb.study import ABC, FIXMATCH, IPB_FINETUNE, IPB_LEARN, IPB_PAPER, IPB_ROBUST, MPL, \
     MPL_BALANCED, MPL_LEARN, MPL_ROBUST, SUPERVISED, TOP_FRACTION, curve_label, study_report
 from ipb.inputs import resolve_table
-from ipb.sweep import config_from_args, mlflow_ui, parser, run_grid, start_command
+from ipb.sweep import config_from_args, mlflow_ui, parser, run_grid, start_command, stoppable
 
 CURVE = (0.02, 0.05, 0.10)
 CURVE_FOLDS = 3
@@ -79,12 +79,25 @@ def calibrate(cfg, table) -> int:
     print(("SYNTHETIC data - " if synthetic else "") + "calibration: supervised mean test TPR "
           f"on split seed {CALIBRATION_SPLIT_SEED} (a development partition), mean (std) over "
           "folds")
+    from ipb.data.table import read_manifest
+    counts = read_manifest(table)["classes"]
+    minority = min(counts, key=counts.get) if counts else None
     curve = {}
     for f, g in df.groupby("labeled_fraction"):
         v = g["test.tpr.mean"]
         curve[float(f)] = float(v.mean())
+        col = f"test.tpr.{minority}"
         print(f"  {f * 100:5g} % labeled: {v.mean():.3f} ({v.std(ddof=1):.3f}), n={len(v)}; "
-              f"Differentiated {g.get('test.tpr.Differentiated', v * float('nan')).mean():.3f}")
+              f"{minority} (the rarest class) "
+              f"{g[col].mean() if col in g else float('nan'):.3f}; validation "
+              f"{g['best.val.tpr.mean'].mean():.3f}")
+    below = [g for g, v in curve.items() if g < 0.5 and v > curve.get(0.5, float("inf"))]
+    if below:     # the rule's reference is not a plateau: it measures the budget, not labels
+        print(f"calibration: WARNING supervised at 50 % scores below {len(below)} smaller "
+              f"fraction(s) ({', '.join(f'{g * 100:g} %' for g in sorted(below))}): the "
+              "network or its training budget, not the labels, limits it on this table; "
+              "give it a budget where more labels help (train.epochs, model.arch) before "
+              "reading the headroom")
     f = choose_fraction(curve)
     print(f"calibration: split.labeled_fraction={f} (the largest fraction at least {HEADROOM} "
           f"below the 50 % score {curve.get(0.5, float('nan')):.3f})" if f is not None else
@@ -172,6 +185,7 @@ def configurations(cfg, ablation: bool = False, related: bool = False,
     return rows
 
 
+@stoppable
 def main(argv=None) -> int:
     ap = parser(__doc__, profile="study")
     ap.add_argument("--calibrate", action="store_true",

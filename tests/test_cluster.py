@@ -257,6 +257,56 @@ def test_raycluster_manifest():
     assert sorted(gpus) == [1, 8]
 
 
+@pytest.mark.parametrize("name", LAUNCHERS)
+def test_trial_drivers_have_a_home_off_the_spot_nodes(name, monkeypatch):
+    """Issue 19 fault 4: a lost spot node took the trial's driver (and its Train controller
+    and MLflow run) with it. The head, never spot, advertises the resource that a Train
+    trial's driver asks for (ipb/sweep.py trial_resources); no worker type advertises it."""
+    from ipb.sweep import DRIVER_RESOURCE
+    config = _prepared(name, monkeypatch)
+    head = config["available_node_types"][config["head_node_type"]]
+    assert head["resources"].get(DRIVER_RESOURCE, 0) >= 100, f"cluster/{name}: head"
+    for k, w in _workers(config).items():
+        assert DRIVER_RESOURCE not in w["resources"], f"cluster/{name}: {k}"
+
+
+def test_kuberay_head_is_the_home_of_trial_drivers():
+    from ipb.sweep import DRIVER_RESOURCE
+    (rc,) = _kuberay("raycluster.yaml")
+    params = rc["spec"]["headGroupSpec"]["rayStartParams"]
+    # the operator passes it to `ray start --resources=...`: a JSON object in quotes
+    assert json.loads(json.loads(params["resources"]))[DRIVER_RESOURCE] >= 100
+    for g in rc["spec"]["workerGroupSpecs"]:
+        assert DRIVER_RESOURCE not in g.get("rayStartParams", {}).get("resources", "")
+
+
+def test_trials_ask_for_the_driver_home_and_are_retried_after_a_lost_node():
+    from ipb.config import load_config
+    from ipb.sweep import DRIVER_RESOURCE, trial_resources, tune_run_config
+    cfg = load_config("paper")
+    assert trial_resources(cfg, pinned=True)[DRIVER_RESOURCE] > 0
+    assert DRIVER_RESOURCE not in trial_resources(cfg)         # a local Ray has no such home
+    rc = tune_run_config("x", cfg, [])
+    assert rc.failure_config.max_failures == cfg.train.max_failures > 0
+
+
+def test_kuberay_head_state_survives_the_head_pod():
+    """Issue 19 fault 7: the head was a single point of failure. The RayCluster keeps its GCS
+    state in the Redis of redis.yaml (its Service, its port), whose password is a Secret the
+    documented commands create."""
+    from kuberay_rules import documented_secrets, kuberay_docs
+    (rc,) = _kuberay("raycluster.yaml")
+    ft = rc["spec"]["gcsFaultToleranceOptions"]
+    m = re.fullmatch(r"redis://([\w-]+):(\d+)", ft["redisAddress"])
+    assert m, ft["redisAddress"]
+    services = {d["metadata"]["name"]: d for n, d in kuberay_docs() if d["kind"] == "Service"}
+    assert m.group(1) in services, f"no Service {m.group(1)!r} in cluster/kuberay"
+    assert int(m.group(2)) in [p["port"] for p in services[m.group(1)]["spec"]["ports"]]
+    ref = ft["redisPassword"]["valueFrom"]["secretKeyRef"]
+    assert ref["key"] in documented_secrets().get(ref["name"], set()), ref
+    assert "redis-password" not in rc["spec"]["headGroupSpec"]["rayStartParams"]
+
+
 def test_rayjob_manifest_runs_an_existing_sweep_script():
     (job,) = _kuberay("rayjob.yaml")
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")

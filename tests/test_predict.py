@@ -202,7 +202,49 @@ def test_cli_predict_with_overrides(student, wells, tmp_path, capsys):
     assert main(["predict", str(tmp_path / "nope.pt"), str(wells / "single.tif"),
                  "--out", str(tmp_path / "o2")]) == 2
     assert main(["predict", str(student), str(tmp_path / "missing.tif"),
-                 "--out", str(tmp_path / "o3")]) == 1      # every image skipped
+                 "--out", str(tmp_path / "o3")]) == 2      # before the model is loaded
+    assert "none of IMAGES exists" in capsys.readouterr().err
+
+
+def test_predict_out_holding_a_prediction_is_refused_or_replaced(student, wells, tmp_path,
+                                                                 capsys):
+    """Issue 23 case 6: a second prediction into a used --out left the first one's labels/
+    and geojson/ beside the new colonies.csv. Now it is refused; --overwrite replaces that
+    prediction's own files and keeps everything else in the folder."""
+    import tifffile
+
+    from ipb.cli import main
+    series = tmp_path / "in"
+    series.mkdir()
+    for name in ("a.tif", "b.tif"):
+        tifffile.imwrite(series / name, tifffile.imread(wells / "single.tif"))
+    out = tmp_path / "o"
+    assert main(["predict", str(student), str(series), "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["a.ome.tif", "b.ome.tif"]
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(["predict", str(student), str(series / "a.tif"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds an earlier prediction" in err and "--overwrite" in err
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["a.ome.tif", "b.ome.tif"]
+    assert main(["predict", str(student), str(series / "a.tif"), "--out", str(out),
+                 "--overwrite"]) == 0
+    assert [p.name for p in (out / "labels").iterdir()] == ["a.ome.tif"]
+    assert [p.name for p in (out / "geojson").iterdir()] == ["a.geojson"]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_predict_out_that_cannot_be_written_fails_before_the_model(wells, tmp_path, capsys):
+    """Issue 23 case 7: an --out that cannot be written gave an OSError traceback after the
+    first image; now one line before any model is loaded (the model path does not even
+    exist here, so the --out check must come first)."""
+    from ipb.cli import main
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["predict", str(tmp_path / "nope.pt"), str(wells / "single.tif"),
+                 "--out", str(blocker / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be written" in err and "Traceback" not in err and "nope.pt" not in err
 
 
 def test_load_by_mlflow_run_id(student, wells, tmp_path):

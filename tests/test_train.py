@@ -88,11 +88,20 @@ def test_inline_runner_resumes_a_failed_trial_from_its_checkpoint(ray_local, tmp
     marker = tmp_path / "failed"
     with pytest.raises(Exception, match="injected fault at epoch 1"):
         _run(cfg, fault={"rank": 0, "epoch": 1, "marker": str(marker)})
+    c = client(tracking_uri(cfg))
+    (failed,) = c.search_runs([e.experiment_id for e in c.search_experiments()])
+    assert failed.info.status == "FAILED"
     out = _run(cfg)
     epochs = [h["epoch"] for h in out["result"]["history"]]
     assert epochs == list(range(4))          # 1 pre-training + 3 IPB epochs, none twice
-    run = client(tracking_uri(cfg)).get_run(out["run_id"])
+    # issue 23 case 10: the resumed trial continues its own MLflow run, not a second one
+    assert out["run_id"] == failed.info.run_id
+    assert len(c.search_runs([e.experiment_id for e in c.search_experiments()])) == 1
+    steps = [m.step for m in c.get_metric_history(out["run_id"], "val.tpr.mean")]
+    assert sorted(set(steps)) == list(range(4))
+    run = c.get_run(out["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["ipb.resumed_from_epoch"] == "1"
+    assert "ipb.error" not in run.data.tags
     assert "test.tpr.mean" in run.data.metrics and out["checkpoint"].endswith("inline")
     with pytest.raises(Exception, match="train.num_workers=1"):
         _run(_cfg(tmp_path, table, "supervised", "train.runner=inline", "train.num_workers=2"))

@@ -14,7 +14,6 @@ No Ray here.
 from __future__ import annotations
 
 import io
-import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 

@@ -49,6 +49,22 @@ class Split:
                 "counts": {p: dict(c) for p, c in self.counts.items()},
                 "warnings": list(self.warnings)}
 
+    def selection_problem(self) -> str | None:
+        """Why selecting a model on this fold's val set would be meaningless (fewer than 2
+        classes in it: its mean TPR is one class's recall, or nothing), else None."""
+        val = self.counts.get("val", {})
+        present = [c for c in self.classes if val.get(c, 0) > 0]
+        if len(present) >= 2:
+            return None
+        if not val.get("total", 0):
+            return (f"fold {self.fold}: the validation set is empty (every class has < 3 "
+                    "labeled colonies): there is nothing to select a model on; raise "
+                    "split.labeled_fraction or split.val_fraction")
+        return (f"fold {self.fold}: the validation set holds {val.get('total', 0)} colonies of "
+                f"{len(present)} of {len(self.classes)} classes ({', '.join(present) or 'none'}): "
+                "selecting a model on it is meaningless; raise split.labeled_fraction or "
+                "split.val_fraction, or set split.allow_weak_val=true to run anyway")
+
 
 def _rng(seed: int, *keys) -> np.random.Generator:
     # class names are hashed, not enumerated, so adding a class never reshuffles the others
