@@ -246,6 +246,10 @@ class SweepConfig:
 class TrackingConfig:
     uri: str = "sqlite:///mlflow.db"  # MLFLOW_TRACKING_URI wins when set
     experiment: str = ""
+    # every: each trial logs its `student` and `colonies` models (~10-25 s a trial on 2 cores,
+    # benchmarks/trial_time.py); champion: a sweep's trials keep student.pt only and the sweep
+    # logs the two models for its champion alone (the study, where nobody serves the others)
+    log_models: Literal["every", "champion"] = "every"
 
 
 @dataclass(frozen=True)
@@ -304,7 +308,7 @@ PROFILES: dict[str, dict[str, Any]] = {
               "train.epochs": 5, "train.batch_size": 32, "train.unlabeled_batch_size": 32,
               "train.steps_per_epoch": 100, "train.lr_step_epoch": 14, "train.num_workers": 1,
               "train.optimizer": "adam", "train.lr": 0.002, "train.eval_every": 1,
-              "train.runner": "inline",
+              "train.runner": "inline", "tracking.log_models": "champion",
               "method.student_warmup_epochs": 1, "method.uda_steps": 100,
               "method.teacher_pretrain_epochs": 20, "method.simclr_epochs": 8,
               "sweep.folds": [0, 1, 2, 3, 4], "sweep.max_concurrent": 2},

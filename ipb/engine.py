@@ -329,6 +329,8 @@ def run_trial(cfg: Config, parts: dict[str, Part], classes: list[str], *,
             for k, v in method.train_step(batches.batch(phase), epoch).items():
                 sums[k] = sums.get(k, 0.0) + v
         metrics.update({k: v / n_steps for k, v in sums.items()})
+        metrics["time.steps"] = time.time() - t0 - metrics.get("time.balance", 0.0)
+        t_eval = time.time()
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch == n_epochs - 1:
             metrics.update(_evaluate_epoch(method, phase, final_phase, parts, classes, cfg,
                                            device, rng, pool))
@@ -343,6 +345,7 @@ def run_trial(cfg: Config, parts: dict[str, Part], classes: list[str], *,
                 best = _keep_if_best(best, score, epoch, method.eval_model())
             else:
                 pre_best = _keep_if_best(pre_best, score, epoch, method.phase_model(phase))
+        metrics["time.eval"] = time.time() - t_eval
         metrics["time.epoch"] = time.time() - t0
         metrics["phase." + phase] = 1.0
         history.append(metrics)

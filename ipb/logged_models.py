@@ -134,12 +134,13 @@ def log_student(uri: str, run_id: str, model_file: Path) -> dict[str, str]:
 def champion_run(client, experiment_id: str, parent_run_id: str):
     """The best trial of a sweep by validation: the configuration (`ipb.config_label`) with the
     best mean `best.val.tpr.mean` over its folds and seeds, then its best run. Runs whose model
-    was selected on the test split, and runs without a `colonies` model, never qualify."""
+    was selected on the test split, and runs without a `colonies` model (or one deferred to the
+    champion, tracking.log_models=champion), never qualify."""
     runs = [r for r in client.search_runs(
         [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
                          "attributes.status = 'FINISHED'", max_results=50000)
-            if SCORE in r.data.metrics and "ipb.model.colonies" in r.data.tags
-            and r.data.tags.get("ipb.selected_on") != "test"]
+            if SCORE in r.data.metrics and r.data.tags.get("ipb.selected_on") != "test"
+            and ("ipb.model.colonies" in r.data.tags or "ipb.model.deferred" in r.data.tags)]
     if not runs:
         return None, None
     by: dict[str, list] = {}
@@ -160,6 +161,14 @@ def register_champion(uri: str, experiment: str, parent_run_id: str) -> dict[str
         return None
     name = registered_name(experiment)
     run_id, score = best.info.run_id, best.data.metrics[SCORE]
+    if "ipb.model.colonies" not in best.data.tags:
+        # tracking.log_models=champion: its trial kept model/student.pt; log the models now
+        with tempfile.TemporaryDirectory() as d:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=
+                                                       "model/student.pt", dst_path=d,
+                                                       tracking_uri=uri)
+            log_student(uri, run_id, Path(path))
+        best = client.get_run(run_id)
     found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     if found:
         mv = found[0]

@@ -356,6 +356,7 @@ def fit(cfg: Config, table: Path | str | dict[str, Any], *, parent_run_id: str |
     from ipb.claims import claim
     from ipb.runtime import check_storage, train_storage
 
+    t_enter = time.time()
     data = table
     if not isinstance(data, dict):
         check_storage(cfg)
@@ -382,13 +383,16 @@ def fit(cfg: Config, table: Path | str | dict[str, Any], *, parent_run_id: str |
             experiment=exp, table=data["table"], reuse=reuse,
             extra_tags={**(extra_tags or {}), "ipb.storage": train_storage(cfg)})
         return _train_and_log(cfg, parts, split, manifest, name, run_id, progress, fault,
-                              callbacks, tune_trial)
+                              callbacks, tune_trial, t_enter)
 
 
 def _train_and_log(cfg: Config, parts, split, manifest, name: str, run_id: str,
-                   progress: bool, fault, callbacks, tune_trial: bool) -> dict[str, Any]:
+                   progress: bool, fault, callbacks, tune_trial: bool,
+                   t_enter: float) -> dict[str, Any]:
     """`fit` once its run exists: split warnings, the checks before training, Ray Train (or
     inline), the result and the model logged, the run ended."""
+    from mlflow.entities import Metric
+
     from ipb import tracking
     from ipb.logged_models import log_student
     uri = tracking.tracking_uri(cfg)
@@ -422,7 +426,19 @@ def _train_and_log(cfg: Config, parts, split, manifest, name: str, run_id: str,
         with files as d:
             out = json.loads((Path(d) / RESULT_FILE).read_text())
             tracking.log_trial_result(run_id, cfg, out, Path(d) / MODEL_FILE)
-            models = log_student(uri, run_id, Path(d) / MODEL_FILE)
+            t2 = time.time()
+            if cfg.tracking.log_models == "every" or not tune_trial:
+                models = log_student(uri, run_id, Path(d) / MODEL_FILE)
+            else:    # the sweep logs its champion's (logged_models.register_champion)
+                models = None
+                tracking.client(uri).set_tag(run_id, "ipb.model.deferred", "champion")
+        # where the trial's wall time went (benchmarks/trial_time.py): before training
+        # (split, run, teacher lookup), training (Ray Train or inline; the engine logs its
+        # steps / evaluation per epoch), the result's metrics and figures, the logged models
+        tracking.client(uri).log_batch(run_id, metrics=[
+            Metric(k, v, int(time.time() * 1000), 0) for k, v in (
+                ("time.trial.before", t0 - t_enter), ("time.trial.train", t1 - t0),
+                ("time.trial.result", t2 - t1), ("time.trial.models", time.time() - t2))])
         tracking.end_run(cfg, run_id, "FINISHED")
         if progress:
             how = "Ray Train" if cfg.train.runner == "train" else "training (inline)"

@@ -231,7 +231,7 @@ def test_study_end_to_end_on_a_tiny_table(ray_local, tmp_path, monkeypatch, caps
                      "--tracking-uri", db, *TINY, "train.runner=inline", "patch.size=32",
                      "split.folds=5",
                      "split.labeled_fraction=0.3", "sweep.folds=[0,1]",
-                     f"train.storage={tmp_path}/ray"]) == 0
+                     "tracking.log_models=champion", f"train.storage={tmp_path}/ray"]) == 0
     cap = capsys.readouterr()
     last, out = cap.out.strip().splitlines()[-1], cap.out + cap.err
     assert re.fullmatch(r"study: ipb-supervised [+-]\d\.\d{3} \(p=\S+\), ipb-mpl nan "
@@ -256,3 +256,10 @@ def test_study_end_to_end_on_a_tiny_table(ray_local, tmp_path, monkeypatch, caps
     assert any(k.startswith("ipb.not_run.") and v.startswith(MPL_BALANCED)
                for k, v in parent.data.tags.items())
     assert "study/study.md" in {a.path for a in c.list_artifacts(parent.info.run_id, "study")}
+    # tracking.log_models=champion (the study profile's): only the champion's models are logged
+    champion = c.get_run(parent.info.run_id).data.tags["ipb.champion.run_id"]
+    trials = [r for r in runs if "ipb.trial_hash" in r.data.tags]
+    assert all(r.data.tags.get("ipb.model.deferred") == "champion" for r in trials)
+    logged = {r.info.run_id for r in trials if "ipb.model.colonies" in c.get_run(
+        r.info.run_id).data.tags}
+    assert logged == {champion}
