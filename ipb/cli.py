@@ -132,11 +132,14 @@ def cmd_train(args) -> int:
                                "tracking.uri": args.tracking_uri}.items() if v is not None}
     cfg = _config(args, extra)
     _check_tracking(cfg)
+    from ipb.methods import method_class
+    method_class(cfg.method.name)       # a bad --method or --table fails before Ray starts
+    table = cfg.data.table and resolve_table(cfg)
     _reap_on_exit()
     init_ray(quiet=False)
     if ray_dashboard():
         print(f"Ray dashboard: {ray_dashboard()}", file=sys.stderr, flush=True)
-    out = fit(cfg, resolve_table(cfg))
+    out = fit(cfg, table or resolve_table(cfg))
     m = out["metrics"]
     print(f"{out['name']}: test TPR mean {m['test.tpr.mean']:.4f}, F1 mean {m['test.f1.mean']:.4f} "
           f"(selected on {cfg.train.select_on} at epoch {m['best.epoch']}); MLflow run "
@@ -198,9 +201,18 @@ def cmd_run(args) -> int:
     return main_job(cfg)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("ipb")
+    except PackageNotFoundError:      # a checkout on PYTHONPATH, not installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ipb", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"ipb {_version()}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="the main job on embedded defaults (synthetic data)")
@@ -214,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="write SYNTHETIC phase-contrast wells with labels and masks")
     p.add_argument("--out", required=True, help="output directory (new or an earlier synth)")
     p.add_argument("--wells", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="random seed of the synthetic wells")
     p.add_argument("--size", type=int, help="image side in px")
     p.add_argument("--bit-depth", type=int, choices=(8, 16))
     p.add_argument("--time-points", type=int, help=">1 writes time-lapse series")
@@ -245,8 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="supervised | mpl | mpl_balanced | ipb | simclr | fixmatch | "
                                     "abc | contrastive_clustering | simtriplet | gan_balanced")
     p.add_argument("--arch", help="small_cnn | vgg19 | ms_vgg19 | hrnet_w18 | ms_hrnet_w18")
-    p.add_argument("--fold", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--fold", type=int, help="cross-validation fold (0 .. split.folds-1) whose "
+                                            "test part is held out (train.fold)")
+    p.add_argument("--seed", type=int, help="training seed (train.seed): initial weights, "
+                                            "batches, augmentation")
     p.add_argument("--workers", type=int, help="Ray Train workers (data parallel)")
     p.add_argument("--tracking-uri", help="MLflow URI (default sqlite:///mlflow.db)")
     _common(p)
@@ -283,8 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("splits", help="print the U/L/val/T split of each fold of a table")
-    p.add_argument("table")
-    p.add_argument("--fold", type=int)
+    p.add_argument("table", help="a colony table (directory or URI)")
+    p.add_argument("--fold", type=int, help="only this fold (default: every fold)")
     _common(p)
     p.set_defaults(fn=cmd_splits)
     return ap

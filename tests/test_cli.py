@@ -257,3 +257,17 @@ def test_sigterm_exit_of_a_finished_worker_is_not_reported(capsys):
         sys.unraisablehook = before
     err = capsys.readouterr().err
     assert "SystemExit" not in err and "RuntimeError: real" in err
+
+
+def test_bad_method_or_table_fails_before_ray(tmp_path, capsys, no_ray):
+    """Issue 20: a bad --method or --table failed after Ray had started (46-54 s)."""
+    assert main(["train", "--method", "nope"]) == 2
+    assert "unknown method 'nope'" in _one_line_error(capsys)
+    assert main(["train", "--table", str(tmp_path / "none")]) == 2
+    assert "no colony table there" in _one_line_error(capsys)
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("ipb ")
