@@ -105,8 +105,10 @@ def log_student(uri: str, run_id: str, model_file: Path) -> dict[str, str]:
     from ipb.student import load_student
     net, meta = load_student(model_file)
     size, classes = int(meta["patch_size"]), list(meta["classes"])
-    # one patch: the example is stored twice as JSON (and a paper-sized one is 224 x 224)
-    example = np.random.default_rng(0).standard_normal((1, 1, size, size)).astype(np.float32)
+    # two patches: torch.export (MLflow's pytorch format) fixes a batch dimension of size 1
+    # as a constant, so an example of one patch gave a model that takes one patch at a time;
+    # the example is stored twice as JSON, so no more than two
+    example = np.random.default_rng(0).standard_normal((2, 1, size, size)).astype(np.float32)
     tensor_sig = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, size, size))]),
                                 outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(classes)))]))
     reqs = _requirements()

@@ -165,6 +165,14 @@ def _check_mlflow_as_users_see_it(c, exp, parent, children, uri, tmp_path, monke
         assert any(k.startswith("system/cpu_utilization") for k in r.data.metrics), r.data.metrics
         models = c.search_logged_models([exp], f"source_run_id = '{r.info.run_id}'")
         assert {m.name for m in models} == {"student", "colonies"}
+    # the logged network takes any batch size (issue 20: torch.export had fixed it at 1)
+    with monkeypatch.context() as m:
+        m.setenv("MLFLOW_TRACKING_URI", uri)
+        net = mlflow.pyfunc.load_model(children[0].data.tags["ipb.model.student"])
+        side = int(children[0].data.params["patch.size"])
+        for n in (1, 5):
+            x = np.random.default_rng(n).standard_normal((n, 1, side, side)).astype(np.float32)
+            assert np.asarray(net.predict(x)).shape == (n, 3)
     mv = c.get_model_version_by_alias(registered_name("ipb-test"), ALIAS)
     best = max(children, key=lambda r: r.data.metrics[SCORE])
     champion = c.get_run(parent.info.run_id).data.tags
