@@ -17,8 +17,9 @@ per colony, the balanced draw. One epoch of IPB = this pass + len(U) / 32 steps 
 epoch), so share = balance / (balance + ceil(len(U)/32) * our step time). The real epoch also
 cuts and augments batches, so this share is an upper bound.
 Then one MPL step per architecture of --archs (the CPU-study small_cnn next to VGG19 at the
-widths CPU studies used), one thread each. Last line: `mpl step ratio <r>, ipb balancing share
-<s>, <arch> <ms> ms, ...`.
+widths CPU studies used), one thread each, in NCHW and with train.channels_last (interleaved).
+Last line: `mpl step ratio <r>, ipb balancing share <s>, <arch> <ms> ms, channels_last <arch>
+x<NCHW / NHWC>, ...`.
 """
 from __future__ import annotations
 
@@ -208,39 +209,54 @@ def main() -> None:
     print(f"epoch = pass + {steps_per_epoch} steps x {med['ours']:.3f}s = {t_balance:.1f}s + "
           f"{t_steps:.1f}s; balancing share {share:.3f}; load average {os.getloadavg()[0]:.2f}")
     arch_steps = arch_step_times(args) if args.archs else {}
-    print(f"mpl step ratio {ratio:.3f}, ipb balancing share {share:.3f}"
-          + "".join(f", {k} {v * 1000:.0f} ms" for k, v in arch_steps.items()))
+    print(f"mpl step ratio {ratio:.3f}, ipb balancing share {share:.3f}" + "".join(
+        f", {k} x{v:.2f}" if k.startswith("channels_last") else f", {k} {v * 1000:.0f} ms"
+        for k, v in arch_steps.items()))
 
 
 def arch_step_times(args) -> dict[str, float]:
     """Median seconds of one MPL step (ours) per architecture, one thread, same batch shape:
-    the CPU-study network next to the paper's VGG19 at the widths CPU studies used."""
+    the CPU-study network next to the paper's VGG19 at the widths CPU studies used; each also
+    with train.channels_last (NHWC weights and batch, same initial weights), the two
+    interleaved round by round. Returns {arch: s, "channels_last <arch>": NCHW s / NHWC s}."""
     out = {}
     num_classes = len(PAPER_CLASSES)
     for spec in args.archs.split(","):
         arch, width, size = spec.split(":")
-        cfg = load_config("paper", {"train.use_gpu": False, "model.arch": arch,
-                                    "model.width": float(width), "patch.size": int(size),
-                                    "patch.ms_size": int(size), "method.name": "mpl",
-                                    "method.teacher_pretrain_epochs": 0})
-        torch.manual_seed(0)
-        m = create_method("mpl", cfg, num_classes)
-        assert m.phase(0) == "mpl"
-        m.start_epoch(0)
-        batch = make_batch(cfg, num_classes, int(size))
-        for _ in range(args.warmup):
-            m.train_step(batch, 0)
-        t = statistics.median(timed(lambda: m.train_step(batch, 0))
-                              for _ in range(args.rounds * 2))
-        out[f"{arch}@{width}x{size}px"] = t
-        n = sum(p.numel() for p in m.student.parameters())
+        runs = {}
+        for fmt in ("nchw", "nhwc"):
+            cfg = load_config("paper", {"train.use_gpu": False, "model.arch": arch,
+                                        "model.width": float(width), "patch.size": int(size),
+                                        "patch.ms_size": int(size), "method.name": "mpl",
+                                        "method.teacher_pretrain_epochs": 0,
+                                        "train.channels_last": fmt == "nhwc"})
+            torch.manual_seed(0)
+            m = create_method("mpl", cfg, num_classes)
+            assert m.phase(0) == "mpl"
+            m.start_epoch(0)
+            memory = torch.channels_last if fmt == "nhwc" else torch.contiguous_format
+            batch = {k: v.contiguous(memory_format=memory) if v.dim() == 4 else v
+                     for k, v in make_batch(cfg, num_classes, int(size)).items()}
+            for _ in range(args.warmup):
+                m.train_step(batch, 0)
+            runs[fmt] = (m, batch, [])
+        for r in range(args.rounds):
+            for fmt in (("nchw", "nhwc") if r % 2 == 0 else ("nhwc", "nchw")):
+                m, batch, times = runs[fmt]
+                times += [timed(lambda: m.train_step(batch, 0)) for _ in range(args.steps)]
+        t, t_cl = (statistics.median(runs[f][2]) for f in ("nchw", "nhwc"))
+        key = f"{arch}@{width}x{size}px"
+        out[key], out[f"channels_last {key}"] = t, t / t_cl
+        n = sum(p.numel() for p in runs["nchw"][0].student.parameters())
         print(f"architecture {arch} width {width} patch {size}px: {n / 1e3:.0f} k parameters, "
-              f"MPL step {t * 1000:.1f} ms (median of {args.rounds * 2}), supervised-equivalent "
+              f"MPL step {t * 1000:.1f} ms NCHW, {t_cl * 1000:.1f} ms channels_last (x{t / t_cl:.2f}; "
+              f"medians of {len(runs['nchw'][2])}, interleaved), supervised-equivalent "
               f"throughput {cfg.train.batch_size / t:.0f} labeled patches/s", flush=True)
-    first = next(iter(out.values()), None)
+    steps = {k: v for k, v in out.items() if not k.startswith("channels_last")}
+    first = next(iter(steps.values()), None)
     if first:
-        print("step time relative to " + next(iter(out)) + ": " + ", ".join(
-            f"{k} {v / first:.1f}x" for k, v in out.items()))
+        print("step time relative to " + next(iter(steps)) + ": " + ", ".join(
+            f"{k} {v / first:.1f}x" for k, v in steps.items()))
     return out
 
 

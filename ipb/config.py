@@ -216,6 +216,9 @@ class TrainConfig:
     use_gpu: bool = False
     gpus_per_worker: float = 1.0      # < 1 packs several small trials onto one GPU
     amp: bool = True                  # only used on GPU
+    # NHWC weights and batches: the same computation up to float summation order (not in the
+    # trial hash); benchmarks/train_step.py measures it against NCHW per network
+    channels_last: bool = False
     select_on: Literal["val", "test"] = "val"
     eval_every: int = 1
     finetune_epochs: int = 0          # optional fine-tune of the selected student on L
@@ -524,7 +527,7 @@ def config_hash(cfg: Config | dict, *extra: Any) -> str:
 # settings that say where/how a trial runs, not what it computes
 _NOT_IN_TRIAL_HASH = ("profile", "tracking.", "sweep.", "train.storage", "data.cache_dir",
                       "data.ingest_workers", "train.num_workers", "train.cpus_per_worker",
-                      "train.max_failures", "split.allow_weak_val")
+                      "train.max_failures", "split.allow_weak_val", "train.channels_last")
 
 
 def identity(cfg: Config) -> dict[str, Any]:

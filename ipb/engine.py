@@ -69,6 +69,7 @@ class Batches:
                  gen: torch.Generator, device: torch.device):
         self.cfg, self.parts, self.rng, self.gen, self.device = cfg, parts, rng, gen, device
         self.aug = {v: make_augment(cfg.augment, v) for v in ("train", "weak", "strong", "test")}
+        self.fmt = torch.channels_last if cfg.train.channels_last else torch.preserve_format
         y, cand = parts["labeled"].y, parts["labeled"].cand
         # multi_label_loss=partial: multi-label colonies are in L, each a candidate set
         self.partial = cfg.method.multi_label_loss == "partial" and cand is not None
@@ -89,6 +90,10 @@ class Batches:
         self.order_pos = np.zeros((0, 2), np.int64)
         self.cursor = 0
 
+    def _view(self, view: str, x: torch.Tensor) -> torch.Tensor:
+        """One augmented view of patches `x`, on the device (NHWC with train.channels_last)."""
+        return self.aug[view](x, generator=self.gen).to(self.device, memory_format=self.fmt)
+
     def _patches(self, part: Part, idx: np.ndarray) -> torch.Tensor:
         p = self.cfg.patch
         return part.bank.extract(idx, part.bank.sample_positions(idx, self.rng, p.min_cover,
@@ -98,7 +103,7 @@ class Batches:
         lab = self.parts["labeled"]
         idx = self.rng.choice(len(lab), size=self.cfg.train.batch_size, p=self.labeled_p)
         x = self._patches(lab, idx)
-        out = {"x_l": self.aug["train"](x, generator=self.gen).to(self.device),
+        out = {"x_l": self._view("train", x),
                "y_l": torch.from_numpy(lab.y[idx]).to(self.device),
                "n_l": self.n_l}        # L's class counts (ABC's masks, GAN's top-up)
         if self.partial:
@@ -114,8 +119,8 @@ class Batches:
         self.cursor += n
         u = self.parts["unlabeled"]
         x = u.bank.extract(self.order[take], self.order_pos[take])
-        return {"x_uw": self.aug["weak"](x, generator=self.gen).to(self.device),
-                "x_us": self.aug["strong"](x, generator=self.gen).to(self.device),
+        return {"x_uw": self._view("weak", x),
+                "x_us": self._view("strong", x),
                 "i_u": torch.from_numpy(self.order[take]),
                 # U's hidden classes (-1 unknown): for the target-accuracy diagnostic only
                 "y_u": torch.from_numpy(u.y[self.order[take]])}
@@ -130,8 +135,8 @@ class Batches:
             if k:
                 xs.append(self._patches(part, self.rng.integers(0, len(part), k)))
         x = torch.cat(xs)
-        return {"x_1": self.aug["strong"](x, generator=self.gen).to(self.device),
-                "x_2": self.aug["strong"](x, generator=self.gen).to(self.device)}
+        return {"x_1": self._view("strong", x),
+                "x_2": self._view("strong", x)}
 
     def triplet(self) -> dict[str, torch.Tensor]:
         """SimTriplet: two views of a patch of U+L colonies (as `contrastive`), and a view of a
@@ -150,9 +155,9 @@ class Batches:
                 ns.append(part.bank.extract(idx, part.bank.neighbour_positions(
                     idx, pos, self.rng, p.min_cover, p.max_tries)))
         x, x_n = torch.cat(xs), torch.cat(ns)
-        return {"x_1": self.aug["strong"](x, generator=self.gen).to(self.device),
-                "x_2": self.aug["strong"](x, generator=self.gen).to(self.device),
-                "x_n": self.aug["strong"](x_n, generator=self.gen).to(self.device)}
+        return {"x_1": self._view("strong", x),
+                "x_2": self._view("strong", x),
+                "x_n": self._view("strong", x_n)}
 
     def batch(self, phase: str) -> dict[str, torch.Tensor]:
         if phase in ("supervised", "gan"):

@@ -190,3 +190,22 @@ def test_mpl_stages_run_their_own_lr_schedule():
     teacher, student = zip(*seen)
     assert np.allclose(teacher, [1, 1, .1, 1, 1, .1, .1])
     assert np.allclose(student[3:], [.5, 1, .1, .1])
+
+
+@pytest.mark.parametrize("method", ["supervised", "ipb"])
+def test_channels_last_is_the_same_run_up_to_float_order(method, parts):
+    """train.channels_last: NHWC weights and batches, the same draws (so the same run up to
+    the order of float sums); benchmarks/train_step.py measures its speed."""
+    out = {}
+    for cl in ("false", "true"):
+        cfg = cfg_for(method, "train.steps_per_epoch=2", "train.epochs=2",
+                      f"train.channels_last={cl}")
+        if cl == "true":
+            m = create_method(method, cfg, 3)
+            net = m.eval_model()
+            assert next(p for p in net.parameters() if p.dim() == 4).is_contiguous(
+                memory_format=torch.channels_last)
+        out[cl] = run_trial(cfg, parts, CLASSES, log=lambda s: None)
+    a, b = ([h.get("train.loss", h.get("train.teacher_sup")) for h in out[k]["history"]]
+            for k in ("false", "true"))
+    assert np.allclose(a, b, rtol=1e-3, atol=1e-4), (a, b)

@@ -129,6 +129,8 @@ class Method:
         m = self.cfg.model
         model = create_model(m.arch, num_classes=self.num_classes, width=m.width,
                              dropout=m.dropout).to(self.device)
+        if self.cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         return self.wrap(model)
 
     def autocast(self):
