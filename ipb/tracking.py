@@ -225,10 +225,12 @@ def start_trial_run(cfg: Config, split, manifest: dict, *, name: str,
     return run_id
 
 
-def system_metrics(uri: str, run_id: str, resume: bool = False, interval: float = 10.0):
+def system_metrics(uri: str, run_id: str, resume: bool = False, interval: float = 2.0,
+                   per_point: int = 2):
     """MLflow's system-metrics monitor (CPU, memory, disk, network, NVIDIA GPUs: system/*
-    metrics) on this run, started; call .finish() at the end. A trial shorter than one
-    interval still gets one sample (MLflow's own monitor drops it)."""
+    metrics) on this run, started; call .finish() at the end. A point every interval x
+    per_point seconds (4 s: a curve even for a 30 s trial; MLflow's 10 s x 1 gave those one
+    point). A trial shorter than that still gets one (MLflow's own monitor drops it)."""
     import logging
 
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -243,8 +245,8 @@ def system_metrics(uri: str, run_id: str, resume: bool = False, interval: float 
 
     # "Started monitoring system metrics." and friends, at INFO, once per trial
     logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-    monitor = Monitor(run_id, sampling_interval=interval, resume_logging=resume,
-                      tracking_uri=uri)
+    monitor = Monitor(run_id, sampling_interval=interval, samples_before_logging=per_point,
+                      resume_logging=resume, tracking_uri=uri)
     monitor.start()
     return monitor
 

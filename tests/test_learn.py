@@ -13,19 +13,13 @@ from ipb.engine import steps_for
 from ipb.methods import create_method
 from ipb.methods.diagnostics import agreement, grad_share, snapshot, target_accuracy, \
     weight_change
-from tiny import tiny_cfg, tiny_parts
-
-CLASSES = ["A", "B", "C"]
-SIZE = 32
+from tiny import CLASSES, SIZE, tiny_parts
+from tiny import small_cfg as cfg_for
 
 
 @pytest.fixture(scope="module")
 def parts():
     return tiny_parts(CLASSES, SIZE)
-
-
-def cfg_for(method, *extra):
-    return tiny_cfg(method, "model.arch=small_cnn", "model.width=0.5", *extra, size=SIZE)
 
 
 def test_preset_learn_is_robust_plus_its_own_switches():

@@ -14,19 +14,13 @@ from ipb.evaluation import collapsed, evaluate
 from ipb.methods import create_method
 from ipb.methods.stabilize import DistAlign, FlexThreshold, ModelEMA, recalibrate_bn, \
     relative_threshold
-from tiny import tiny_cfg, tiny_parts
-
-CLASSES = ["A", "B", "C"]
-SIZE = 32
+from tiny import CLASSES, SIZE, tiny_parts
+from tiny import small_cfg as cfg_for
 
 
 @pytest.fixture(scope="module")
 def parts():
     return tiny_parts(CLASSES, SIZE)
-
-
-def cfg_for(method, *extra):
-    return tiny_cfg(method, "model.arch=small_cnn", "model.width=0.5", *extra, size=SIZE)
 
 
 def mpl_batch(cfg, parts, seed=0):

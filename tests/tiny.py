@@ -42,6 +42,15 @@ def tiny_cfg(method: str, *extra: str, size: int = 32):
                                  "train.unlabeled_batch_size=12", "method.threshold=0.0", *extra])
 
 
+CLASSES = ["A", "B", "C"]
+SIZE = 32
+
+
+def small_cfg(method: str, *extra: str):
+    """tiny_cfg on the CPU-study network at half width, SIZE px (the method-switch tests)."""
+    return tiny_cfg(method, "model.arch=small_cnn", "model.width=0.5", *extra, size=SIZE)
+
+
 def tiny_parts(classes=("A", "B", "C"), size=32) -> dict:
     """labeled / val / test / unlabeled Parts of an imbalanced tiny set (U skewed like L)."""
     from ipb.engine import Part
