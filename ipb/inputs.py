@@ -21,7 +21,8 @@ from ipb.config import Config, config_hash, expand_path, to_dict
 
 def resolve_table(cfg: Config, data: str | None = None, labels: str | None = None) -> Path | str:
     """The colony table this command runs on (a local directory or a URI, returned as is)."""
-    from ipb.data.table import is_uri, read_manifest
+    from ipb.config import is_uri
+    from ipb.data.table import read_manifest
     if data:
         return _given(cfg, data, labels)
     if is_uri(cfg.data.table):
@@ -39,7 +40,8 @@ def resolve_table(cfg: Config, data: str | None = None, labels: str | None = Non
 def _given(cfg: Config, data: str, labels: str | None) -> Path | str:
     """--data: a colony table as is (a directory, or a URI such as s3://bucket/table), or a
     directory of raw images ingested (once) into a cached table."""
-    from ipb.data.table import is_uri, read_manifest
+    from ipb.config import is_uri
+    from ipb.data.table import read_manifest
     if is_uri(data):
         read_manifest(data)     # raw images are ingested from a local or shared directory
         return data

@@ -46,12 +46,15 @@ def test_study_script_takes_overrides_after_its_flags(monkeypatch):
     study = _script("study")
     seen = {}
 
+    class Stop(Exception):
+        pass
+
     def stop(args):
         seen.update(vars(args))
-        raise KeyboardInterrupt        # stop before anything starts
+        raise Stop                     # stop before anything starts
 
     monkeypatch.setattr(study, "config_from_args", stop)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Stop):
         study.main(["--ablation", "train.epochs=2", "--data", "T", "sweep.limit=1"])
     assert seen["overrides"] == ["train.epochs=2", "sweep.limit=1"] and seen["ablation"]
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ipb.config import AugmentConfig
-from ipb.data.augment import Augment, Chain, _rotate, center_half, make_augment
+from ipb.data.augment import Augment, Chain, _rotate, make_augment
+from ipb.models.common import centre_half as center_half
 from ipb.data.patches import ColonyBank, png_shape, prepare_colony, prepared_shape
 from ipb.data.table import decode_colony, encode_png
 

@@ -54,12 +54,6 @@ class Chain:
     jitter_space: str = "pixel"     # "normalized": z-score first, jitter the z-scores
 
 
-def center_half(x: torch.Tensor) -> torch.Tensor:
-    """The centre S/2 x S/2 of (..., S, S) patches (the multi-scale second view)."""
-    h, w = x.shape[-2], x.shape[-1]
-    return x[..., h // 4:h // 4 + h // 2, w // 4:w // 4 + w // 2]
-
-
 def _rotate(x: torch.Tensor, deg: torch.Tensor) -> torch.Tensor:
     """Rotate each sample by its own angle about the patch centre; reflection fills corners."""
     n, _, h, w = x.shape

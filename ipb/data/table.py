@@ -21,6 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ipb.config import is_uri
+
 SCHEMA = pa.schema([
     ("colony_id", pa.string()),       # stable: hash of source path + box (+ time)
     ("source", pa.string()),          # image path relative to the ingest SOURCE root
@@ -77,9 +79,6 @@ def to_unit(img: np.ndarray) -> np.ndarray:
     return img.astype(np.float32)
 
 
-def is_uri(table: str | os.PathLike) -> bool:
-    """s3://, gs://, file://... : a table in object storage (read with pyarrow's filesystems)."""
-    return "://" in str(table)
 
 
 def _filesystem(table: str | os.PathLike):

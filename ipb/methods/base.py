@@ -105,12 +105,6 @@ class UnlabeledPool:
         model.train(was)
         return torch.cat(out) if out else torch.zeros(0, 0)
 
-    def clean_batches(self, size: int = 256, limit: int | None = None):
-        """Clean patches of every colony (or the first `limit`), `size` at a time."""
-        n = len(self) if limit is None else min(limit, len(self))
-        for s in range(0, n, size):
-            yield self.patches(np.arange(s, min(n, s + size)))
-
 
 class Method:
     """Base: owns models and optimizers; subclasses implement `phase` and `train_step`."""
@@ -138,10 +132,6 @@ class Method:
         if self.amp:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
-
-    @staticmethod
-    def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), y)
 
     @staticmethod
     def labeled_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
