@@ -69,7 +69,7 @@ def cmd_ingest(args) -> int:
     from ipb.runtime import init_ray
     cfg = _config(args)
     # labels and images are checked before Ray starts: a bad label file fails in a second
-    plan = plan_sources(args.source, args.labels, args.layout)
+    plan = plan_sources(args.source, args.labels, args.layout, cfg.data.label_map)
     _reap_on_exit()
     init_ray(num_cpus=args.num_cpus)
     manifest = ingest(args.source, args.out, cfg, plan=plan)

@@ -76,6 +76,9 @@ class DataConfig:
     # metadata: an image's own pixel size (OME/ImageJ/TIFF tags) wins over
     # segmentation.pixel_size_um; config: always segmentation.pixel_size_um
     pixel_size_from: Literal["metadata", "config"] = "metadata"
+    # class names to rename at ingest, "FROM=TO" (e.g. "red blood cell=RBC"); applied before
+    # spellings that differ only in case are merged; every rename is listed in the manifest
+    label_map: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -527,7 +530,8 @@ def config_hash(cfg: Config | dict, *extra: Any) -> str:
 # settings that say where/how a trial runs, not what it computes
 _NOT_IN_TRIAL_HASH = ("profile", "tracking.", "sweep.", "train.storage", "data.cache_dir",
                       "data.ingest_workers", "train.num_workers", "train.cpus_per_worker",
-                      "train.max_failures", "split.allow_weak_val", "train.channels_last")
+                      "train.max_failures", "split.allow_weak_val", "train.channels_last",
+                      "data.label_map")
 
 
 def identity(cfg: Config) -> dict[str, Any]:

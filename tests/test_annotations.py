@@ -221,3 +221,25 @@ def test_case_merge_ties_keep_the_first_spelling_and_reach_the_plan(images, tmp_
     assert plan.warnings == lab.warnings
     f.write_text("image,label\na.jpg,Rbc\nb.jpg,WBC\n")      # one spelling each: no warning
     assert read_labels(f, images, {"a.jpg", "b.jpg"}).warnings == []
+
+
+def test_label_map_renames_classes_before_the_case_merge_and_says_so(images, tmp_path):
+    """Issue 23: class names normalised by a configurable map (data.label_map, "FROM=TO"),
+    applied before spellings that differ in case are merged; each rename and each unused
+    FROM is a warning (the manifest's), so no label is renamed silently."""
+    from ipb.config import load_config
+    from ipb.data.sources import plan_sources
+    f = tmp_path / "l.csv"
+    f.write_text("image,x0,y0,x1,y1,label\na.jpg,1,1,9,9,red cell\nb.jpg,1,1,9,9,RBC\n"
+                 "a.jpg,2,2,9,9,white cell|red cell\nb.jpg,3,3,9,9,rbc\n")
+    cfg = load_config("smoke", ["data.label_map=[red cell=RBC, white cell=WBC, plt=Platelets]"])
+    lab = read_labels(f, images, {"a.jpg", "b.jpg"}, cfg.data.label_map)
+    assert {rel: [b["label"] for b in bs] for rel, bs in lab.boxes.items()} == {
+        "a.jpg": ["RBC", "WBC|RBC"], "b.jpg": ["RBC", "RBC"]}
+    said = [w["warning"] for w in lab.warnings]
+    assert "data.label_map renamed 'red cell' to 'RBC' (2 objects)" in said
+    assert "data.label_map names 'plt', which no label in this file uses" in said
+    assert any("differ only in case" in w for w in said)          # rbc -> RBC after the map
+    assert plan_sources(images, f, "wells", cfg.data.label_map).warnings == lab.warnings
+    with pytest.raises(IngestError, match="write FROM=TO"):
+        read_labels(f, images, {"a.jpg", "b.jpg"}, ["RBC"])

@@ -401,6 +401,39 @@ def _case_renames(out: Labels, path: Path) -> dict[str, str]:
     return rename
 
 
+def parse_label_map(entries) -> dict[str, str]:
+    """data.label_map's "FROM=TO" entries -> {FROM: TO} (names without surrounding spaces)."""
+    out = {}
+    for e in entries or ():
+        src, sep, dst = str(e).partition("=")
+        if not sep or not src.strip() or not dst.strip() or "|" in dst:
+            raise IngestError(f"data.label_map entry {e!r}: write FROM=TO with two class "
+                              "names, e.g. 'red blood cell=RBC'")
+        out[src.strip()] = dst.strip()
+    return out
+
+
+def apply_label_map(out: Labels, path: Path, mapping: dict[str, str]) -> Labels:
+    """Rename classes by the user's map (data.label_map); one warning per rename with its
+    count, and one for each FROM that no label uses (a typo in the map would else pass)."""
+    if not mapping:
+        return out
+    counts = _spellings(out)
+
+    def fix(label: str) -> str:
+        return "|".join(mapping.get(p, p) for p in _parts(label))
+
+    for entry in [b for bs in out.boxes.values() for b in bs] + out.rejected:
+        entry["label"] = fix(entry["label"])
+    out.image_labels = {rel: fix(label) for rel, label in out.image_labels.items()}
+    for src, dst in mapping.items():
+        n = counts.get(src, 0)
+        out.warnings.append({"path": str(path), "warning": (
+            f"data.label_map renamed {src!r} to {dst!r} ({n} object{'s' * (n != 1)})" if n else
+            f"data.label_map names {src!r}, which no label in this file uses")})
+    return out
+
+
 def merge_case(out: Labels, path: Path) -> Labels:
     """Spellings that differ only in case are one class: an annotator's `rbc` next to `RBC`
     would otherwise be a class of its own with a handful of colonies, and skew every
@@ -417,10 +450,15 @@ def merge_case(out: Labels, path: Path) -> Labels:
     return out
 
 
-def read_labels(labels: str | Path, root: Path, images: set[str]) -> Labels:
-    """CSV file, VOC directory or COCO JSON (by what `labels` is); errors name the file."""
+def read_labels(labels: str | Path, root: Path, images: set[str],
+                label_map=()) -> Labels:
+    """CSV file, VOC directory or COCO JSON (by what `labels` is); errors name the file.
+    Class names: renamed by `label_map` ("FROM=TO" entries), then spellings that differ
+    only in case merged; each change is a warning (the manifest's `warnings`)."""
     path = Path(labels).expanduser()
-    return merge_case(_read_any(path, _Names(root, images)), path)
+    mapping = parse_label_map(label_map)
+    return merge_case(apply_label_map(_read_any(path, _Names(root, images)), path, mapping),
+                      path)
 
 
 def _read_any(path: Path, names: _Names) -> Labels:
@@ -437,4 +475,4 @@ def _read_any(path: Path, names: _Names) -> Labels:
 
 
 __all__ = ["IngestError", "Labels", "read_labels", "read_csv_labels", "read_voc_labels",
-           "read_coco_labels", "merge_case", "rle_decode", "COLONY_COLUMNS", "IMAGE_COLUMNS"]
+           "read_coco_labels", "merge_case", "apply_label_map", "parse_label_map", "rle_decode", "COLONY_COLUMNS", "IMAGE_COLUMNS"]

@@ -279,7 +279,8 @@ def ingest(source: str | Path, out: str | Path, cfg: Config, labels: str | None 
     by the caller (`ipb.runtime.init_ray`); `plan` (from `plan_sources`) skips re-planning
     when the caller checked the inputs before starting Ray."""
     t0 = time.time()
-    plan = plan or plan_sources(source, labels, layout)   # input errors raise here, before work
+    # input errors raise here, before work
+    plan = plan or plan_sources(source, labels, layout, cfg.data.label_map)
     out = Store(out)         # a directory, or s3:// / gs:// (every write all or nothing)
     fingerprint = _fingerprint(plan, cfg)
     shards = _sticky_shards(plan, cfg.data.shard_size, _previous_plan(out, fingerprint))

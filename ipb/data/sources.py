@@ -160,7 +160,7 @@ def _plan_folders(root: Path, skipped: list[dict], synthetic: bool) -> SourcePla
 
 
 def plan_sources(source: str | Path, labels: str | Path | None = None,
-                 layout: str = "auto") -> SourcePlan:
+                 layout: str = "auto", label_map=()) -> SourcePlan:
     """Check the inputs up front (missing files, bad labels) and say what each image gets."""
     root = Path(source).expanduser().resolve()
     if not root.is_dir():
@@ -182,7 +182,7 @@ def plan_sources(source: str | Path, labels: str | Path | None = None,
         if not images:
             raise IngestError(f"{wells_dir}: no images with extensions {', '.join(IMAGE_EXTS)}")
         return SourcePlan(root, "wells", images, "none", synthetic=synthetic, rejected=skipped)
-    lab = read_labels(labels, root, set(images))
+    lab = read_labels(labels, root, set(images), label_map)
     images = sorted(set(images) | set(lab.boxes) | set(lab.image_labels)
                     | {r["path"] for r in lab.rejected})
     if not images:
