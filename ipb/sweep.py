@@ -20,8 +20,8 @@ import functools
 import os
 import signal
 import sys
-import traceback
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable

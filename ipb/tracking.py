@@ -380,7 +380,7 @@ def sweep_parent_run(cfg: Config, experiment: str, kind: str, sweep_hash: str,
 
 def trial_states(cfg: Config, experiment: str, parent_run_id: str) -> dict[str, tuple[str, str]]:
     """trial hash -> (status, run id) of the newest run of each trial under a sweep's parent
-    run (a FINISHED run of the hash wins over any other)."""
+    run."""
     c = client(tracking_uri(cfg))
     exp = c.get_experiment_by_name(experiment)
     if exp is None:
@@ -390,7 +390,7 @@ def trial_states(cfg: Config, experiment: str, parent_run_id: str) -> dict[str, 
     out: dict[str, tuple[str, str]] = {}
     for r in runs:
         h = r.data.tags.get("ipb.trial_hash")
-        if h and (h not in out or (r.info.status == "FINISHED" and out[h][0] != "FINISHED")):
+        if h and h not in out:
             out[h] = (r.info.status, r.info.run_id)
     return out
 

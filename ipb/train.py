@@ -302,7 +302,8 @@ def _trainer(cfg: Config, loop_config: dict[str, Any], name: str, callbacks):
     )
 
 
-def _before_training(cfg: Config, run_id: str, split, progress: bool, name: str):
+def _before_training(cfg: Config, run_id: str, split, progress: bool, name: str,
+                     problem: str | None):
     """Checks that fail a trial before any training (the run is marked FAILED with the
     reason), and the pre-trained teacher of an MPL-family trial when a finished supervised run
     (or an earlier trial) of the same split, seed and budget has one: its ObjectRef, or None."""
@@ -312,8 +313,8 @@ def _before_training(cfg: Config, run_id: str, split, progress: bool, name: str)
     from ipb.methods import method_class
     try:
         method_class(cfg.method.name).check_data(cfg, split.counts.get("unlabeled", {}))
-        problem = split.selection_problem() if cfg.train.select_on == "val" else None
-        if problem and (not cfg.split.allow_weak_val or not len(split.val)):
+        if problem and cfg.train.select_on == "val" and (
+                not cfg.split.allow_weak_val or not len(split.val)):
             raise ValueError(problem)
         found = tracking.find_teacher(cfg, split.classes)
     except BaseException as e:
@@ -396,14 +397,14 @@ def _train_and_log(cfg: Config, parts, split, manifest, name: str, run_id: str,
     from ipb import tracking
     from ipb.logged_models import log_student
     uri = tracking.tracking_uri(cfg)
-    warnings = list(split.warnings) + ([split.selection_problem()]
-                                       if split.selection_problem() else [])
+    problem = split.selection_problem()
+    warnings = list(split.warnings) + ([problem] if problem else [])
     if warnings:     # a user sees them, and so does the run
         tracking.client(uri).set_tag(run_id, "ipb.split_warnings", "\n".join(warnings)[:5000])
         if progress:
             for w in warnings:
                 print(f"[{name}] split WARNING {w}", file=sys.stderr, flush=True)
-    teacher = _before_training(cfg, run_id, split, progress, name)
+    teacher = _before_training(cfg, run_id, split, progress, name, problem)
     if progress:
         print(f"[{name}] MLflow run {run_id} at {uri}; split " + "; ".join(
             f"{p} {len(getattr(split, p))}" for p in ("labeled", "val", "unlabeled", "test")),
