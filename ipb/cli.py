@@ -320,6 +320,14 @@ def main(argv: list[str] | None = None) -> int:
     from ipb.config import ConfigError
     try:
         return args.fn(args) or 0
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM (ipb.console.sigterm_as_ctrl_c): one line; a run it had open is
+        # KILLED, and the same command resumes it
+        from ipb.console import stop_exit_code
+        how = "SIGTERM" if stop_exit_code() == 143 else "Ctrl-C"
+        print(f"ipb {args.command}: stopped ({how}); the same command resumes", file=sys.stderr,
+              flush=True)
+        return stop_exit_code()
     except (ConfigError, FileNotFoundError) as e:
         print(f"ipb {args.command}: error: {e}", file=sys.stderr)
         return 2

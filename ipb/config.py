@@ -222,6 +222,9 @@ class TrainConfig:
     # NHWC weights and batches: the same computation up to float summation order (not in the
     # trial hash); benchmarks/train_step.py measures it against NCHW per network
     channels_last: bool = False
+    # the no-grad passes (evaluation, the teacher's colony pass) on an NHWC copy on CPU: x1.46
+    # small_cnn, x1.67 vgg19 (benchmarks/eval_pass.py); off: the model as it trains (not hashed)
+    eval_channels_last: bool = True
     select_on: Literal["val", "test"] = "val"
     eval_every: int = 1
     finetune_epochs: int = 0          # optional fine-tune of the selected student on L
@@ -531,6 +534,7 @@ def config_hash(cfg: Config | dict, *extra: Any) -> str:
 _NOT_IN_TRIAL_HASH = ("profile", "tracking.", "sweep.", "train.storage", "data.cache_dir",
                       "data.ingest_workers", "train.num_workers", "train.cpus_per_worker",
                       "train.max_failures", "split.allow_weak_val", "train.channels_last",
+                      "train.eval_channels_last",
                       "data.label_map")
 
 

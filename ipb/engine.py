@@ -215,7 +215,8 @@ def clean_pool(part: Part, positions: np.ndarray, classes: list[str], cfg: Confi
         return test(part.bank.extract(np.repeat(idx, k), pos)).to(device)
 
     return UnlabeledPool(y=part.y, classes=classes, patches=patches, rng=rng, gen=gen,
-                         patches_in_mask=patches_in_mask)
+                         patches_in_mask=patches_in_mask,
+                         nhwc=cfg.train.eval_channels_last and torch.device(device).type == "cpu")
 
 
 def true_fractions(part: Part, classes: list[str]) -> dict[str, float]:

@@ -18,7 +18,7 @@ import torch
 from ipb.config import Config
 from ipb.data.augment import make_augment
 from ipb.dist import all_reduce_sum
-from ipb.methods.base import unwrap
+from ipb.methods.base import inference_model, nhwc_input, unwrap
 from ipb.metrics import collapse_threshold, confusion_matrix, metrics_from_confusion
 
 
@@ -29,7 +29,8 @@ def predict_proba(model: torch.nn.Module, part, cfg: Config, device: torch.devic
     """Softmax per colony: the centre patch, or the mean over `patch.test_patches` in the mask."""
     model = unwrap(model)
     was = model.training
-    model.eval()
+    nhwc = cfg.train.eval_channels_last and torch.device(device).type == "cpu"
+    net = inference_model(model, nhwc)
     test = make_augment(cfg.augment, "test")
     k = cfg.patch.test_patches
     rows = np.arange(len(part)) if idx is None else np.asarray(idx)
@@ -41,8 +42,8 @@ def predict_proba(model: torch.nn.Module, part, cfg: Config, device: torch.devic
         else:
             pos = part.bank.random_positions_in_mask(chunk, k, rng).reshape(-1, 2)
             idx_k = np.repeat(chunk, k)
-        x = test(part.bank.extract(idx_k, pos)).to(device)
-        p = torch.softmax(model(x)[0].float(), dim=1).cpu().numpy()
+        x = nhwc_input(test(part.bank.extract(idx_k, pos)).to(device), nhwc)
+        p = torch.softmax(net(x)[0].float(), dim=1).cpu().numpy()
         out.append(p.reshape(len(chunk), max(k, 1), -1).mean(axis=1))
     model.train(was)
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

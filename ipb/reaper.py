@@ -66,6 +66,11 @@ def watch(pid: int, fd: int) -> int:
             break                                 # EOF: the command is gone
         seen.update({p: t for p, t in descendants(pid).items() if p != me})
     time.sleep(GRACE_S)
+    # what a recorded process (the raylet) started since the last look: a worker forked in the
+    # command's last second was never seen as the command's descendant, and outlived it
+    for p in list(seen):
+        if (_stat(p) or (0, None))[1] == seen[p]:
+            seen.update({c: t for c, t in descendants(p).items() if c != me})
     killed = 0
     for p, start in seen.items():
         st = _stat(p)

@@ -54,6 +54,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         for key, value in LOCAL_TRAIN_ENV.items():
             os.environ.setdefault(key, value)    # inherited by every process Ray starts
     start_local(ray, **kw)
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        from ipb.console import sigterm_as_ctrl_c
+        sigterm_as_ctrl_c()      # after ray.init, whose C++ handler dumps a stack on SIGTERM
     try:  # progress bars are useful interactively, noise in logs
         ray.data.DataContext.get_current().enable_progress_bars = False
     except Exception:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import signal
 import sys
 import time
 import traceback
@@ -356,21 +355,6 @@ def config_from_args(args) -> Config:
     return cfg
 
 
-_STOP = {"signal": signal.SIGINT}     # the signal that stopped the sweep (its exit code)
-
-
-def _stop_gracefully_on_sigterm() -> None:
-    """SIGTERM (`kill`, a scheduler, `ray job stop`) takes Ctrl-C's path: Tune's own SIGINT
-    handler stops the trials and returns, and the sweep ends its runs KILLED."""
-    def on_term(signum, frame):
-        _STOP["signal"] = signal.SIGTERM
-        os.kill(os.getpid(), signal.SIGINT)
-    try:
-        signal.signal(signal.SIGTERM, on_term)
-    except ValueError:         # not the main thread (e.g. a test's worker thread)
-        pass
-
-
 def stoppable(fn: Callable[..., int]) -> Callable[..., int]:
     """A sweep script's main: a stop (Ctrl-C, SIGTERM) is one line and exit code 130 / 143,
     not a traceback, and never exit 0."""
@@ -379,8 +363,9 @@ def stoppable(fn: Callable[..., int]) -> Callable[..., int]:
         try:
             return fn(*a, **kw)
         except KeyboardInterrupt as e:
+            from ipb.console import stop_exit_code
             print(f"ipb: {e or 'interrupted'}", file=sys.stderr, flush=True)
-            return 128 + int(_STOP["signal"])
+            return stop_exit_code()
     return wrapper
 
 
@@ -389,15 +374,14 @@ def start_command(cfg: Config) -> None:
     (not after Ray and minutes of retries), a watcher kills what the script starts if it is
     killed itself (ipb/reaper.py), logs stay plain when redirected, and SIGTERM stops the
     sweep as Ctrl-C does."""
-    from ipb.console import plain_logs_when_redirected
+    from ipb.console import plain_logs_when_redirected, sigterm_as_ctrl_c
     from ipb.preflight import check_tracking_uri
     from ipb.reaper import start
     from ipb.tracking import tracking_uri
     plain_logs_when_redirected()
     check_tracking_uri(tracking_uri(cfg))
     start()
-    _STOP["signal"] = signal.SIGINT
-    _stop_gracefully_on_sigterm()
+    sigterm_as_ctrl_c()
 
 
 def checked_grid(ap: argparse.ArgumentParser, kind: str, cfg: Config,

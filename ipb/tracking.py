@@ -132,6 +132,10 @@ def table_input(table: str, manifest: dict, split=None):
                                   InputTag("ipb.synthetic", str(synthetic).lower())])
 
 
+SYNTHETIC_NOTE = ("**SYNTHETIC data**: a generated stand-in for microscopy "
+                  "(ipb.data.synth), not the paper's images; its numbers exercise the system.")
+
+
 def trial_tags(cfg: Config, synthetic: bool, sweep: str = "") -> dict[str, str]:
     from ipb.models import model_info
     ms = model_info(cfg.model.arch)["multi_scale"]
@@ -192,7 +196,11 @@ def start_trial_run(cfg: Config, split, manifest: dict, *, name: str,
     exp = trial_experiment(cfg, sweep, experiment)
     synthetic = bool(manifest.get("synthetic"))
     tags = trial_tags(cfg, synthetic, sweep)
-    tags["mlflow.runName"] = ("SYNTHETIC " if synthetic else "") + name
+    # SYNTHETIC is a tag, the dataset's name and the run's description, not a run-name prefix:
+    # as a prefix the UI's Run Name column read "SYNTHETIC si…" for every run (issue 20)
+    tags["mlflow.runName"] = name
+    if synthetic:
+        tags["mlflow.note.content"] = SYNTHETIC_NOTE
     tags["ipb.table"] = table
     tags["ipb.classes"] = ",".join(split.classes)
     if parent_run_id:
@@ -367,8 +375,9 @@ def sweep_parent_run(cfg: Config, experiment: str, kind: str, sweep_hash: str,
     from ipb.data.table import read_manifest
     manifest = read_manifest(table)
     synthetic = bool(manifest.get("synthetic"))
-    run = c.create_run(exp, run_name=("SYNTHETIC " if synthetic else "") + f"sweep {kind}",
-                       tags={"ipb.sweep": kind, "ipb.sweep_hash": sweep_hash,
+    run = c.create_run(exp, run_name=f"sweep {kind}",
+                       tags={**({"mlflow.note.content": SYNTHETIC_NOTE} if synthetic else {}),
+                             "ipb.sweep": kind, "ipb.sweep_hash": sweep_hash,
                              "ipb.role": "sweep", "ipb.synthetic": str(synthetic).lower(),
                              "ipb.table": str(table), "ipb.profile": cfg.profile,
                              **(tags or {})})

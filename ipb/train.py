@@ -333,7 +333,8 @@ def run_name(cfg: Config) -> str:
     """The trial's Train run name (its checkpoint directory in train.storage) and MLflow run
     name: from the trial hash, so the same trial finds its checkpoints again from another
     sweep process (whose tracking.uri, the port of its MLflow server, differs)."""
-    return (f"{cfg.method.name}-{cfg.model.arch}-f{cfg.train.fold}-s{cfg.train.seed}-"
+    preset = "" if cfg.method.preset == "paper" else f"-{cfg.method.preset}"
+    return (f"{cfg.method.name}{preset}-{cfg.model.arch}-f{cfg.train.fold}-s{cfg.train.seed}-"
             f"{trial_hash(cfg)[:8]}")
 
 

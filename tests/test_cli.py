@@ -172,7 +172,7 @@ def test_no_process_outlives_a_killed_ingest(tmp_path):
         seen.update(descendants(proc.pid))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        deadline = time.time() + 20
+        deadline = time.time() + 30
         while time.time() < deadline and _alive(seen):
             time.sleep(0.5)
         left = {p: _name(p) for p in _alive(seen)}

@@ -144,3 +144,30 @@ def test_ideal_observer_ceiling_falls_with_difficulty():
     hard = mod.ceiling(SynthConfig(difficulty=1.0), n=1500)
     assert easy["ceiling"] > 0.97 > hard["ceiling"] > 0.5
     assert easy["without offset"] <= easy["ceiling"] + 0.01
+
+
+def test_inference_passes_on_an_nhwc_copy_predict_as_the_model_does(parts):
+    """train.eval_channels_last (default on CPU): evaluation and the teacher's colony pass run
+    on an NHWC copy -- the same probabilities up to float rounding, the trained model itself
+    untouched (memory format, train mode)."""
+    from ipb.engine import clean_pool
+    from ipb.evaluation import predict_proba
+    from ipb.models import create_model
+    torch.manual_seed(0)
+    net = create_model("small_cnn", len(CLASSES), width=0.5).train()
+    weight = next(net.parameters())
+    part = parts["unlabeled"]
+    out = {}
+    for on in (True, False):
+        cfg = cfg_for("ipb", f"train.eval_channels_last={str(on).lower()}",
+                      "patch.test_patches=3")
+        out[on] = predict_proba(net, part, cfg, "cpu", np.random.default_rng(1))
+        pos = part.bank.sample_positions(np.arange(len(part)), np.random.default_rng(2))
+        pool = clean_pool(part, pos, CLASSES, cfg, "cpu", np.random.default_rng(3),
+                          torch.Generator().manual_seed(0))
+        assert pool.nhwc is on
+        out[on, "colony"] = pool.colony_proba(net, k=3).numpy()
+        assert net.training and weight.is_contiguous()     # the caller's model as it was
+    assert np.abs(out[True] - out[False]).max() < 1e-5
+    assert np.abs(out[True, "colony"] - out[False, "colony"]).max() < 1e-5
+    assert out[True].shape == (len(part), len(CLASSES))

@@ -255,7 +255,12 @@ def _ddp_worker(rank: int, world: int, port: int, methods, errors) -> None:
     except BaseException as e:       # noqa: BLE001 -- reported to the parent
         errors.put(f"rank {rank}: {type(e).__name__}: {e}")
     finally:
+        dist.barrier()
         dist.destroy_process_group()
+    # no interpreter finalisation: gloo threads still holding DDP's work objects then abort the
+    # process now and then ("terminate called without an active exception", pytorch#179291);
+    # what the rank has to say is already in the queue
+    os._exit(0)
 
 
 def test_two_gloo_ranks_run_the_same_graph_and_stay_in_sync():

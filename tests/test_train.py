@@ -40,7 +40,11 @@ def test_ipb_two_workers_logs_a_complete_mlflow_run(ray_local, tmp_path, table):
               "ipb.fold", "ipb.seed", "ipb.sweep"):
         assert k in tags
     assert tags["ipb.method"] == "ipb" and tags["ipb.synthetic"] == "true"
-    assert run.info.run_name.startswith("SYNTHETIC")
+    # SYNTHETIC in the tag, the dataset and the description; the run name stays short
+    assert run.info.run_name.startswith(
+        f"ipb-{cfg.model.arch}-f{cfg.train.fold}-s{cfg.train.seed}-"), run.info.run_name
+    assert "SYNTHETIC" in tags["mlflow.note.content"]
+    assert run.inputs.dataset_inputs[0].dataset.name.startswith("SYNTHETIC")
     m = run.data.metrics
     assert {"test.tpr.mean", "test.f1.mean", "test.precision.A", "val.tpr.mean",
             "ipb.pseudo_frac.A", "train.teacher"} <= set(m)
