@@ -121,16 +121,16 @@ def _check_tracking(cfg) -> None:
 
 
 def cmd_train(args) -> int:
+    extra = {k: v for k, v in {"data.table": args.table, "method.name": args.method,
+                               "model.arch": args.arch, "train.fold": args.fold,
+                               "train.seed": args.seed, "train.num_workers": args.workers,
+                               "tracking.uri": args.tracking_uri}.items() if v is not None}
+    cfg = _config(args, extra)          # a bad key or value fails here, before torch or Ray
     from ipb.console import ray_dashboard, ui_lines
     from ipb.inputs import resolve_table
     from ipb.runtime import init_ray
     from ipb.tracking import tracking_uri
     from ipb.train import fit
-    extra = {k: v for k, v in {"data.table": args.table, "method.name": args.method,
-                               "model.arch": args.arch, "train.fold": args.fold,
-                               "train.seed": args.seed, "train.num_workers": args.workers,
-                               "tracking.uri": args.tracking_uri}.items() if v is not None}
-    cfg = _config(args, extra)
     _check_tracking(cfg)
     from ipb.methods import method_class
     method_class(cfg.method.name)       # a bad --method or --table fails before Ray starts
@@ -225,10 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write SYNTHETIC phase-contrast wells with labels and masks")
     p.add_argument("--out", required=True, help="output directory (new or an earlier synth)")
-    p.add_argument("--wells", type=int)
+    p.add_argument("--wells", type=int, help="number of well images (synth.wells)")
     p.add_argument("--seed", type=int, help="random seed of the synthetic wells")
     p.add_argument("--size", type=int, help="image side in px")
-    p.add_argument("--bit-depth", type=int, choices=(8, 16))
+    p.add_argument("--bit-depth", type=int, choices=(8, 16),
+                   help="8- or 16-bit TIFFs (16 exercises the real microscopes' depth)")
     p.add_argument("--time-points", type=int, help=">1 writes time-lapse series")
     p.add_argument("--difficulty", type=float, help="0 clean .. 1 hard (default 0.5)")
     p.add_argument("--layout", choices=("wells", "folders"), default="wells",
@@ -238,8 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("segment", help="segment colonies: one mask PNG per image + colonies.csv")
     p.add_argument("images", nargs="+", help="image files (TIFF 8/16-bit, PNG, JPEG)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--profile", default="smoke")
+    p.add_argument("--out", required=True,
+                   help="output directory: a mask PNG per image and colonies.csv")
+    p.add_argument("--profile", default="smoke",
+                   help="whose segmentation.* settings to use (smoke, paper, study, a YAML)")
     p.set_defaults(fn=cmd_segment, overrides=[])
 
     p = sub.add_parser("ingest", help="Ray Data ingest of images into a colony table")
@@ -247,7 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="colony table directory")
     p.add_argument("--labels", help="CSV (image,x0,y0,x1,y1,label or image,label), a directory "
                                     "of Pascal VOC XML files, or a COCO JSON file")
-    p.add_argument("--layout", choices=("auto", "wells", "folders"), default="auto")
+    p.add_argument("--layout", choices=("auto", "wells", "folders"), default="auto",
+                   help="wells: whole wells/fields, segmented into colonies; folders: colony "
+                        "crops, one sub-directory per class; auto (default): folders when "
+                        "there are no --labels and every sub-directory holds images")
     p.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray")
     _common(p)
     p.set_defaults(fn=cmd_ingest)
@@ -292,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="report", help="directory for report.md, CSVs, PNGs")
     p.add_argument("--parent", help="only the trials of this parent (sweep) run")
     p.add_argument("--reference", help="configuration the t-tests compare against")
-    p.add_argument("--tracking-uri")
+    p.add_argument("--tracking-uri", help="MLflow URI (default MLFLOW_TRACKING_URI or "
+                                          "sqlite:///mlflow.db)")
     _common(p)
     p.set_defaults(fn=cmd_report)
 
@@ -302,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(fn=cmd_splits)
     return ap
+
+
+# the commands whose re-run continues where a stopped one left off
+RESUMES = ("train", "ingest", "run")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -318,15 +329,19 @@ def main(argv: list[str] | None = None) -> int:
         elif rest:
             ap.error(f"unrecognized arguments: {' '.join(rest)}")
     from ipb.config import ConfigError
+    from ipb.console import sigterm_as_ctrl_c, stop_exit_code
+    # every command, not only those that start Ray (init_ray installs it again after ray.init,
+    # whose own handler would otherwise dump a stack): SIGTERM stops predict, segment, synth,
+    # report and splits in one line with exit code 143, as Ctrl-C does with 130
+    sigterm_as_ctrl_c()
     try:
         return args.fn(args) or 0
     except KeyboardInterrupt:
-        # Ctrl-C or SIGTERM (ipb.console.sigterm_as_ctrl_c): one line; a run it had open is
-        # KILLED, and the same command resumes it
-        from ipb.console import stop_exit_code
+        # Ctrl-C or SIGTERM: one line; a run it had open is KILLED, and the commands that
+        # resume (train, ingest, sweeps) say so
         how = "SIGTERM" if stop_exit_code() == 143 else "Ctrl-C"
-        print(f"ipb {args.command}: stopped ({how}); the same command resumes", file=sys.stderr,
-              flush=True)
+        again = "; the same command resumes" if args.command in RESUMES else ""
+        print(f"ipb {args.command}: stopped ({how}){again}", file=sys.stderr, flush=True)
         return stop_exit_code()
     except (ConfigError, FileNotFoundError) as e:
         print(f"ipb {args.command}: error: {e}", file=sys.stderr)

@@ -111,7 +111,10 @@ def _minutes(s: float) -> str:
 def progress_line(done: int, running: int, failed: int, total: int, elapsed: float) -> str:
     pending = max(0, total - done - running - failed)
     finished = done + failed
-    eta = _minutes(elapsed * (total - finished) / finished) if finished else "?"
+    # a running trial counts as half done: with k trials at a time the first ETA was ~k times
+    # too high, as if the elapsed time had bought one trial, not one plus k-1 halves (issue 20)
+    work = finished + running / 2
+    eta = _minutes(elapsed * (total - work) / work) if finished else "?"
     return (f"{done}/{total} trials done, {running} running, {pending} pending, {failed} failed; "
             f"{_minutes(elapsed)} elapsed, ETA {eta}")
 
@@ -125,10 +128,15 @@ def progress_callback(total: int, log, every: float = 30.0):
             self.t0 = self.last = time.time()
 
         def _log(self, trials, ended=None, state: str = "") -> None:
-            # Tune calls on_trial_complete/error before it sets the trial's status
+            # Tune calls on_trial_complete/error before it sets the trial's status; a trial
+            # that failed inside (its run FAILED) reports failed=1 and ends TERMINATED
             status = [state if t is ended else t.status for t in trials]
-            log(progress_line(status.count("TERMINATED"), status.count("RUNNING"),
-                              status.count("ERROR"), total, time.time() - self.t0))
+            failed = [s == "ERROR" or (s == "TERMINATED" and bool(
+                (getattr(t, "last_result", None) or {}).get("failed"))) for t, s in
+                zip(trials, status)]
+            done = sum(s == "TERMINATED" and not f for s, f in zip(status, failed))
+            log(progress_line(done, status.count("RUNNING"), sum(failed), total,
+                              time.time() - self.t0))
             self.last = time.time()
 
         def on_step(self, iteration, trials, **info):

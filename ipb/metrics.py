@@ -101,8 +101,9 @@ def fold_stats(values: Sequence[float]) -> tuple[float, float]:
 def ttest(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     """Student's two-sample t-test (equal variances) of per-fold values: (statistic, p).
 
-    (nan, nan) when either side has fewer than 2 values; scipy's nan when both sides are
-    constant and equal.
+    (nan, nan) when either side has fewer than 2 values. When neither side varies (e.g. a
+    class every fold gets entirely right) the means decide it: equal -> (0, 1), different ->
+    (+-inf, 0), where scipy would return nan with a "catastrophic cancellation" warning.
     """
     from scipy import stats   # scipy import is slow; only the sweep summary needs it
 
@@ -110,6 +111,10 @@ def ttest(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     y = np.asarray(b, dtype=np.float64).ravel()
     if x.size < 2 or y.size < 2:
         return math.nan, math.nan
+    scale = 1e-12 * max(1.0, float(np.abs(x).max()), float(np.abs(y).max()))
+    if np.ptp(x) <= scale and np.ptp(y) <= scale:
+        diff = float(x.mean() - y.mean())
+        return (0.0, 1.0) if abs(diff) <= scale else (math.copysign(math.inf, diff), 0.0)
     res = stats.ttest_ind(x, y, equal_var=True)
     return float(res.statistic), float(res.pvalue)
 

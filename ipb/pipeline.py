@@ -28,14 +28,13 @@ def main_job(cfg: Config) -> int:
     """The README's first command: the SYNTHETIC data set (cached), then supervised, MPL, IPB
     and SimCLR (`main_rows`) over `sweep.folds` as one resumable sweep, a comparison table,
     the MLflow UI."""
-    from ipb.config import to_yaml
     from ipb.data.table import read_manifest
     from ipb.inputs import resolve_table
     from ipb.runtime import init_ray
-    from ipb.sweep import champion_line, mlflow_ui, run_grid
+    from ipb.sweep import champion_line, config_summary, mlflow_ui, run_grid
 
     t0 = time.time()
-    print("ipb main job; resolved config:\n" + to_yaml(cfg), flush=True)
+    print(config_summary("ipb main job", cfg, main_rows(cfg)), flush=True)
     init_ray(quiet=False)        # trial progress (one line per epoch) reaches this terminal
     table = resolve_table(cfg)
     manifest = read_manifest(table)

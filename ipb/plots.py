@@ -13,6 +13,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _epoch_axis(ax) -> None:
+    """Epochs counted from 1, as the trial's log lines count them ("epoch 16/20"), whole
+    numbers only (a 4-epoch curve was labelled 15.0, 15.5, ... while the log said 16-19)."""
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -44,14 +52,14 @@ def curves_png(history: list[dict], keys: list[str], path: Path, title: str,
     fig, ax = plt.subplots(figsize=(6, 3.5))
     drawn = 0
     for k in keys:
-        pts = [(h["epoch"], h[k]) for h in history if k in h]
+        pts = [(h["epoch"] + 1, h[k]) for h in history if k in h]
         if pts:
             ax.plot(*zip(*pts), marker=".", label=k.split(".", 1)[-1])
             drawn += 1
     if not drawn:
         plt.close(fig)
         return None
-    ax.set_xlabel("epoch")
+    _epoch_axis(ax)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
@@ -67,11 +75,11 @@ def pseudo_fractions_png(history: list[dict], classes: list[str], path: Path,
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for i, c in enumerate(classes):
         color = f"C{i}"
-        ax.plot([h["epoch"] for h in rows], [h[f"ipb.pseudo_frac.{c}"] for h in rows],
+        ax.plot([h["epoch"] + 1 for h in rows], [h[f"ipb.pseudo_frac.{c}"] for h in rows],
                 marker=".", color=color, label=c)
         if f"ipb.true_frac.{c}" in rows[-1]:
             ax.axhline(rows[-1][f"ipb.true_frac.{c}"], color=color, ls="--", lw=0.8)
-    ax.set_xlabel("epoch")
+    _epoch_axis(ax)
     ax.set_ylabel("pseudo-class fraction of U")
     ax.set_title(title + " (dashed: true fractions)", fontsize=9)
     ax.legend(fontsize=7)

@@ -135,6 +135,7 @@ def log_report(experiment: str, uri: str, parent_run_id: str) -> dict[str, Any]:
 def make_report(experiment: str, out_dir: Path, *, uri: str, parent_run_id: str | None = None,
                 reference: str | None = None) -> dict[str, Any]:
     from ipb import plots
+    from ipb.report_html import write_html
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     df = trial_runs(experiment, uri, parent_run_id)
@@ -144,6 +145,7 @@ def make_report(experiment: str, out_dir: Path, *, uri: str, parent_run_id: str 
     if df.empty:
         md = f"# {title}\n\nNo finished trial runs yet."
         (out_dir / "report.md").write_text(md)
+        write_html(out_dir / "report.md")
         return {"markdown": md, "dir": str(out_dir), "n_runs": 0}
     classes = [c for c in df["classes"].iloc[0].split(",") if c]
     tables = summary_tables(df, classes)
@@ -191,5 +193,6 @@ def make_report(experiment: str, out_dir: Path, *, uri: str, parent_run_id: str 
                    f"![]({name})"]
     text = "\n".join(md)
     (out_dir / "report.md").write_text(text)
+    write_html(out_dir / "report.md")        # what MLflow's artifact view renders, figures in
     return {"markdown": text, "dir": str(out_dir), "n_runs": len(df), "tpr": tables["tpr"],
             "f1": tables["f1"], "ttests": tt}

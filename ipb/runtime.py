@@ -31,6 +31,9 @@ LOCAL_TRAIN_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     # the controller notices a finished worker group at its next poll: 2 s by default
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    # token authentication, as Ray 2.60 turns it on for a local cluster anyway, said so: left
+    # unset, Ray prints a warning into every command's output that it chose it (issue 20)
+    "RAY_AUTH_MODE": "token",
 }
 
 
@@ -54,14 +57,18 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         for key, value in LOCAL_TRAIN_ENV.items():
             os.environ.setdefault(key, value)    # inherited by every process Ray starts
     start_local(ray, **kw)
+    if address == "local" and not os.environ.get("RAY_ADDRESS"):
+        # Ray Train's background threads (its placement-group cleaner) call ray.init() with no
+        # address; with a second local Ray on the machine (another sweep) they found two and
+        # printed "Found multiple active Ray instances" tracebacks. This process's Ray is the
+        # one they, and anything it starts, must use (issue 20)
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     import threading
     if threading.current_thread() is threading.main_thread():
         from ipb.console import sigterm_as_ctrl_c
         sigterm_as_ctrl_c()      # after ray.init, whose C++ handler dumps a stack on SIGTERM
-    try:  # progress bars are useful interactively, noise in logs
-        ray.data.DataContext.get_current().enable_progress_bars = False
-    except Exception:
-        pass
+    # (Ray Data's progress bars are off by RAY_DATA_DISABLE_PROGRESS_BARS above; setting the
+    # DataContext flag again printed "Progress bars disabled" into every command's output)
     return ray
 
 

@@ -174,6 +174,47 @@ def last_line(df: pd.DataFrame, minority: str, wall_min: float,
             f"headroom {_signed(headroom(df))}, wall {wall_min:.0f} min")
 
 
+def per_pair(df: pd.DataFrame, row: str, minority: str,
+             ratio: float = CV_TEST_TRAIN_RATIO) -> tuple[pd.DataFrame, list[str]]:
+    """Pair by pair: `row`'s mean test TPR against supervised (its teacher) and against its
+    MPL twin, and lines that say whether the gain is consistent: in how many pairs it is
+    positive, whether it shrinks as the teacher gets better (Pearson r of gain on teacher TPR),
+    and each half of the pairs (in fold order) tested alone -- a second half that agrees in
+    sign is a replication on pairs the first half did not decide."""
+    twin = MPL_TWIN.get(row, MPL)
+    cols = {SUPERVISED: "supervised", row: row, twin: "twin"}
+    wide = {name: df[df["label"] == label].set_index(["fold", "seed"])["test.tpr.mean"]
+            for label, name in cols.items() if (df["label"] == label).any()}
+    if SUPERVISED not in cols or "supervised" not in wide or row not in wide:
+        return pd.DataFrame(), []
+    frame = pd.DataFrame(wide).dropna(subset=["supervised", row]).sort_index()
+    frame["d vs supervised"] = frame[row] - frame["supervised"]
+    if "twin" in frame:
+        frame["d vs twin"] = frame[row] - frame["twin"]
+    lines = []
+    d = frame["d vs supervised"].to_numpy(float)
+    n = len(d)
+    if n:
+        lines.append(f"{row} - supervised: positive in {int((d > 0).sum())}/{n} pairs.")
+    if n >= 3 and np.std(frame["supervised"]) > 0 and np.std(d) > 0:
+        r = float(np.corrcoef(frame["supervised"], d)[0, 1])
+        lines.append(f"Gain against the teacher's own TPR: Pearson r = {r:+.2f} (negative: "
+                     "the student gains most where its teacher is weakest).")
+    if n >= 4:
+        half = n // 2
+        for name, part in (("first", frame.iloc[:half]), ("second", frame.iloc[half:])):
+            parts = [f"{name} half ({len(part)} pairs, folds "
+                     f"{', '.join(str(f) for f, _ in part.index)}):"]
+            for b, col in ((SUPERVISED, "supervised"), (twin, "twin")):
+                if col in part and part[col].notna().all():
+                    dd, _, p = corrected_paired_ttest(part[row].to_numpy(float),
+                                                      part[col].to_numpy(float), ratio)
+                    parts.append(f"vs {col} {_signed(dd)} (p={p:.3g})")
+            lines.append(" ".join(parts[:1]) + " " + ", ".join(parts[1:]) + ".")
+    out = frame.reset_index().rename(columns={"twin": twin})
+    return out, lines
+
+
 DIAG_COLUMNS = {"agree w/ teacher (test)": "diag.test_agree",
                 "weight change": "diag.weight_change", "mean |h|": "diag.h_abs",
                 "MPL grad share": "diag.mpl_grad_share", "U admitted": "diag.mask_rate",
@@ -263,6 +304,8 @@ def build(df: pd.DataFrame, classes: list[str], minority: str, main_fraction: fl
             moves[label] = mv
     curve = curve_frame(df, main_fraction)
     line = last_line(df, minority, wall_min, ratio)
+    pairs_frame, pair_lines = per_pair(main, best, minority, ratio) if best else \
+        (pd.DataFrame(), [])
     md = [f"# {title}", "",
           f"{len(df)} finished trial runs. Test split, mean (std) over (fold, seed) pairs; "
           f"minority class: {minority}. Rows were compared on the same pairs by the corrected "
@@ -284,11 +327,15 @@ def build(df: pd.DataFrame, classes: list[str], minority: str, main_fraction: fl
         md.append(f"Pseudo-class proportions, {label}: total-variation distance from the true "
                   f"U mix fell from first to last MPL epoch in {int(mv['fell'].sum())}/{len(mv)}"
                   f" runs (mean {mv['tv_first'].mean():.3f} -> {mv['tv_last'].mean():.3f}).")
+    if len(pairs_frame):
+        md += ["", f"## Table 5. {best} pair by pair: mean test TPR, and the differences",
+               "", _markdown(pairs_frame), "", *pair_lines]
     if len(curve) and curve["labeled_fraction"].nunique() > 1:
-        md += ["", "## Table 5. Labeled-fraction curve: mean test TPR", "", _markdown(curve)]
+        md += ["", "## Table 6. Labeled-fraction curve: mean test TPR", "", _markdown(curve)]
     md += ["", line]
     return {"markdown": "\n".join(md), "line": line, "tpr": tpr, "f1": f1, "tests": tests,
-            "moves": moves, "curve": curve, "best": best, "diagnostics": diag}
+            "moves": moves, "curve": curve, "best": best, "diagnostics": diag,
+            "pairs": pairs_frame}
 
 
 def study_report(experiment: str, uri: str, parent_run_id: str, out_dir: Path,
@@ -300,6 +347,7 @@ def study_report(experiment: str, uri: str, parent_run_id: str, out_dir: Path,
     earlier sweep ran), build the report, write Markdown/CSV/PNGs."""
     from ipb import plots
     from ipb.report import pseudo_history, trial_runs
+    from ipb.report_html import write_html
     from ipb.tracking import client
 
     df = trial_runs(experiment, uri, parent_run_id, hashes)
@@ -323,7 +371,7 @@ def study_report(experiment: str, uri: str, parent_run_id: str, out_dir: Path,
     out = build(df, classes, minority, main_fraction, histories, wall_min, title, ratio)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("tpr", "f1", "tests", "curve", "diagnostics"):
+    for name in ("tpr", "f1", "tests", "curve", "diagnostics", "pairs"):
         out[name].to_csv(out_dir / f"study_{name}.csv", index=False)
     files = []
     for label in IPB_ROWS:
@@ -339,6 +387,7 @@ def study_report(experiment: str, uri: str, parent_run_id: str, out_dir: Path,
                                               title))
     text = out["markdown"] + "".join(f"\n\n![]({f.name})" for f in files)
     (out_dir / "study.md").write_text(text)
+    write_html(out_dir / "study.md")         # what MLflow's artifact view renders, figures in
     if log_artifact:
         for f in out_dir.iterdir():
             log_artifact(f)

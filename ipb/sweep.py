@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ipb.config import Config, apply, config_hash, from_dict, load_config, parse_overrides, \
-    to_dict, to_yaml, trial_hash
+    to_dict, trial_hash
 
 
 @dataclass
@@ -91,6 +91,10 @@ def tune_run_config(name: str, base: Config, callbacks: list):
     retries of a trial whose process died (a lost node): the retry resumes from the trial's
     last checkpoint in its own MLflow run (ipb.train.fit)."""
     from ray import tune
+    # verbose=0 silences Tune's old reporter only: the new one (RAY_AIR_NEW_OUTPUT, on by
+    # default) prints its "Configuration for experiment" box and a TensorBoard hint into every
+    # sweep's output whatever the verbosity; our progress line says what a user needs
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     return tune.RunConfig(name=name, storage_path=_tune_storage(base), verbose=0,
                           callbacks=callbacks,
                           failure_config=tune.FailureConfig(max_failures=base.train.max_failures))
@@ -114,7 +118,8 @@ def trial_driver(config: dict[str, Any]) -> None:
         out = fit(cfg, table_data(config["data"]), parent_run_id=config["parent_run_id"],
                   sweep=config["sweep"], experiment=config["experiment"],
                   callbacks=[TuneReportCallback()], tune_trial=True,
-                  extra_tags={**config["tags"], "ipb.config_label": spec["label"]})
+                  extra_tags={**config["tags"], **tune_trial_tags(),
+                              "ipb.config_label": spec["label"]})
     except Exception:
         # the trial's own error (its MLflow run is FAILED with it): reported, not raised, so
         # that Tune's retries (FailureConfig) are spent on lost processes and nodes only
@@ -122,6 +127,15 @@ def trial_driver(config: dict[str, Any]) -> None:
         tune.report({"done": 1.0, "failed": 1.0})
         return
     tune.report({"test.tpr.mean": out["metrics"]["test.tpr.mean"], "done": 1.0})
+
+
+def tune_trial_tags() -> dict[str, str]:
+    """The Tune trial a run belongs to (id and name, as Tune's own logs and storage name it),
+    so a run in the MLflow UI leads to its trial directory and back (issue 20)."""
+    from ray import tune
+    ctx = tune.get_context()
+    return {"ipb.tune_trial_id": str(ctx.get_trial_id()),
+            "ipb.tune_trial_name": str(ctx.get_trial_name())}
 
 
 def _tune_storage(cfg: Config) -> str:
@@ -148,9 +162,24 @@ class Sweep:
         return [progress_callback(total, self.log)] if self.progress else []
 
 
+def grid_space(trials: list[Trial]) -> dict[str, str]:
+    """The parent run's params: every config key the trials vary (`space.<key>`: its values),
+    the rows and the trial count -- what the sweep searched, readable in the UI (issue 20)."""
+    from ipb.config import identity
+    values: dict[str, set[str]] = {}
+    for t in trials:
+        for k, v in identity(t.cfg).items():
+            values.setdefault(k, set()).add(str(v))
+    out = {f"space.{k}": ", ".join(sorted(v))[:500] for k, v in sorted(values.items())
+           if len(v) > 1}
+    out["sweep.rows"] = str(len({t.label for t in trials}))
+    out["sweep.n_trials"] = str(len(trials))
+    return out
+
+
 def run_sweep(kind: str, base: Config, table: Path | str, sweep_hash: str,
               body: Callable[[Sweep], None], *, experiment: str,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, space: dict[str, str] | None = None) -> dict[str, Any]:
     """The life of every sweep, grid or search: Ray and storage checked, one MLflow writer in
     front of SQLite, the table in the object store once, the parent run (reopened when the
     same sweep runs again), `body` (the Tune run), then the report and the champion model on
@@ -175,7 +204,8 @@ def run_sweep(kind: str, base: Config, table: Path | str, sweep_hash: str,
     tags = tracking.source_tags()
     with writers(base, base.sweep.max_concurrent) as uri, shared_table(table) as data:
         cfg_uri = apply(base, {"tracking.uri": uri})
-        parent = tracking.sweep_parent_run(cfg_uri, experiment, kind, sweep_hash, table, tags)
+        parent = tracking.sweep_parent_run(cfg_uri, experiment, kind, sweep_hash, table, tags,
+                                           params=space)
         try:
             body(Sweep(kind, cfg_uri, uri, data, parent, experiment, tags, log, progress))
         except BaseException as e:
@@ -191,6 +221,7 @@ def run_sweep(kind: str, base: Config, table: Path | str, sweep_hash: str,
             log(f"champion: {champion['uri']} (version {champion['version']}) = run "
                 f"{champion['run_id']}, {champion['label']}, validation mean TPR "
                 f"{champion['val']:.4f}")
+        tracking.log_sweep_summary(uri, experiment, parent, champion)
         tracking.end_run(cfg_uri, parent, "FINISHED")
     uri = tracking.tracking_uri(base)
     return {"parent_run_id": parent, "report": report, "experiment": experiment,
@@ -310,7 +341,7 @@ def run_grid(kind: str, base: Config, configurations: list[dict[str, Any]],
             raise SweepInterrupted(counts)
 
     out = run_sweep(kind, base, table, sweep_hash, body, experiment=experiment,
-                    progress=progress)
+                    progress=progress, space=grid_space(trials))
     return {**out, "trials": trials}
 
 
@@ -335,7 +366,8 @@ def parser(description: str, profile: str = "smoke") -> argparse.ArgumentParser:
     ap.add_argument("--tracking-uri", help="MLflow URI (default: MLFLOW_TRACKING_URI or "
                                            "sqlite:///mlflow.db)")
     ap.add_argument("--max-concurrent", type=int, help="trials at a time")
-    ap.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    ap.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                    help="config overrides, e.g. sweep.folds=[0,1] train.epochs=3")
     return ap
 
 
@@ -384,6 +416,34 @@ def start_command(cfg: Config) -> None:
     sigterm_as_ctrl_c()
 
 
+def config_summary(what: str, cfg: Config, rows: list[dict] | None = None,
+                   width: int = 96) -> str:
+    """A few lines instead of the resolved config's 150 (issue 20): the keys the profile and
+    the command line set beside the defaults, the rows' own keys (a row's preset is what its
+    trials run, not the base's `preset: paper`), and where the whole config is."""
+    import textwrap
+
+    from ipb.config import flatten, to_dict
+    default = flatten(to_dict(Config()))
+    ours = flatten(to_dict(cfg))
+    def value(v):       # as a key=value override takes it: sweep.folds=[0,1,2]
+        return "[" + ",".join(map(str, v)) + "]" if isinstance(v, (list, tuple)) else v
+    changed = [f"{k}={value(v)}" for k, v in ours.items()
+               if default.get(k) != v and k != "profile"]
+    lines = [f"{what}: profile {cfg.profile}; set beside the defaults:"]
+    lines += textwrap.wrap(" ".join(changed) or "(nothing)", width, initial_indent="  ",
+                           subsequent_indent="  ", break_on_hyphens=False)
+    if rows:
+        lines.append(f"{len(rows)} rows, each on top of that:")
+        for r in rows:
+            keys = {k: v for k, v in r.items() if not k.startswith("_")}
+            label = r.get("_label") or configuration_label(apply(cfg, keys))
+            lines.append(f"  {label}: " + " ".join(f"{k}={value(v)}" for k, v in keys.items()))
+    lines.append(f"the whole config: `ipb config --profile {cfg.profile} [key=value ...]`, and "
+                 "each run's config.yaml in MLflow")
+    return "\n".join(lines)
+
+
 def checked_grid(ap: argparse.ArgumentParser, kind: str, cfg: Config,
                  configurations: Callable[[Config], list[dict]]) -> list[dict]:
     """The sweep's configurations, made before MLflow, the data and Ray: a filter that
@@ -409,7 +469,7 @@ def main(kind: str, description: str, configurations: Callable[[Config], list[di
     cfg = config_from_args(args)
     grid = checked_grid(ap, kind, cfg, configurations)
     start_command(cfg)
-    print(f"ipb sweep {kind}; resolved base config:\n{to_yaml(cfg)}", flush=True)
+    print(config_summary(f"ipb sweep {kind}", cfg, grid), flush=True)
     out = run_grid(kind, cfg, grid, resolve_table(cfg))
     print("\n" + out["report"]["markdown"])
     print(f"\nMLflow: experiment {out['experiment']!r}, parent run {out['parent_run_id']}."
@@ -470,7 +530,7 @@ def search_driver(config: dict[str, Any]) -> None:
         else:
             out = fit(c, data, parent_run_id=config["parent_run_id"], sweep="search",
                       experiment=config["experiment"],
-                      extra_tags={**config["tags"], "ipb.config_label":
+                      extra_tags={**config["tags"], **tune_trial_tags(), "ipb.config_label":
                                   configuration_label(c) + " " + config_hash(params)[:6]})
             scores.append(out["metrics"]["best.val.tpr.mean"])
         tune.report({"objective": sum(scores) / len(scores), "folds_done": k + 1})
@@ -526,7 +586,10 @@ def run_search(base: Config, space: Callable, table: Path | str, *,
         ).fit()
 
     out = run_sweep("search", base, table, study, body, experiment=experiment,
-                    progress=progress)
+                    progress=progress, space={
+                        "space.fn": f"{space.__module__}.{space.__qualname__}",
+                        "sweep.num_samples": str(base.sweep.num_samples),
+                        "sweep.folds": str(list(base.sweep.folds)), "optuna.study": study})
     best = optuna.load_study(study_name=study, storage=storage)
     best_trial = best.best_trial if any(t.value is not None for t in best.trials) else None
     return {**out, "study": study, "optuna_dashboard": optuna_dashboard_command(where),

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from ipb.config import Config, flatten, to_dict, to_yaml, trial_hash
-from ipb.methods.teacher import teacher_key
 
 TAG_KEYS = ("ipb.method", "ipb.arch", "ipb.scales", "ipb.multi_label", "ipb.labeled_fraction",
             "ipb.fold", "ipb.seed", "ipb.sweep")
@@ -37,8 +36,22 @@ def tracking_uri(cfg: Config | None = None) -> str:
 
 
 def client(uri: str | None = None):
+    # a trial's teacher download printed three "Downloading artifacts" bars into the sweep's
+    # output per trial (issue 20); a bar for a file of a few MB is noise in any log
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.tracking import MlflowClient
     return MlflowClient(tracking_uri=uri or tracking_uri())
+
+
+def search(uri: str, experiment: str, flt: str = "", newest_first: bool = False) -> list:
+    """The runs of `experiment` matching the filter `flt` (all of them, up to 50,000), newest
+    first if asked; [] when the experiment does not exist yet."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    order = ["attributes.start_time DESC"] if newest_first else None
+    return c.search_runs([exp.experiment_id], flt, max_results=50000, order_by=order)
 
 
 # MLflow 3's UI opens an experiment of this kind in model-training mode (runs, not GenAI traces)
@@ -102,11 +115,14 @@ def source_tags() -> dict[str, str]:
     return tags
 
 
-def table_input(table: str, manifest: dict, split=None):
-    """The colony table as an MLflow dataset input: name, digest (of its shards and counts),
-    source URI, schema, and a profile with the class counts and the synthetic flag."""
+def table_inputs(table: str, manifest: dict, split=None) -> list:
+    """The colony table as MLflow dataset inputs: context `train` (name, digest of its shards
+    and counts, source URI, schema, a profile with the class counts and the synthetic flag),
+    and with a split its `val` and `test` rows (each its own digest and class counts)."""
     import hashlib
     import json
+
+    import numpy as np
 
     from mlflow.entities import Dataset, DatasetInput, InputTag
     synthetic = bool(manifest.get("synthetic"))
@@ -125,11 +141,26 @@ def table_input(table: str, manifest: dict, split=None):
     columns = ["colony_id", "label", "multi_label", "source", "group", "crop", "mask"]
     schema = {"mlflow_colspec": [{"name": c, "type": "binary" if c in ("crop", "mask") else
                                   "boolean" if c == "multi_label" else "string"} for c in columns]}
-    ds = Dataset(name=("SYNTHETIC " if synthetic else "") + stem, digest=digest,
+    name = ("SYNTHETIC " if synthetic else "") + stem
+    ds = Dataset(name=name, digest=digest,
                  source_type=scheme, source=json.dumps({"uri": str(table)}),
                  schema=json.dumps(schema), profile=json.dumps(profile, default=str))
-    return DatasetInput(ds, tags=[InputTag("mlflow.data.context", "train"),
-                                  InputTag("ipb.synthetic", str(synthetic).lower())])
+    out = [DatasetInput(ds, tags=[InputTag("mlflow.data.context", "train"),
+                                  InputTag("ipb.synthetic", str(synthetic).lower())])]
+    # the fold's validation and test colonies as datasets of their own: which rows of the
+    # table, and their class counts, readable beside the training input (issue 20)
+    for part in ("val", "test") if split is not None else ():
+        rows = np.asarray(getattr(split, part), np.int64)
+        sub = hashlib.sha256(digest.encode() + part.encode() + rows.tobytes()).hexdigest()[:16]
+        prof = {"synthetic": synthetic, "part": part, "fold": split.fold, "seed": split.seed,
+                "n_colonies": int(len(rows)), "classes": split.counts.get(part, {})}
+        part_ds = Dataset(name=f"{name} {part} (fold {split.fold})", digest=sub,
+                          source_type=scheme, source=json.dumps({"uri": str(table),
+                                                                 "split_part": part}),
+                          schema=json.dumps(schema), profile=json.dumps(prof, default=str))
+        out.append(DatasetInput(part_ds, tags=[InputTag("mlflow.data.context", part),
+                                               InputTag("ipb.synthetic", str(synthetic).lower())]))
+    return out
 
 
 SYNTHETIC_NOTE = ("**SYNTHETIC data**: a generated stand-in for microscopy "
@@ -137,6 +168,7 @@ SYNTHETIC_NOTE = ("**SYNTHETIC data**: a generated stand-in for microscopy "
 
 
 def trial_tags(cfg: Config, synthetic: bool, sweep: str = "") -> dict[str, str]:
+    from ipb.methods.teacher import teacher_key     # torch: not at import time
     from ipb.models import model_info
     ms = model_info(cfg.model.arch)["multi_scale"]
     tags = {"ipb.method": cfg.method.name, "ipb.arch": cfg.model.arch,
@@ -169,12 +201,8 @@ def trial_run(cfg: Config, experiment: str, statuses: tuple[str, ...],
     """The newest run of this trial (its `ipb.trial_hash`) in `experiment` whose status is
     one of `statuses`, under `parent_run_id` (None: a run without a parent) unless
     `any_parent`; or None."""
-    c = client(tracking_uri(cfg))
-    exp = c.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    runs = c.search_runs([exp.experiment_id], f"tags.`ipb.trial_hash` = '{trial_hash(cfg)}'",
-                         max_results=1000, order_by=["attributes.start_time DESC"])
+    runs = search(tracking_uri(cfg), experiment, f"tags.`ipb.trial_hash` = '{trial_hash(cfg)}'",
+                  newest_first=True)
     for r in runs:
         if r.info.status in statuses and (
                 any_parent or r.data.tags.get("mlflow.parentRunId") == parent_run_id):
@@ -219,7 +247,7 @@ def start_trial_run(cfg: Config, split, manifest: dict, *, name: str,
         logged = old.data.params
     else:
         run_id = c.create_run(experiment_id(exp, tracking_uri(cfg)), tags=tags).info.run_id
-        c.log_inputs(run_id, datasets=[table_input(table, manifest, split)])
+        c.log_inputs(run_id, datasets=table_inputs(table, manifest, split))
         logged = {}
     params = {k: str(v)[:500] for k, v in flatten(to_dict(cfg)).items()}
     for p in ("labeled", "val", "unlabeled", "test"):
@@ -229,7 +257,7 @@ def start_trial_run(cfg: Config, split, manifest: dict, *, name: str,
     items = [Param(k, v) for k, v in params.items() if k not in logged]
     for i in range(0, len(items), 100):
         c.log_batch(run_id, params=items[i:i + 100])
-    c.log_batch(run_id, tags=[RunTag("ipb.n_params", str(len(params)))])
+    c.log_batch(run_id, tags=[RunTag("ipb.n_config_params", str(len(params)))])
     return run_id
 
 
@@ -278,6 +306,7 @@ class EpochLogger:
 
 def log_trial_result(run_id: str, cfg: Config, out: dict[str, Any], model_file: Path) -> None:
     """Final metrics + artifacts: confusion matrices, curves, pseudo-class plot, config, model."""
+    from ipb.methods.teacher import teacher_key     # torch: not at import time
     import json
 
     import numpy as np
@@ -332,6 +361,7 @@ def find_teacher(cfg: Config, classes: list[str]) -> tuple[str, dict] | None:
     """(run id, state dict) of the pre-trained teacher an MPL-family trial would train first:
     the selected model of a FINISHED supervised run with the same `teacher_key` (or the
     teacher an earlier MPL-family trial pre-trained), in any experiment of the store."""
+    from ipb.methods.teacher import teacher_key     # torch: not at import time
     if cfg.method.name == "supervised":
         return None
     key = teacher_key(cfg)
@@ -364,8 +394,10 @@ def end_run(cfg: Config, run_id: str, status: str, error: str | None = None) -> 
 # -- sweeps: parent runs, resume (their local MLflow server: ipb/mlflow_server.py) ---------------
 
 def sweep_parent_run(cfg: Config, experiment: str, kind: str, sweep_hash: str,
-                     table: str | Path, tags: dict[str, str] | None = None) -> str:
-    """The parent run of this sweep: reopened when the same sweep is run again (resume)."""
+                     table: str | Path, tags: dict[str, str] | None = None,
+                     params: dict[str, str] | None = None) -> str:
+    """The parent run of this sweep: reopened when the same sweep is run again (resume);
+    `params` (what the sweep searches) logged when it is created."""
     c = client(tracking_uri(cfg))
     exp = experiment_id(experiment, tracking_uri(cfg))
     found = c.search_runs([exp], f"tags.`ipb.sweep_hash` = '{sweep_hash}'", max_results=1)
@@ -381,7 +413,12 @@ def sweep_parent_run(cfg: Config, experiment: str, kind: str, sweep_hash: str,
                              "ipb.role": "sweep", "ipb.synthetic": str(synthetic).lower(),
                              "ipb.table": str(table), "ipb.profile": cfg.profile,
                              **(tags or {})})
-    c.log_inputs(run.info.run_id, datasets=[table_input(str(table), manifest)])
+    c.log_inputs(run.info.run_id, datasets=table_inputs(str(table), manifest))
+    if params:
+        from mlflow.entities import Param
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):          # MLflow takes 100 params a batch
+            c.log_batch(run.info.run_id, params=items[i:i + 100])
     (Path(tempfile.gettempdir()) / f"ipb-{run.info.run_id}.yaml").write_text(to_yaml(cfg))
     c.log_artifact(run.info.run_id, str(Path(tempfile.gettempdir()) / f"ipb-{run.info.run_id}.yaml"))
     return run.info.run_id
@@ -390,12 +427,8 @@ def sweep_parent_run(cfg: Config, experiment: str, kind: str, sweep_hash: str,
 def trial_states(cfg: Config, experiment: str, parent_run_id: str) -> dict[str, tuple[str, str]]:
     """trial hash -> (status, run id) of the newest run of each trial under a sweep's parent
     run."""
-    c = client(tracking_uri(cfg))
-    exp = c.get_experiment_by_name(experiment)
-    if exp is None:
-        return {}
-    runs = c.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
-                         max_results=50000, order_by=["attributes.start_time DESC"])
+    runs = search(tracking_uri(cfg), experiment, f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                  newest_first=True)
     out: dict[str, tuple[str, str]] = {}
     for r in runs:
         h = r.data.tags.get("ipb.trial_hash")
@@ -406,11 +439,26 @@ def trial_states(cfg: Config, experiment: str, parent_run_id: str) -> dict[str, 
 
 def finished_trials(cfg: Config, experiment: str, metric: str | None = None) -> dict[str, Any]:
     """trial hash -> run id (or the value of `metric`) of FINISHED trial runs."""
-    c = client(tracking_uri(cfg))
-    exp = c.get_experiment_by_name(experiment)
-    if exp is None:
-        return {}
-    runs = c.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'",
-                         max_results=50000)
+    runs = search(tracking_uri(cfg), experiment, "attributes.status = 'FINISHED'")
     return {r.data.tags["ipb.trial_hash"]: (r.data.metrics.get(metric) if metric else r.info.run_id)
             for r in runs if "ipb.trial_hash" in r.data.tags}
+
+
+def log_sweep_summary(uri: str, experiment: str, parent_run_id: str,
+                      champion: dict | None) -> None:
+    """The parent run's metrics: how many trials finished under it, and the champion's
+    validation (what chose it) and test mean TPR, so the runs view shows the sweep's result."""
+    import time
+
+    from mlflow.entities import Metric
+    c = client(uri)
+    runs = search(uri, experiment, f"tags.`mlflow.parentRunId` = '{parent_run_id}' and "
+                  "attributes.status = 'FINISHED'")
+    now = int(time.time() * 1000)
+    metrics = {"sweep.trials_finished": float(len(runs))}
+    if champion:
+        metrics["champion.val.tpr.mean"] = float(champion["val"])
+        test = c.get_run(champion["run_id"]).data.metrics.get("test.tpr.mean")
+        if test is not None:
+            metrics["champion.test.tpr.mean"] = float(test)
+    c.log_batch(parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])

@@ -176,6 +176,9 @@ def write_final(d: Path, out: dict[str, Any], cfg: Config, classes: list[str], s
     """A finished trial's files: the selected student, the pre-trained teacher (MPL family),
     result.json (metrics, confusion matrices, history) and a method's own artifacts."""
     import torch
+    # the student's size in weights, beside its scores in the runs table (issue 20: the only
+    # count on a run was of its logged config params)
+    out["metrics"]["model.n_weights"] = float(sum(p.numel() for p in out["model"].parameters()))
     torch.save({"state_dict": out["model"].state_dict(), "arch": cfg.model.arch,
                 "width": cfg.model.width, "classes": classes, "patch_size": size,
                 "config": to_dict(cfg), "synthetic": synthetic}, d / MODEL_FILE)
@@ -385,12 +388,12 @@ def fit(cfg: Config, table: Path | str | dict[str, Any], *, parent_run_id: str |
             experiment=exp, table=data["table"], reuse=reuse,
             extra_tags={**(extra_tags or {}), "ipb.storage": train_storage(cfg)})
         return _train_and_log(cfg, parts, split, manifest, name, run_id, progress, fault,
-                              callbacks, tune_trial, t_enter)
+                              callbacks, tune_trial, t_enter, in_sweep=bool(parent_run_id))
 
 
 def _train_and_log(cfg: Config, parts, split, manifest, name: str, run_id: str,
                    progress: bool, fault, callbacks, tune_trial: bool,
-                   t_enter: float) -> dict[str, Any]:
+                   t_enter: float, in_sweep: bool = False) -> dict[str, Any]:
     """`fit` once its run exists: split warnings, the checks before training, Ray Train (or
     inline), the result and the model logged, the run ended."""
     from mlflow.entities import Metric
@@ -407,7 +410,10 @@ def _train_and_log(cfg: Config, parts, split, manifest, name: str, run_id: str,
                 print(f"[{name}] split WARNING {w}", file=sys.stderr, flush=True)
     teacher = _before_training(cfg, run_id, split, progress, name, problem)
     if progress:
-        print(f"[{name}] MLflow run {run_id} at {uri}; split " + "; ".join(
+        # a sweep's trial names its run only: the sweep's local tracking server (its port in
+        # `uri`) is gone when the sweep ends, and the sweep prints the link that lasts
+        where = "" if in_sweep else f" at {uri}"
+        print(f"[{name}] MLflow run {run_id}{where}; split " + "; ".join(
             f"{p} {len(getattr(split, p))}" for p in ("labeled", "val", "unlabeled", "test")),
             file=sys.stderr, flush=True)
     loop_config = {"cfg": to_dict(cfg), "classes": split.classes, "parts": parts,

@@ -8,10 +8,9 @@ study is stored in <train.storage>/optuna.db: re-running continues the same stud
 """
 import sys
 
-from ipb.config import to_yaml
 from ipb.inputs import resolve_table
-from ipb.sweep import champion_line, config_from_args, mlflow_ui, parser, run_search, \
-    start_command, stoppable
+from ipb.sweep import champion_line, config_from_args, config_summary, mlflow_ui, parser, \
+    run_search, start_command, stoppable
 
 ARCHS = ("vgg19", "ms_vgg19", "hrnet_w18", "ms_hrnet_w18")
 
@@ -32,7 +31,7 @@ def main() -> int:
     args = parser(__doc__).parse_args()
     cfg = config_from_args(args)
     start_command(cfg)
-    print(f"ipb sweep search; resolved base config:\n{to_yaml(cfg)}", flush=True)
+    print(config_summary("ipb sweep search", cfg), flush=True)
     out = run_search(cfg, space, resolve_table(cfg))
     print("\n" + out["report"]["markdown"])
     print(f"\nbest: {out['best']}" + champion_line(out) + "\nOptuna dashboard:  "

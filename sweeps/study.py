@@ -32,11 +32,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from ipb.config import PRESETS, Config, flatten, to_dict, to_yaml
+from ipb.config import PRESETS, Config, flatten, to_dict
 from ipb.study import ABC, FIXMATCH, IPB_FINETUNE, IPB_LEARN, IPB_PAPER, IPB_ROBUST, MPL, \
     MPL_BALANCED, MPL_LEARN, MPL_ROBUST, SUPERVISED, TOP_FRACTION, curve_label, study_report
 from ipb.inputs import resolve_table
-from ipb.sweep import config_from_args, mlflow_ui, parser, run_grid, start_command, stoppable
+from ipb.sweep import config_from_args, config_summary, mlflow_ui, parser, run_grid, \
+    start_command, stoppable
 
 CURVE = (0.02, 0.05, 0.10)
 CURVE_FOLDS = 3
@@ -203,11 +204,12 @@ def main(argv=None) -> int:
     t0 = time.time()
     cfg = config_from_args(args)
     start_command(cfg)
-    print(f"ipb study; resolved base config:\n{to_yaml(cfg)}", flush=True)
+    rows = calibration_rows(cfg) if args.calibrate else \
+        configurations(cfg, args.ablation, args.related, args.curve)
+    print(config_summary("ipb study", cfg, rows), flush=True)
     if args.calibrate:
         return calibrate(cfg, resolve_table(cfg))
-    out = run_grid("study", cfg, configurations(cfg, args.ablation, args.related, args.curve),
-                   resolve_table(cfg))
+    out = run_grid("study", cfg, rows, resolve_table(cfg))
     from ipb.data.table import read_manifest
     from ipb.tracking import client, tracking_uri
     counts = read_manifest(out["table"])["classes"]

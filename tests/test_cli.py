@@ -184,6 +184,31 @@ def test_no_process_outlives_a_killed_ingest(tmp_path):
             proc.kill()
 
 
+@pytest.mark.timeout(120)
+def test_a_local_ray_is_the_address_of_everything_its_process_starts():
+    """Issue 20: with a second local Ray on the machine (two sweeps), Ray Train's background
+    threads of one sweep, which call ray.init() without an address, found both and printed
+    "Found multiple active Ray instances" tracebacks. After init_ray starts a local Ray,
+    RAY_ADDRESS names it (this test's own session cluster may be the other instance), and the
+    "Progress bars disabled" line is gone."""
+    import os
+    import subprocess
+    import sys
+    code = ("import os, ray; from ipb.runtime import init_ray; init_ray(num_cpus=1); "
+            "print('ADDR', os.environ['RAY_ADDRESS'], ray.get_runtime_context().gcs_address); "
+            "import ray._private.services as s; print('FOUND', s.canonicalize_bootstrap_address("
+            "None))")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=100)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (line,) = [x for x in out.stdout.splitlines() if x.startswith("ADDR")]
+    _, addr, gcs = line.split()
+    assert addr == gcs and ":" in addr
+    assert f"FOUND {addr}" in out.stdout
+    assert "Progress bars disabled" not in out.stdout + out.stderr
+
+
 def _name(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -195,6 +220,55 @@ def _name(pid: int) -> str:
 def _alive(seen: dict[int, int]) -> list[int]:
     from ipb.reaper import _stat
     return [p for p, start in seen.items() if (_stat(p) or (0, None))[1] == start]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("runner", ["inline", "train"])
+def test_sigterm_stops_ipb_train_in_one_line(tmp_path, runner):
+    """Issue 20: SIGTERM (`kill`, a scheduler, a container stop) of `ipb train` dumped Ray's C++
+    stack ("*** SIGTERM received ... logging.cc"). Now it takes Ctrl-C's path: one line, exit
+    143, the MLflow run KILLED (the same command resumes it), no traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from ipb.tracking import client
+    from tiny import TINY, write_tiny_table
+    table = write_tiny_table(tmp_path / "t")
+    db = f"sqlite:///{tmp_path}/m.db"
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ipb.cli", "train", "--table", str(table), "--method",
+         "supervised", "--tracking-uri", db, *TINY, "train.epochs=500", "patch.size=32",
+         f"train.runner={runner}", "train.num_workers=1", "split.folds=5",
+         "split.labeled_fraction=0.3", f"train.storage={tmp_path}/ray"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None and \
+                not any("epoch 2/" in line for line in lines):
+            time.sleep(0.2)
+        assert proc.poll() is None, "".join(lines)[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(10)
+    out = "".join(lines)
+    assert rc == 143, out[-3000:]
+    assert "ipb train: stopped (SIGTERM)" in out, out[-3000:]
+    for noise in ("SIGTERM received", "logging.cc", "Traceback"):
+        assert noise not in out, out[-3000:]
+    c = client(db)
+    (run,) = c.search_runs([c.get_experiment_by_name("ipb-train").experiment_id])
+    assert run.info.status == "KILLED"
 
 
 # ---------------------------------------------------------------- issue 14: the terminal
@@ -215,9 +289,27 @@ def test_progress_line_counts_and_eta():
     from ipb.console import progress_line
     assert progress_line(0, 1, 0, 8, 20) == \
         "0/8 trials done, 1 running, 7 pending, 0 failed; 20s elapsed, ETA ?"
-    # 3 of 8 ended (one failed) in 6 min: 5 more at 2 min each
+    # 3 of 8 ended (one failed) and 2 half-way in 6 min: 4 trials' work, 4 more to do
     assert progress_line(2, 2, 1, 8, 360) == \
-        "2/8 trials done, 2 running, 3 pending, 1 failed; 6m00s elapsed, ETA 10m00s"
+        "2/8 trials done, 2 running, 3 pending, 1 failed; 6m00s elapsed, ETA 6m00s"
+    # 8 one-minute trials 2 at a time: at the first end (1 min; 3 min left in truth) the
+    # estimate is 4m20s; counting ended trials only it was 7m00s
+    assert progress_line(1, 1, 0, 8, 60).endswith("ETA 4m20s")
+
+
+def test_progress_counts_a_trial_that_reported_failure_as_failed():
+    """A trial whose run FAILED reports failed=1 and ends TERMINATED in Tune: it is failed in
+    the progress line, not done (issue 20)."""
+    from types import SimpleNamespace
+
+    from ipb.console import progress_callback
+    lines = []
+    cb = progress_callback(3, lines.append)
+    ok = SimpleNamespace(status="TERMINATED", last_result={"done": 1.0})
+    bad = SimpleNamespace(status="RUNNING", last_result={"done": 1.0, "failed": 1.0})
+    running = SimpleNamespace(status="RUNNING", last_result={})
+    cb.on_trial_complete(0, [ok, bad, running], bad)
+    assert lines[-1].startswith("1/3 trials done, 1 running, 0 pending, 1 failed"), lines
 
 
 def test_ray_logs_plain_when_redirected(monkeypatch):
@@ -267,7 +359,81 @@ def test_bad_method_or_table_fails_before_ray(tmp_path, capsys, no_ray):
     assert "no colony table there" in _one_line_error(capsys)
 
 
+@pytest.mark.parametrize("override, message", [
+    ("method.lr=-1", "unknown config key 'method.lr'"),
+    ("train.lr=-1", "config key 'train.lr': -1.0 is out of range")])
+def test_a_bad_config_value_fails_before_torch_is_imported(override, message):
+    """Issue 20: `ipb train method.lr=-1` took 22 s, `train.lr=-1` 45 s; the config is now
+    checked before ipb imports torch (or Ray): a second, whatever the machine's load."""
+    import subprocess
+    import sys
+    code = ("import sys; from ipb.cli import main; rc = main(['train', %r]); "
+            "print('TORCH', 'torch' in sys.modules, 'RAY', 'ray' in sys.modules); "
+            "sys.exit(rc)" % override)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
+    assert "TORCH False RAY False" in out.stdout
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and capsys.readouterr().out.startswith("ipb ")
+
+
+def test_every_option_of_every_command_has_help():
+    """Issue 20: --wells, --bit-depth, segment's --out/--profile, ingest's --layout, report's
+    --tracking-uri and the sweeps' overrides had none."""
+    import argparse
+
+    from ipb.cli import build_parser
+    from ipb.sweep import parser as sweep_parser
+    ap = build_parser()
+    (sub,) = [a for a in ap._actions if isinstance(a, argparse._SubParsersAction)]
+    parsers = {f"ipb {name}": p for name, p in sub.choices.items()}
+    parsers["sweeps/*.py"] = sweep_parser("a sweep", profile="smoke")
+    bare = [f"{name} {'/'.join(a.option_strings) or a.dest}" for name, p in parsers.items()
+            for a in p._actions if not isinstance(a, argparse._HelpAction)
+            and not (a.help and a.help.strip())]
+    assert not bare, f"options without help: {bare}"
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_stops_a_command_without_ray_in_one_line(tmp_path):
+    """Issue 20: SIGTERM's one-line stop was installed only by commands that start Ray;
+    `ipb synth` (and predict, segment, report, splits) died with no word and exit -15."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "ipb.cli", "synth", "--out",
+                             str(tmp_path / "s"), "--wells", "400", "--size", "1024"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 60       # until it writes wells: past imports and config
+    while time.time() < deadline and proc.poll() is None and not (
+            (tmp_path / "s").is_dir() and any((tmp_path / "s").rglob("*.tif*"))):
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()[0][-2000:]
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 143, out[-2000:]
+    assert out.strip().splitlines()[-1] == "ipb synth: stopped (SIGTERM)", out[-2000:]
+    assert "Traceback" not in out
+
+
+def test_a_sweep_starts_with_a_short_summary_of_what_its_trials_run():
+    """Issue 20: `make run` printed the 150-line resolved base config, which says
+    `preset: paper` while every MPL/IPB trial runs `robust`. Now: the keys set beside the
+    defaults, one line per row with its own keys, and where the whole config is."""
+    from ipb.config import load_config
+    from ipb.pipeline import main_rows
+    from ipb.sweep import config_summary
+    cfg = load_config("smoke", {"sweep.folds": [0, 1, 2]})
+    text = config_summary("ipb main job", cfg, main_rows(cfg))
+    lines = text.splitlines()
+    assert len(lines) < 20 and max(map(len, lines)) <= 100, text
+    assert lines[0] == "ipb main job: profile smoke; set beside the defaults:"
+    assert "sweep.folds=[0,1,2]" in text and "model.arch=small_cnn" in text
+    assert "  IPB (robust): method.name=ipb method.preset=robust" in lines
+    assert "preset: paper" not in text and "ipb config --profile smoke" in lines[-1]

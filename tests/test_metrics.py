@@ -102,6 +102,19 @@ def test_ttest_student_known_value():
     assert set(per) == {"a", "b"} and per["a"][0] == pytest.approx(t_expect)
 
 
+def test_ttest_of_constant_sides_is_decided_by_their_means_without_a_warning():
+    """Issue 20: a class every fold got entirely right on both sides printed p=nan and scipy's
+    "catastrophic cancellation" warning in the report's Table 3."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ttest([1.0, 1.0, 1.0], [1.0, 1.0]) == (0.0, 1.0)
+        assert ttest([0.9, 0.9], [1.0, 1.0]) == (-math.inf, 0.0)
+        assert ttest([1.0, 1.0], [0.5, 0.5]) == (math.inf, 0.0)
+    t, p = ttest([1.0, 1.0, 1.0], [0.9, 1.0, 0.95])    # one side varies: scipy decides
+    assert t > 0 and 0 < p < 1
+
+
 def test_softmax_average():
     p1 = np.array([[0.9, 0.1], [0.2, 0.8]])
     p2 = np.array([[0.5, 0.5], [0.4, 0.6]])

@@ -9,7 +9,7 @@ import pytest
 
 from ipb.study import IPB_LEARN, IPB_PAPER, IPB_ROBUST, MPL, MPL_LEARN, SUPERVISED, \
     TOP_FRACTION, best_ipb_row, build, comparison, curve_label, diagnostics_table, last_line, \
-    pseudo_movement
+    per_pair, pseudo_movement
 
 CLASSES = ["Debris", "Dense", "Differentiated", "Spread"]
 
@@ -133,7 +133,8 @@ def test_build_has_captioned_tables_curve_and_ends_with_the_line():
     md = out["markdown"]
     for caption in ("Table 1. True positive rate", "Table 2. F1",
                     "Table 3. Corrected paired t-tests", "Nadeau & Bengio",
-                    "Table 4. Teacher plus noise?", "Table 5. Labeled-fraction curve"):
+                    "Table 4. Teacher plus noise?", "pair by pair: mean test TPR",
+                    "Table 6. Labeled-fraction curve"):
         assert caption in md
     assert "Differentiated (minority)" in md
     assert md.strip().splitlines()[-1] == out["line"]
@@ -175,3 +176,52 @@ def test_trial_runs_by_hash_include_trials_an_earlier_sweep_ran(tmp_path):
     trial(new, "h-sup", SUPERVISED, 0.90)       # run again: the newest counts, once
     df = trial_runs("ipb-study", uri, new, hashes=["h-sup", "h-abl"])
     assert len(df) == 2 and df.loc[df["label"] == SUPERVISED, "test.tpr.mean"].item() == 0.90
+
+
+def test_the_report_as_html_renders_its_figures_inline(tmp_path):
+    """Issue 20: MLflow's artifact view showed report.md's `![](tpr_per_class.png)` as text;
+    report.html carries the tables and the figure itself (a data: URI)."""
+    import base64
+
+    from ipb.report_html import write_html
+    png = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgAB"
+                           "SK+kcQAAAABJRU5ErkJggg==")
+    (tmp_path / "fig.png").write_bytes(png)
+    (tmp_path / "r.md").write_text("# SYNTHETIC data - study\n\ntext with `code` & <b>\n\n"
+                                   "## Table\n\n| row | TPR |\n|---|---|\n| IPB | 0.83 |\n\n"
+                                   "- one\n- **two**\n\n![](fig.png)\n\n![](gone.png)")
+    page = write_html(tmp_path / "r.md").read_text()
+    assert "<title>SYNTHETIC data - study</title>" in page
+    assert "<th>row</th><th>TPR</th></tr><tr><td>IPB</td><td>0.83</td></tr>" in page
+    assert "---" not in page and "&lt;b&gt;" in page and "<code>code</code>" in page
+    assert "<li><b>two</b></li>" in page and "![" not in page
+    assert 'src="data:image/png;base64,' + base64.b64encode(png).decode() in page
+    assert "(figure gone.png missing)" in page
+
+
+def test_per_pair_counts_signs_correlates_with_the_teacher_and_tests_each_half():
+    """The gain pair by pair: 10 pairs, the student gains most where the teacher is weak; the
+    first and second half of the pairs (in fold order) are each tested alone."""
+    sup = [0.70, 0.80, 0.75, 0.85, 0.78, 0.72, 0.82, 0.76, 0.84, 0.79]
+    gain = [0.10 - 0.5 * (s - 0.70) for s in sup]          # 0.10 at 0.70 ... 0.025 at 0.85
+    twin = [s + 0.01 for s in sup]
+    df = runs({SUPERVISED: ("supervised", sup, 0.8),
+               IPB_LEARN: ("ipb", [s + g for s, g in zip(sup, gain)], 0.9),
+               MPL_LEARN: ("mpl", twin, 0.8)})
+    frame, lines = per_pair(df, IPB_LEARN, "Differentiated")
+    assert list(frame["fold"]) == list(range(10)) and list(frame.columns[-2:]) == \
+        ["d vs supervised", "d vs twin"]
+    assert MPL_LEARN in frame and frame["d vs supervised"].to_numpy() == \
+        pytest.approx(gain)
+    assert lines[0] == f"{IPB_LEARN} - supervised: positive in 10/10 pairs."
+    assert "Pearson r = -1.00" in lines[1]
+    assert lines[2].startswith("first half (5 pairs, folds 0, 1, 2, 3, 4): vs supervised +")
+    assert lines[3].startswith("second half (5 pairs, folds 5, 6, 7, 8, 9): vs supervised +")
+    assert "vs twin" in lines[3]
+    # it is part of the report, after the diagnostics
+    md = build(df, CLASSES, "Differentiated", 0.01, {}, 1.0, "SYNTHETIC t")["markdown"]
+    assert md.index("Table 4.") < md.index(f"Table 5. {IPB_LEARN} pair by pair") < \
+        md.index("second half")
+    # no supervised row: no table, no lines
+    frame, lines = per_pair(df[df["label"] != SUPERVISED], IPB_LEARN, "Differentiated")
+    assert frame.empty and lines == []

@@ -128,6 +128,11 @@ def test_grid_sweep_logs_children_and_resumes(tiny_sweep, tmp_path, monkeypatch)
     from ipb.sweep import run_grid
     s = tiny_sweep
     assert s["rc"] == 0 and "SYNTHETIC" in s["printed"] and "2 finished trial runs" in s["printed"]
+    # issue 20: the sweep's own output holds none of the noise a user asked what to do about
+    for noise in ("Configuration for experiment", "TensorBoard", "resolved base config",
+                  "preset: paper", "Progress bars disabled", "Traceback"):
+        assert noise not in s["printed"], noise
+    assert "ipb sweep test: profile smoke; set beside the defaults:" in s["printed"]
     c = tracking.client(s["db"])
     exp = c.get_experiment_by_name("ipb-test").experiment_id
     runs = c.search_runs([exp])
@@ -136,7 +141,17 @@ def test_grid_sweep_logs_children_and_resumes(tiny_sweep, tmp_path, monkeypatch)
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
     assert {r.data.tags["ipb.method"] for r in children} == {"supervised", "ipb"}
     parent_arts = {a.path for a in c.list_artifacts(parent.info.run_id, "report")}
-    assert {"report/report.md", "report/table_tpr.csv", "report/tpr_per_class.png"} <= parent_arts
+    assert {"report/report.md", "report/report.html", "report/table_tpr.csv",
+            "report/tpr_per_class.png"} <= parent_arts
+    # issue 20: the parent says what the sweep searched and what it found
+    p = c.get_run(parent.info.run_id).data
+    assert p.params["space.method.name"] == "ipb, supervised" and p.params["sweep.n_trials"] == "2"
+    assert p.metrics["sweep.trials_finished"] == 2
+    assert p.metrics["champion.val.tpr.mean"] == max(r.data.metrics["best.val.tpr.mean"]
+                                                     for r in children)
+    assert "champion.test.tpr.mean" in p.metrics
+    assert not parent.info.run_name.startswith("SYNTHETIC")
+    assert "SYNTHETIC" in parent.data.tags["mlflow.note.content"]
     _check_mlflow_as_users_see_it(c, exp, parent, children, s["db"], tmp_path, monkeypatch)
     # the same sweep again: nothing new is trained or logged
     again = run_grid("test", s["cfg"], s["confs"], s["table"], progress=False)
@@ -157,7 +172,13 @@ def _check_mlflow_as_users_see_it(c, exp, parent, children, uri, tmp_path, monke
     for r in children:
         t = r.data.tags
         assert t["mlflow.source.git.commit"] and t["mlflow.source.name"], t
-        (ds,) = r.inputs.dataset_inputs
+        assert t["ipb.tune_trial_id"] and t["ipb.tune_trial_name"], t      # issue 20
+        # issue 20: the fold's val and test rows are inputs of their own
+        by = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i
+              for i in r.inputs.dataset_inputs}
+        assert sorted(by) == ["test", "train", "val"]
+        ds, test = by["train"], by["test"]
+        assert json.loads(test.dataset.profile)["n_colonies"] > 0 and "(fold" in test.dataset.name
         profile = json.loads(ds.dataset.profile)
         assert ds.dataset.name.startswith("SYNTHETIC") and profile["synthetic"] is True
         assert profile["classes"] == {"A": 24, "B": 16, "C": 10}

@@ -107,5 +107,10 @@ def test_inline_runner_resumes_a_failed_trial_from_its_checkpoint(ray_local, tmp
     assert run.info.status == "FINISHED" and run.data.tags["ipb.resumed_from_epoch"] == "1"
     assert "ipb.error" not in run.data.tags
     assert "test.tpr.mean" in run.data.metrics and out["checkpoint"].endswith("inline")
+    # issue 20: the student's weight count, and the config count under its own name
+    from ipb.models import create_model
+    model = create_model(cfg.model.arch, len(out["result"]["classes"]), width=cfg.model.width)
+    assert run.data.metrics["model.n_weights"] == sum(p.numel() for p in model.parameters())
+    assert int(run.data.tags["ipb.n_config_params"]) > 50 and "ipb.n_params" not in run.data.tags
     with pytest.raises(Exception, match="train.num_workers=1"):
         _run(_cfg(tmp_path, table, "supervised", "train.runner=inline", "train.num_workers=2"))
