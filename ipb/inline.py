@@ -34,22 +34,21 @@ def _owned_dir(path: Path):
 
 
 def run_inline(config: dict[str, Any]):
-    """Train one trial here from `fit`'s loop config. Returns (a context manager giving a
-    local directory with the trial's final files, where its checkpoints are)."""
-    import ray
+    """Train one trial here from `fit`'s loop config: `ipb.worker.run_worker` with checkpoints
+    in train.storage. Returns (a context manager giving a local directory with the trial's
+    final files, where its checkpoints are)."""
     import torch
 
+    from ipb.config import from_dict
     from ipb.data.store import Store
-    from ipb.engine import run_trial
     from ipb.runtime import train_storage
-    from ipb.train import STATE_FILE, rank0_tracking, trial_log, worker_parts, write_final
+    from ipb.worker import STATE_FILE, run_worker, write_final
 
-    cfg, classes, parts, size = worker_parts(config, 0, 1)
+    cfg = from_dict(config["cfg"])
     if cfg.train.num_workers != 1:
         raise ConfigError(f"train.runner=inline runs one worker, but train.num_workers="
                           f"{cfg.train.num_workers}: set train.num_workers=1, or "
                           "train.runner=train for data-parallel workers")
-    device = torch.device("cuda" if cfg.train.use_gpu else "cpu")
     store = Store(train_storage(cfg))
     state = (config["name"], "inline", STATE_FILE)
     store.makedirs(*state[:-1])
@@ -57,11 +56,9 @@ def run_inline(config: dict[str, Any]):
     if store.exists(*state):
         resume = torch.load(io.BytesIO(store.read_bytes(*state)), map_location="cpu",
                             weights_only=False)
-    tracker, monitor = rank0_tracking(config, resume)
-    log = trial_log(config)
     fault = config.get("fault") or {}
 
-    def report(metrics: dict[str, float], state_fn) -> None:
+    def report(metrics: dict[str, float], state_fn, tracker) -> None:
         if tracker:
             tracker.log(metrics, step=int(metrics["epoch"]))
         buf = io.BytesIO()
@@ -78,15 +75,11 @@ def run_inline(config: dict[str, Any]):
             Path(fault["marker"]).write_text(str(os.getpid()))
             raise RuntimeError(f"injected fault at epoch {fault['epoch']}")
 
-    log(f"inline worker: {', '.join(f'{k} {len(v)}' for k, v in parts.items())} colonies, "
-        f"patch {size}px, device {device}")
-    teacher = ray.get(config["teacher"]) if config.get("teacher") is not None else None
-    try:
-        out = run_trial(cfg, parts, classes, device=device, resume=resume,
-                        teacher_state=teacher, report=report, log=log)
-    finally:
-        if monitor is not None:
-            monitor.finish()
+    def device_of(c):
+        return torch.device("cuda" if c.train.use_gpu else "cpu")
+
+    cfg, classes, size, out = run_worker(config, rank=0, world=1, device_of=device_of,
+                                         resume=resume, report=report, name="inline worker")
     d = Path(tempfile.mkdtemp(prefix="ipb-inline-"))
     write_final(d, out, cfg, classes, size, bool(config.get("synthetic")))
     return _owned_dir(d), store.path(*state[:-1])

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from ipb.config import Config, ConfigError, apply, expand_path, flatten, from_dict, load_config
+from ipb.worker import MODEL_FILE       # the trial's file name, defined once
 
-MODEL_FILE = "student.pt"            # = ipb.train.MODEL_FILE (not imported: train imports Ray)
 ARTIFACT = "model/" + MODEL_FILE     # where ipb.tracking.log_trial_result puts it
 _RUN_ID = re.compile(r"^(?:runs:/)?([0-9a-fA-F]{32})(?:/.*)?$")
 

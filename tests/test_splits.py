@@ -183,8 +183,8 @@ def test_fold_summary_table():
 
 
 def test_worker_shards_cover_every_row_once():
-    """ipb.train.shard: val/test/unlabeled split over ranks, labeled whole to each."""
-    from ipb.train import shard
+    """ipb.worker.shard: val/test/unlabeled split over ranks, labeled whole to each."""
+    from ipb.worker import shard
     rows = pd.DataFrame({"colony_id": range(7)})
     for part in ("unlabeled", "val", "test"):
         got = [shard(rows, part, r, 3)["colony_id"].tolist() for r in range(3)]

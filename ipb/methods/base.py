@@ -128,6 +128,9 @@ class Method:
     """Base: owns models and optimizers; subclasses implement `phase` and `train_step`."""
     name = "base"
     uses_unlabeled = False
+    # stage 1 is the supervised CNN's training (MPL, IPB, FixMatch, ABC): a sweep hands such a
+    # method the supervised row's selected model instead (ipb.methods.teacher.teacher_key)
+    pretrains_teacher = False
 
     def __init__(self, cfg: Config, num_classes: int, device: torch.device,
                  wrap: Callable[[nn.Module], nn.Module]):

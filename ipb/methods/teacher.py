@@ -40,6 +40,6 @@ def _pretrains_teacher(name: str) -> bool:
     """Whether method `name` starts with the supervised CNN's training (MPL, IPB, FixMatch,
     ABC: a class attribute), so a sweep can hand it the supervised row's model."""
     try:
-        return bool(getattr(method_class(name), "pretrains_teacher", False))
+        return method_class(name).pretrains_teacher
     except ValueError:
         return False
