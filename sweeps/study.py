@@ -1,6 +1,6 @@
 """The study that can tell IPB from its baselines: paired runs, enough test colonies, a verdict.
 
-    python sweeps/study.py [--calibrate] [--data TABLE] [--ablation] [--related] [key=value ...]
+    python sweeps/study.py [--calibrate] [--data TABLE] [--ablation | --switches] [--related] [key=value ...]
     python sweeps/study.py --profile smoke           # a quick check of the whole path
     ray job submit --working-dir . -- python sweeps/study.py --data s3://bucket/table
 
@@ -19,7 +19,8 @@ one Tune trial and one MLflow child run each, under one parent run in experiment
 `--calibrate` runs only supervised at 1/2/5/10/50 % labelled on a development partition
 (split seed 1) and names the fraction the rule picks (CALIBRATION, HEADROOM below): run it on
 new data before any SSL row. `--curve` adds supervised, MPL and IPB (learn) at sweep.fractions
-(default 2, 5 and 10 %). `--ablation` adds the paper's MPL (imbalanced) and IPB (paper), the
+(default 2, 5 and 10 %). `--switches` adds one row per switch of the learn preset put back to
+robust's value, on the first 3 pairs (part of --ablation). `--ablation` adds the paper's MPL (imbalanced) and IPB (paper), the
 oracle MPL (balanced by true classes), MPL
 (robust), IPB (robust) + fine-tune and one row per preset switch put back (robust's against
 the paper, learn's against robust). `--related` adds the other related methods of issue 12
@@ -146,7 +147,7 @@ def switch_rows(base: dict, label: str, preset: str, reference: str | None) -> l
 
 
 def configurations(cfg, ablation: bool = False, related: bool = False,
-                   curve: bool = False) -> list[dict]:
+                   curve: bool = False, switches: bool = False) -> list[dict]:
     """The rows; supervised ones first, so the teachers exist when MPL-family trials start."""
     robust = {"method.name": "ipb", "method.preset": "robust"}
     learn = {"method.name": "ipb", "method.preset": "learn"}
@@ -181,6 +182,9 @@ def configurations(cfg, ablation: bool = False, related: bool = False,
         rows.append({**robust, "augment.jitter_space": "normalized",
                      "_label": f"{IPB_ROBUST} + jitter_space=normalized"})
         rows += switch_rows(ipb, IPB_LEARN, "learn", "robust")
+    elif switches:    # the learn preset's switches alone, on the first CURVE_FOLDS pairs
+        rows += [{**r, "_folds": list(cfg.sweep.folds[:CURVE_FOLDS])}
+                 for r in switch_rows(ipb, IPB_LEARN, "learn", "robust")]
     if related:
         rows += related_rows(sup["train.epochs"])
     return rows
@@ -194,6 +198,9 @@ def main(argv=None) -> int:
                          "partition, and the fraction with headroom (run before any SSL row)")
     ap.add_argument("--ablation", action="store_true",
                     help="add one row per robust switch (and MPL with the robust preset)")
+    ap.add_argument("--switches", action="store_true",
+                    help="add one row per switch of the learn preset put back to robust's "
+                         "value, on the first 3 pairs (what each switch does; in --ablation)")
     ap.add_argument("--curve", action="store_true",
                     help="add supervised, MPL and IPB (learn) at sweep.fractions (default 2, 5, 10 %% "
                          "on the first 3 pairs")
@@ -205,7 +212,7 @@ def main(argv=None) -> int:
     cfg = config_from_args(args)
     start_command(cfg)
     rows = calibration_rows(cfg) if args.calibrate else \
-        configurations(cfg, args.ablation, args.related, args.curve)
+        configurations(cfg, args.ablation, args.related, args.curve, args.switches)
     print(config_summary("ipb study", cfg, rows), flush=True)
     if args.calibrate:
         return calibrate(cfg, resolve_table(cfg))

@@ -70,6 +70,11 @@ def test_study_rows_pair_every_row_with_its_supervised_teacher():
     # a random student goes back to the full lr with its init (else it measures the lr)
     init = next(r for r in ablation if "without student_init" in r["_label"])
     assert init["method.student_init"] == "random" and init["method.student_lr_scale"] == 1.0
+    # --switches: the learn preset's own switches alone, on the first 3 pairs, learn's
+    # twins in --ablation's rows
+    switches = mod.configurations(cfg, switches=True)[n_plain:]
+    assert len(switches) == len(learn_only) and all(r["_folds"] == [0, 1, 2] for r in switches)
+    assert {r["_label"] for r in switches} <= {r["_label"] for r in ablation}
     # the default study: FixMatch and ABC, IPB (learn) and its twin without balancing
     labels = [r["_label"] for r in mod.configurations(cfg)]
     assert {"FixMatch", "IPB (learn)", "MPL (learn): IPB (learn) without balancing",
