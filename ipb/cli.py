@@ -7,7 +7,7 @@
     ipb splits table/ --fold 0
     ipb config --profile paper train.epochs=10
     ipb predict RUN_ID_OR_student.pt images/ --out pred/
-    ipb predict "models:/ipb-main-student@champion" images/ --out pred/
+    ipb predict "models:/ipb-main-colonies@champion" images/ --out pred/
 
 Every command takes `--profile smoke|paper|study|FILE.yaml` and `key.sub=value` overrides.
 """

@@ -1,6 +1,6 @@
 """The `colonies` MLflow model (models from code): image paths or arrays -> one row per colony.
 
-    python -c "import mlflow; m = mlflow.pyfunc.load_model('models:/ipb-main-student@champion'); print(m.predict(['well.tif']))"
+    python -c "import mlflow; m = mlflow.pyfunc.load_model('models:/ipb-main-colonies@champion'); print(m.predict(['well.tif']))"
 
 MLflow runs this file when it loads the model (ipb.logged_models logs it with the ipb sources
 as code_paths and the trial's student.pt as artifact `student`); the code is `ipb.predict`'s,
@@ -10,12 +10,23 @@ Params: test_patches (patches averaged per colony, default 5).
 """
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
-import mlflow.models
-import mlflow.pyfunc
-import numpy as np
-import pandas as pd
+# Loading the model must not write into the artifact store (or a checkout) it loads from: the
+# ipb code it carries (code_paths) is imported from there, and Python's bytecode and numba's
+# compiled kernels were written beside it (issue 20). Both go to the user's cache instead.
+_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ipb"
+os.environ.setdefault("NUMBA_CACHE_DIR", str(_CACHE / "numba"))
+if sys.pycache_prefix is None:
+    sys.pycache_prefix = str(_CACHE / "pycache")
+
+import mlflow.models  # noqa: E402
+import mlflow.pyfunc  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 
 def images_of(model_input) -> list:

@@ -1,7 +1,7 @@
 """A trial's student as MLflow models, and a sweep's champion in the model registry.
 
-    ipb predict "models:/ipb-main-student@champion" images/ --out pred/
-    mlflow models serve -m "models:/ipb-main-student@champion" --env-manager local -p 5001
+    ipb predict "models:/ipb-main-colonies@champion" images/ --out pred/
+    mlflow models serve -m "models:/ipb-main-colonies@champion" --env-manager local -p 5001
 
 Every finished trial logs two models from its student.pt (the run's "Logged models", the
 experiment's Models tab): `student` (mlflow.pytorch: a batch of patches (N, 1, S, S) float32, as
@@ -9,7 +9,7 @@ experiment's Models tab): `student` (mlflow.pytorch: a batch of patches (N, 1, S
 `colonies` (mlflow.pyfunc: image paths or arrays -> one row per colony, segmented and classified
 by `ipb.predict`, the code of `ipb predict`). Both carry the ipb source (code_paths), so they
 load wherever the pinned requirements install. At the end of a sweep the `colonies` model of
-its best trial by VALIDATION score (never test) is registered as `<experiment>-student` with
+its best trial by VALIDATION score (never test) is registered as `<experiment>-colonies` with
 alias `champion`.
 """
 from __future__ import annotations
@@ -47,7 +47,9 @@ COLONY_OUTPUT = ("one row per colony: id, image, time, colony, x0, y0, x1, y1, a
 
 
 def registered_name(experiment: str) -> str:
-    return f"{experiment}-student"
+    """The registry's name for a sweep's champion: it holds the `colonies` pyfunc (images in,
+    one row per colony out), so it is named so (it was `<experiment>-student`, issue 20)."""
+    return f"{experiment}-colonies"
 
 
 class Logits(torch.nn.Module):

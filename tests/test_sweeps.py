@@ -206,10 +206,16 @@ def _check_mlflow_as_users_see_it(c, exp, parent, children, uri, tmp_path, monke
     assert best.data.metrics[SCORE] == c.get_run(mv.run_id).data.metrics[SCORE]
     image = np.full((96, 96), 120, np.uint8)
     image[30:66, 30:66] = (60 + 80 * (np.indices((36, 36)).sum(0) % 2)).astype(np.uint8)
+    store = Path(uri.removeprefix("sqlite:///")).parent      # the sweep's db and artifacts
+    before = {p for p in store.rglob("*") if p.is_file()}
+    assert any(store.glob("mlartifacts/**/code/ipb/data/entropy.py"))    # the model's code
     with monkeypatch.context() as m:
         m.setenv("MLFLOW_TRACKING_URI", uri)
         df = mlflow.pyfunc.load_model(champion["ipb.champion.uri"]).predict([image])
     assert {"class", "p_A", "x0"} <= set(df.columns)
+    # issue 20: loading and predicting wrote bytecode and numba caches into the artifact store
+    written = {p for p in store.rglob("*") if p.is_file()} - before
+    assert not [p for p in written if not p.name.startswith("sweep.db")], sorted(written)[:5]
     from PIL import Image
     Image.fromarray(image).save(tmp_path / "well.png")
     assert cli(["predict", champion["ipb.champion.uri"], str(tmp_path / "well.png"), "--out",
