@@ -145,6 +145,10 @@ def test_printed_link_opens_the_runs_of_the_sweep(tiny_sweep, tmp_path):
     trials = [r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId")
               == parent.info.run_id]
     assert len(trials) == 2
+    # issue 20: names a person tells apart in the Run Name column (method, arch, fold, seed),
+    # not `SYNTHETIC si...` twice
+    assert len(set(trials)) == 2 and not any(t.startswith("SYNTHETIC") for t in trials)
+    assert {t.split("-")[0] for t in trials} == {"supervised", "ipb"}, trials
 
     ui_port, devtools = _free_port(), tmp_path / "chromium"
     args = shlex.split(command.group(1))
