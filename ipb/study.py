@@ -98,6 +98,21 @@ def comparison(df: pd.DataFrame, a: str, b: str, minority: str,
             f"d {minority} TPR": dm, "p minority": pm, "verdict": verdict}
 
 
+def precision_cost(df: pd.DataFrame, a: str, b: str, minority: str,
+                   ratio: float = CV_TEST_TRAIN_RATIO) -> dict[str, Any]:
+    """What a recall gain costs: paired a - b of mean test F1 and of the minority class's
+    precision and F1 (same corrected test). Mean TPR is balanced recall, which a student that
+    over-predicts the rare class raises while its precision falls."""
+    out: dict[str, Any] = {"comparison": f"{a} vs {b}"}
+    for name, col in (("mean F1", "test.f1.mean"), (f"{minority} precision",
+                                                    f"test.precision.{minority}"),
+                      (f"{minority} F1", f"test.f1.{minority}")):
+        x, y = matched(df, a, b, col) if col in df else (np.array([]), np.array([]))
+        d, _, p = corrected_paired_ttest(x, y, ratio) if len(x) else (np.nan,) * 3
+        out[f"d {name}"], out[f"p {name}"] = d, p
+    return out
+
+
 def best_ipb_row(df: pd.DataFrame, candidates=IPB_ROWS) -> str | None:
     """The IPB row with the best mean validation TPR of its selected models (not test),
     among those whose MPL twin (the same switches, no balancing) ran too, where any did: the
@@ -292,9 +307,11 @@ def build(df: pd.DataFrame, classes: list[str], minority: str, main_fraction: fl
     pairs += [(label, SUPERVISED + label[len(fam):]) for fam in (IPB_ROBUST, IPB_LEARN)
               for label in dict.fromkeys(df["label"])
               if label.startswith(fam + " (") and label.endswith("% labeled)")]
-    tests = pd.DataFrame([comparison(df, a, b, minority, ratio)
-                          for a, b in dict.fromkeys(pairs)
-                          if a != b and (df["label"] == a).any() and (df["label"] == b).any()])
+    ran = [(a, b) for a, b in dict.fromkeys(pairs)
+           if a != b and (df["label"] == a).any() and (df["label"] == b).any()]
+    tests = pd.DataFrame([comparison(df, a, b, minority, ratio) for a, b in ran])
+    costs = pd.DataFrame([precision_cost(df, a, b, minority, ratio) for a, b in ran
+                          if b == SUPERVISED or (a == best and b in MPL_TWIN.values())])
     diag = diagnostics_table(main)
     moves = {}
     for label in IPB_ROWS:
@@ -320,6 +337,10 @@ def build(df: pd.DataFrame, classes: list[str], minority: str, main_fraction: fl
           "## Table 2. F1 per class", "", _markdown(f1), "",
           "## Table 3. Corrected paired t-tests of mean test TPR (and the minority class's "
           "TPR)", "", _markdown(tests) if len(tests) else "(too few rows)", "",
+          "## Table 3b. What the recall costs: paired differences of mean test F1 and of the "
+          f"minority class's precision and F1 (corrected test; a row that raises {minority} "
+          "TPR by predicting it more often loses precision)", "",
+          _markdown(costs) if len(costs) else "(too few rows)", "",
           "## Table 4. Teacher plus noise? Diagnostics of the MPL-family students (means "
           "over runs; the teacher = the supervised model each starts from)", "",
           _markdown(diag) if len(diag) else "(no MPL-family rows)", ""]
@@ -335,7 +356,7 @@ def build(df: pd.DataFrame, classes: list[str], minority: str, main_fraction: fl
     md += ["", line]
     return {"markdown": "\n".join(md), "line": line, "tpr": tpr, "f1": f1, "tests": tests,
             "moves": moves, "curve": curve, "best": best, "diagnostics": diag,
-            "pairs": pairs_frame}
+            "pairs": pairs_frame, "costs": costs}
 
 
 def study_report(experiment: str, uri: str, parent_run_id: str, out_dir: Path,
@@ -371,7 +392,7 @@ def study_report(experiment: str, uri: str, parent_run_id: str, out_dir: Path,
     out = build(df, classes, minority, main_fraction, histories, wall_min, title, ratio)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("tpr", "f1", "tests", "curve", "diagnostics", "pairs"):
+    for name in ("tpr", "f1", "tests", "costs", "curve", "diagnostics", "pairs"):
         out[name].to_csv(out_dir / f"study_{name}.csv", index=False)
     files = []
     for label in IPB_ROWS:

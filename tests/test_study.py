@@ -225,3 +225,23 @@ def test_per_pair_counts_signs_correlates_with_the_teacher_and_tests_each_half()
     # no supervised row: no table, no lines
     frame, lines = per_pair(df[df["label"] != SUPERVISED], IPB_LEARN, "Differentiated")
     assert frame.empty and lines == []
+
+
+def test_precision_cost_shows_what_a_recall_gain_costs():
+    """Balanced recall rises when a student over-predicts the rare class; Table 3b shows the
+    precision and F1 it gives up, on the same pairs and test."""
+    from ipb.study import precision_cost
+    df = runs({SUPERVISED: ("supervised", BASE, 0.8),
+               IPB_LEARN: ("ipb", [b + 0.03 for b in BASE], 0.9)})
+    worse = [0.05, 0.07, 0.06, 0.08, 0.06]
+    df["test.precision.Differentiated"] = [0.6] * 5 + [0.6 - w for w in worse]
+    df.loc[df["label"] == IPB_LEARN, "test.f1.mean"] -= 0.05
+    cost = precision_cost(df, IPB_LEARN, SUPERVISED, "Differentiated")
+    assert cost["d mean F1"] == pytest.approx(-0.02) and cost["p mean F1"] < 0.05
+    assert cost["d Differentiated precision"] == pytest.approx(-np.mean(worse))
+    assert cost["p Differentiated precision"] < 0.05
+    md = build(df, CLASSES, "Differentiated", 0.01, {}, 1.0, "SYNTHETIC t")["markdown"]
+    assert "Table 3b. What the recall costs" in md
+    # no precision logged (an older run): the column says so instead of failing
+    assert np.isnan(precision_cost(df.drop(columns="test.precision.Differentiated"), IPB_LEARN,
+                                   SUPERVISED, "Differentiated")["d Differentiated precision"])
