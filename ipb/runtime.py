@@ -31,9 +31,6 @@ LOCAL_TRAIN_ENV = {
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     # the controller notices a finished worker group at its next poll: 2 s by default
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-    # token authentication, as Ray 2.60 turns it on for a local cluster anyway, said so: left
-    # unset, Ray prints a warning into every command's output that it chose it (issue 20)
-    "RAY_AUTH_MODE": "token",
 }
 
 
@@ -54,6 +51,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     if address == "local":
         # the dashboard process also serves the State API that Ray Train's cleanup polls
         kw.update(num_cpus=num_cpus)
+        # Ray 2.60 turns token authentication on for a local cluster and says so in a warning
+        # on every start (issue 20): the choice is right and nothing is asked of the user.
+        # (Setting RAY_AUTH_MODE=token instead breaks the start once ray is imported: Ray's
+        # cached config stays 'disabled' while the GCS it starts expects a token.)
+        import logging
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+            logging.ERROR)
         for key, value in LOCAL_TRAIN_ENV.items():
             os.environ.setdefault(key, value)    # inherited by every process Ray starts
     start_local(ray, **kw)
@@ -67,8 +71,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     if threading.current_thread() is threading.main_thread():
         from ipb.console import sigterm_as_ctrl_c
         sigterm_as_ctrl_c()      # after ray.init, whose C++ handler dumps a stack on SIGTERM
-    # (Ray Data's progress bars are off by RAY_DATA_DISABLE_PROGRESS_BARS above; setting the
-    # DataContext flag again printed "Progress bars disabled" into every command's output)
+    # Ray Data's progress bars are off (RAY_DATA_DISABLE_PROGRESS_BARS above: ingest prints one
+    # line per shard); Ray Data then warns "Progress bars disabled" on every command's first
+    # dataset, which asks nothing of the user
+    import logging
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     return ray
 
 

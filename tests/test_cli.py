@@ -190,7 +190,7 @@ def test_a_local_ray_is_the_address_of_everything_its_process_starts():
     threads of one sweep, which call ray.init() without an address, found both and printed
     "Found multiple active Ray instances" tracebacks. After init_ray starts a local Ray,
     RAY_ADDRESS names it (this test's own session cluster may be the other instance), and the
-    "Progress bars disabled" line is gone."""
+    "Progress bars disabled" and token-authentication warnings are gone."""
     import os
     import subprocess
     import sys
@@ -206,7 +206,8 @@ def test_a_local_ray_is_the_address_of_everything_its_process_starts():
     _, addr, gcs = line.split()
     assert addr == gcs and ":" in addr
     assert f"FOUND {addr}" in out.stdout
-    assert "Progress bars disabled" not in out.stdout + out.stderr
+    for noise in ("Progress bars disabled", "Token authentication is enabled"):
+        assert noise not in out.stdout + out.stderr, noise
 
 
 def _name(pid: int) -> str:
