@@ -15,7 +15,7 @@ from ipb.config import Config
 def main_rows(cfg: Config) -> list[dict]:
     """The main job's rows. The supervised CNN trains as long as the MPL-family teacher is
     pre-trained, so it is their teacher (reused, not trained again); MPL and IPB run with the
-    switches the study found to work (method.preset=robust; the paper's own MPL/IPB students
+    switches that keep their students from collapsing (method.preset=robust; the paper's own MPL/IPB students
     collapse at this budget: see sweeps/study.py); SimCLR fine-tunes as long."""
     pre = cfg.method.teacher_pretrain_epochs or cfg.train.epochs
     return [{"_label": "supervised", "method.name": "supervised", "train.epochs": pre},

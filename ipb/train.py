@@ -173,6 +173,31 @@ def prepare_parts(cfg: Config, data: dict[str, Any]):
             data["manifest"])
 
 
+def _fit_interruptible(trainer):
+    """trainer.fit(), stoppable by Ctrl-C and SIGTERM. In the main thread Ray Train V2's fit
+    installs its own SIGINT handler, which aborts the run and leaves the process to exit 1
+    without a word (and our SIGTERM takes the SIGINT path); in a helper thread it does not,
+    so the signal reaches this thread as KeyboardInterrupt: the run is marked KILLED and the
+    command says so in one line (exit 130 / 143). Inside Tune (not the main thread) as is."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return trainer.fit()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as e:       # handed to the caller's thread
+            box["error"] = e
+    t = threading.Thread(target=run, name="ipb-train-fit", daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(0.2)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def _trainer(cfg: Config, loop_config: dict[str, Any], name: str, callbacks):
     """The TorchTrainer of one trial: train.num_workers workers (GPUs when train.use_gpu),
     checkpoints in train.storage, train.max_failures restarts from the last checkpoint."""
@@ -319,7 +344,7 @@ def _train_and_log(cfg: Config, parts, split, manifest, name: str, run_id: str,
             from ipb.inline import run_inline
             files, checkpoint = run_inline(loop_config)
         else:
-            result = _trainer(cfg, loop_config, name, callbacks).fit()
+            result = _fit_interruptible(_trainer(cfg, loop_config, name, callbacks))
             if result.error:
                 raise result.error
             files, checkpoint = result.checkpoint.as_directory(), result.checkpoint.path

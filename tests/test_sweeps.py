@@ -213,9 +213,12 @@ def _check_mlflow_as_users_see_it(c, exp, parent, children, uri, tmp_path, monke
         m.setenv("MLFLOW_TRACKING_URI", uri)
         df = mlflow.pyfunc.load_model(champion["ipb.champion.uri"]).predict([image])
     assert {"class", "p_A", "x0"} <= set(df.columns)
-    # issue 20: loading and predicting wrote bytecode and numba caches into the artifact store
+    # issue 20: loading and predicting wrote bytecode and numba caches into the artifact store.
+    # MLflow itself still drops `registered_model_meta` (a few bytes, the same each time) into
+    # a local store's model directory when a models:/ URI is loaded without dst_path
     written = {p for p in store.rglob("*") if p.is_file()} - before
-    assert not [p for p in written if not p.name.startswith("sweep.db")], sorted(written)[:5]
+    assert not [p for p in written if not p.name.startswith("sweep.db")
+                and p.name != "registered_model_meta"], sorted(written)[:5]
     from PIL import Image
     Image.fromarray(image).save(tmp_path / "well.png")
     assert cli(["predict", champion["ipb.champion.uri"], str(tmp_path / "well.png"), "--out",
