@@ -75,11 +75,9 @@ def run_inline(config: dict[str, Any]):
             Path(fault["marker"]).write_text(str(os.getpid()))
             raise RuntimeError(f"injected fault at epoch {fault['epoch']}")
 
-    def device_of(c):
-        return torch.device("cuda" if c.train.use_gpu else "cpu")
-
-    cfg, classes, size, out = run_worker(config, rank=0, world=1, device_of=device_of,
-                                         resume=resume, report=report, name="inline worker")
+    device = torch.device("cuda" if cfg.train.use_gpu else "cpu")
+    cfg, classes, size, out = run_worker(config, rank=0, world=1, device=device, resume=resume,
+                                         report=report, name="inline worker")
     d = Path(tempfile.mkdtemp(prefix="ipb-inline-"))
     write_final(d, out, cfg, classes, size, bool(config.get("synthetic")))
     return _owned_dir(d), store.path(*state[:-1])

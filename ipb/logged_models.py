@@ -27,7 +27,7 @@ import mlflow.pytorch
 import numpy as np
 import torch
 
-from ipb.tracking import global_uri
+from ipb.tracking import global_uri, quiet_artifact_bars
 
 ALIAS = "champion"
 SCORE = "best.val.tpr.mean"     # what sweeps optimise: validation mean TPR at the selected epoch
@@ -70,7 +70,7 @@ def _active(uri: str, run_id: str):
     this process, and the pyfunc model takes image paths, of which no example travels."""
     import os
     import warnings
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    quiet_artifact_bars()
     os.environ.setdefault("MLFLOW_RECORD_ENV_VARS_IN_MODEL_LOGGING", "false")
     import logging
     # "Failed to infer model signature" (the `colonies` model has none, on purpose)

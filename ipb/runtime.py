@@ -34,6 +34,18 @@ LOCAL_TRAIN_ENV = {
 }
 
 
+# warnings Ray prints into every command's output that ask nothing of the user (issue 20):
+QUIET_LOGGERS = (
+    # "Token authentication is enabled": Ray 2.60's right choice for a local cluster. Setting
+    # RAY_AUTH_MODE=token instead breaks a start once ray is imported (its cached config stays
+    # 'disabled' while the GCS it starts expects a token)
+    "ray._private.authentication.authentication_token_setup",
+    # "Progress bars disabled": they are, on purpose (init_ray sets RAY_DATA_DISABLE_PROGRESS_BARS;
+    # ingest prints one line per shard)
+    "ray.data._internal.progress",
+)
+
+
 def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = True):
     """Connect to RAY_ADDRESS / `address` when given (a cluster, e.g. inside `ray job submit`),
     else start an embedded local Ray (`address="local"`) that stops with this process."""
@@ -51,31 +63,23 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     if address == "local":
         # the dashboard process also serves the State API that Ray Train's cleanup polls
         kw.update(num_cpus=num_cpus)
-        # Ray 2.60 turns token authentication on for a local cluster and says so in a warning
-        # on every start (issue 20): the choice is right and nothing is asked of the user.
-        # (Setting RAY_AUTH_MODE=token instead breaks the start once ray is imported: Ray's
-        # cached config stays 'disabled' while the GCS it starts expects a token.)
-        import logging
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
-            logging.ERROR)
         for key, value in LOCAL_TRAIN_ENV.items():
             os.environ.setdefault(key, value)    # inherited by every process Ray starts
+    import logging
+    for name in QUIET_LOGGERS:       # before ray.init, which prints the first of them
+        logging.getLogger(name).setLevel(logging.ERROR)
     start_local(ray, **kw)
     if address == "local" and not os.environ.get("RAY_ADDRESS"):
-        # Ray Train's background threads (its placement-group cleaner) call ray.init() with no
-        # address; with a second local Ray on the machine (another sweep) they found two and
-        # printed "Found multiple active Ray instances" tracebacks. This process's Ray is the
-        # one they, and anything it starts, must use (issue 20)
+        # what this process (its threads, and what it starts from now on) asks "which Ray?"
+        # is answered with its own, not "multiple active Ray instances" when another local Ray
+        # runs on the machine. Ray's worker processes started before this and do not see it:
+        # Ray Train's PlacementGroupCleaner actor still prints those tracebacks when two
+        # sweeps share a machine (issue 20, open)
         os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     import threading
     if threading.current_thread() is threading.main_thread():
         from ipb.console import sigterm_as_ctrl_c
         sigterm_as_ctrl_c()      # after ray.init, whose C++ handler dumps a stack on SIGTERM
-    # Ray Data's progress bars are off (RAY_DATA_DISABLE_PROGRESS_BARS above: ingest prints one
-    # line per shard); Ray Data then warns "Progress bars disabled" on every command's first
-    # dataset, which asks nothing of the user
-    import logging
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     return ray
 
 

@@ -57,9 +57,8 @@ def load_student(model: str | os.PathLike, tracking_uri: str | None = None
 def _store(what: str, uri: str | None) -> str:
     """The tracking URI, checked: a server that answers, or a SQLite file that exists."""
     from ipb.preflight import check_tracking_uri
-    from ipb.tracking import tracking_uri
-    # a bar per downloaded file of a few MB is noise in `ipb predict`'s output (issue 20)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from ipb.tracking import quiet_artifact_bars, tracking_uri
+    quiet_artifact_bars()
     uri = uri or tracking_uri()
     check_tracking_uri(uri)
     if uri.startswith("sqlite:///"):

@@ -35,10 +35,14 @@ def tracking_uri(cfg: Config | None = None) -> str:
     return uri
 
 
-def client(uri: str | None = None):
-    # a trial's teacher download printed three "Downloading artifacts" bars into the sweep's
-    # output per trial (issue 20); a bar for a file of a few MB is noise in any log
+def quiet_artifact_bars() -> None:
+    """No "Downloading artifacts" progress bars: a trial's teacher download printed three into
+    the sweep's output per trial (issue 20); a bar for a file of a few MB is noise in any log."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def client(uri: str | None = None):
+    quiet_artifact_bars()
     from mlflow.tracking import MlflowClient
     return MlflowClient(tracking_uri=uri or tracking_uri())
 
@@ -219,7 +223,7 @@ def start_trial_run(cfg: Config, split, manifest: dict, *, name: str,
     trial has a run of a status in `reuse` (an interrupted or failed run of the same trial and
     parent), that run is reopened instead: a resumed trial continues its own run, its metrics
     go on from the epoch it resumed at, and no second run of the trial appears."""
-    from mlflow.entities import Param, RunTag
+    from mlflow.entities import RunTag
     c = client(tracking_uri(cfg))
     exp = trial_experiment(cfg, sweep, experiment)
     synthetic = bool(manifest.get("synthetic"))
@@ -254,9 +258,7 @@ def start_trial_run(cfg: Config, split, manifest: dict, *, name: str,
         params[f"split.n_{p}"] = str(len(getattr(split, p)))
     # a reopened run keeps the params it has (MLflow refuses to change one: e.g. the port of
     # the sweep's tracking server in tracking.uri)
-    items = [Param(k, v) for k, v in params.items() if k not in logged]
-    for i in range(0, len(items), 100):
-        c.log_batch(run_id, params=items[i:i + 100])
+    log_params(c, run_id, {k: v for k, v in params.items() if k not in logged})
     c.log_batch(run_id, tags=[RunTag("ipb.n_config_params", str(len(params)))])
     return run_id
 
@@ -393,6 +395,14 @@ def end_run(cfg: Config, run_id: str, status: str, error: str | None = None) -> 
 
 # -- sweeps: parent runs, resume (their local MLflow server: ipb/mlflow_server.py) ---------------
 
+def log_params(c, run_id: str, params: dict[str, str]) -> None:
+    """Params in batches of 100, the most one MLflow call takes."""
+    from mlflow.entities import Param
+    items = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        c.log_batch(run_id, params=items[i:i + 100])
+
+
 def sweep_parent_run(cfg: Config, experiment: str, kind: str, sweep_hash: str,
                      table: str | Path, tags: dict[str, str] | None = None,
                      params: dict[str, str] | None = None) -> str:
@@ -414,11 +424,7 @@ def sweep_parent_run(cfg: Config, experiment: str, kind: str, sweep_hash: str,
                              "ipb.table": str(table), "ipb.profile": cfg.profile,
                              **(tags or {})})
     c.log_inputs(run.info.run_id, datasets=table_inputs(str(table), manifest))
-    if params:
-        from mlflow.entities import Param
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):          # MLflow takes 100 params a batch
-            c.log_batch(run.info.run_id, params=items[i:i + 100])
+    log_params(c, run.info.run_id, {k: str(v)[:6000] for k, v in (params or {}).items()})
     (Path(tempfile.gettempdir()) / f"ipb-{run.info.run_id}.yaml").write_text(to_yaml(cfg))
     c.log_artifact(run.info.run_id, str(Path(tempfile.gettempdir()) / f"ipb-{run.info.run_id}.yaml"))
     return run.info.run_id

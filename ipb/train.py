@@ -72,11 +72,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         else:
             ray.train.report(metrics)
 
-    def device_of(cfg: Config):
-        return ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
-
-    device = device_of(from_dict(config["cfg"]))
-    cfg, classes, size, out = run_worker(config, rank=rank, world=world, device_of=device_of,
+    device = ray.train.torch.get_device() if from_dict(config["cfg"]).train.use_gpu else \
+        torch.device("cpu")
+    cfg, classes, size, out = run_worker(config, rank=rank, world=world, device=device,
                                          resume=resume, report=report, wrap=wrap)
     final = {k: v for k, v in out["metrics"].items() if isinstance(v, (int, float))}
     final["final"] = 1.0

@@ -45,16 +45,15 @@ def shard(rows, part: str, rank: int, world: int):
     return rows.iloc[rank::world].reset_index(drop=True)
 
 
-def run_worker(config: dict[str, Any], *, rank: int, world: int, device_of: Callable,
-               resume: dict | None, report: Report, wrap=None, name: str = "worker"):
-    """Train this worker's part of one trial from `fit`'s loop config: returns (cfg, classes,
-    patch size, run_trial's output). `device_of(cfg)` picks the device, `report` is the
-    session's per-epoch report (it gets rank 0's MLflow logger), `wrap` DDP-wraps a model."""
+def run_worker(config: dict[str, Any], *, rank: int, world: int, device, resume: dict | None,
+               report: Report, wrap=None, name: str = "worker"):
+    """Train this worker's part of one trial from `fit`'s loop config on `device`: returns
+    (cfg, classes, patch size, run_trial's output). `report` is the session's per-epoch report
+    (it gets rank 0's MLflow logger), `wrap` DDP-wraps a model."""
     import ray
 
     from ipb.engine import run_trial
     cfg, classes, parts, size = worker_parts(config, rank, world)
-    device = device_of(cfg)
     tracker, monitor = rank0_tracking(config, resume) if rank == 0 else (None, None)
     log = trial_log(config) if rank == 0 else (lambda s: None)
     log(f"{name} {rank}/{world}: {', '.join(f'{k} {len(v)}' for k, v in parts.items())} "
