@@ -49,8 +49,10 @@ def images_of(model_input) -> list:
 
 class ColonyModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
+        from ipb.predict import warm_up
         from ipb.student import load_student
         self.student = load_student(context.artifacts["student"])
+        warm_up()      # at load, not in the first request
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
                 ) -> pd.DataFrame:

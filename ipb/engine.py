@@ -12,54 +12,23 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ipb.config import Config
 from ipb.data.augment import make_augment
-from ipb.data.patches import ColonyBank
 from ipb.dist import all_reduce_sum, global_sum
-from ipb.evaluation import collapsed, evaluate, predict_proba, unlabeled_shares  # noqa: F401
+from ipb.evaluation import Part, collapsed, evaluate, predict_proba, unlabeled_shares  # noqa: F401
 from ipb.methods import PHASE_INPUTS, create_method
 from ipb.methods.base import UnlabeledPool, unwrap
-from ipb.methods.partial import candidates
 from ipb.methods.stabilize import recalibrate_bn
 from ipb.models import model_info
 
 
 def patch_size(cfg: Config) -> int:
     return cfg.patch.ms_size if model_info(cfg.model.arch)["multi_scale"] else cfg.patch.size
-
-
-@dataclass
-class Part:
-    """One part of a split on this worker: its patches bank, labels (-1 = unknown), ids and
-    candidate classes (n, C multi-hot: one class, both of an `A|B` colony, none if unknown)."""
-    bank: ColonyBank
-    y: np.ndarray
-    ids: list[str]
-    cand: np.ndarray | None = None
-
-    @classmethod
-    def from_rows(cls, rows: pd.DataFrame, classes: list[str], size: int) -> "Part":
-        return cls.of(ColonyBank.from_rows(rows, size), rows["label"], rows["colony_id"],
-                      classes)
-
-    @classmethod
-    def of(cls, bank: ColonyBank, labels, ids, classes: list[str]) -> "Part":
-        """The part whose colonies are `bank`'s, with these labels and ids (same order)."""
-        labels = list(labels)
-        index = {c: i for i, c in enumerate(classes)}
-        y = np.array([index.get(lab, -1) if isinstance(lab, str) else -1 for lab in labels],
-                     np.int64)
-        return cls(bank, y, list(ids), candidates(labels, classes))
-
-    def __len__(self):
-        return len(self.y)
 
 
 class Batches:

@@ -7,19 +7,52 @@ sees the same metrics. Besides TPR/precision/F1 (ipb/metrics.py) this measures c
 largest share of one predicted class, against the largest true share of the same colonies. A
 student that predicts one class for 80 % of colonies where no class holds 60 % is collapsed
 (with a dominant class: more than halfway from its true share to 1; metrics.collapse_threshold).
-A `part` is an ipb.engine.Part (a patch bank `bank` and true classes `y`, -1 unknown).
+A `part` is a Part (below: a patch bank `bank` and true classes `y`, -1 unknown); `ipb predict`
+builds one per image, so it needs this module and not the training engine.
 Plain torch/numpy: no Ray, no MLflow.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import pandas as pd
 import torch
 
 from ipb.config import Config
 from ipb.data.augment import make_augment
+from ipb.data.patches import ColonyBank
 from ipb.dist import all_reduce_sum
 from ipb.methods.base import inference_model, nhwc_input, unwrap
+from ipb.methods.partial import candidates
 from ipb.metrics import collapse_threshold, confusion_matrix, metrics_from_confusion
+
+
+@dataclass
+class Part:
+    """One part of a split on this worker: its patches bank, labels (-1 = unknown), ids and
+    candidate classes (n, C multi-hot: one class, both of an `A|B` colony, none if unknown)."""
+    bank: ColonyBank
+    y: np.ndarray
+    ids: list[str]
+    cand: np.ndarray | None = None
+
+    @classmethod
+    def from_rows(cls, rows: pd.DataFrame, classes: list[str], size: int) -> "Part":
+        return cls.of(ColonyBank.from_rows(rows, size), rows["label"], rows["colony_id"],
+                      classes)
+
+    @classmethod
+    def of(cls, bank: ColonyBank, labels, ids, classes: list[str]) -> "Part":
+        """The part whose colonies are `bank`'s, with these labels and ids (same order)."""
+        labels = list(labels)
+        index = {c: i for i, c in enumerate(classes)}
+        y = np.array([index.get(lab, -1) if isinstance(lab, str) else -1 for lab in labels],
+                     np.int64)
+        return cls(bank, y, list(ids), candidates(labels, classes))
+
+    def __len__(self):
+        return len(self.y)
 
 
 @torch.no_grad()

@@ -46,6 +46,19 @@ from ipb.temporal import TEMPORAL_FIELDS, constrain_rows
 DEFAULT_TEST_PATCHES = 5
 
 
+def warm_up() -> None:
+    """What a process's first `predict` would otherwise spend before its first image: the
+    modules imported lazily below (they keep `import ipb` light) and the entropy kernel
+    (compiled, or read from numba's cache). A served model calls it at load (3.0 s of a first
+    request's 3.3 s on 2 cores: benchmarks/pyfunc.py)."""
+    import importlib
+    for name in ("ipb.data.sources", "ipb.data.patches", "ipb.evaluation",
+                 "ipb.data.microscopy", "ipb.data.segment"):
+        importlib.import_module(name)
+    from ipb.data.entropy import warm_up as compile_entropy
+    compile_entropy()
+
+
 # ---------------------------------------------------------------- classification
 
 def expand_inputs(paths: list[str | os.PathLike]) -> list[Path]:
@@ -64,7 +77,7 @@ def classify_colonies(model: torch.nn.Module, grey: np.ndarray, seg, patch_size:
                       k: int, device: torch.device, rng: np.random.Generator) -> np.ndarray:
     """(n_colonies, n_classes) mean softmax over k patches inside each colony's mask."""
     from ipb.data.patches import ColonyBank
-    from ipb.engine import Part, predict_proba
+    from ipb.evaluation import Part, predict_proba
     if not seg.colonies:
         return np.zeros((0, model.num_classes), np.float32)
     crops, masks = [], []

@@ -61,26 +61,34 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
               # Ray's own INFO lines from every actor would bury our one line per epoch
               logging_config=ray.LoggingConfig(log_level="WARNING"))
     if address == "local":
-        # the dashboard process also serves the State API that Ray Train's cleanup polls
-        kw.update(num_cpus=num_cpus)
+        # the dashboard process also serves the State API that Ray Train's cleanup polls;
+        # every worker of this job learns its own Ray's address (own_ray_address)
+        kw.update(num_cpus=num_cpus,
+                  runtime_env={"worker_process_setup_hook": f"{__name__}.own_ray_address"})
         for key, value in LOCAL_TRAIN_ENV.items():
             os.environ.setdefault(key, value)    # inherited by every process Ray starts
     import logging
     for name in QUIET_LOGGERS:       # before ray.init, which prints the first of them
         logging.getLogger(name).setLevel(logging.ERROR)
     start_local(ray, **kw)
-    if address == "local" and not os.environ.get("RAY_ADDRESS"):
-        # what this process (its threads, and what it starts from now on) asks "which Ray?"
-        # is answered with its own, not "multiple active Ray instances" when another local Ray
-        # runs on the machine. Ray's worker processes started before this and do not see it:
-        # Ray Train's PlacementGroupCleaner actor still prints those tracebacks when two
-        # sweeps share a machine (issue 20, open)
-        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    if address == "local":
+        own_ray_address()
     import threading
     if threading.current_thread() is threading.main_thread():
         from ipb.console import sigterm_as_ctrl_c
         sigterm_as_ctrl_c()      # after ray.init, whose C++ handler dumps a stack on SIGTERM
     return ray
+
+
+def own_ray_address():
+    """RAY_ADDRESS := the Ray this process is connected to. In the driver and, as the local
+    job's worker_process_setup_hook, in every Ray worker: whatever they ask "which Ray?" without
+    an address (Ray Train's PlacementGroupCleaner polls the State API so) gets its own, not
+    "ConnectionError: Found multiple active Ray instances" when another local Ray runs on the
+    machine, e.g. a study and a quick sweep side by side (issue 20). Set after the start: before
+    it, RAY_ADDRESS would make ray.init connect instead of start."""
+    import ray
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
 
 
 def start_local(ray, attempts: int = 3, **kw):

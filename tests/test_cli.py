@@ -185,19 +185,26 @@ def test_no_process_outlives_a_killed_ingest(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_a_local_ray_is_the_address_of_everything_its_process_starts():
-    """Issue 20: with a second local Ray on the machine (two sweeps), Ray Train's background
-    threads of one sweep, which call ray.init() without an address, found both and printed
-    "Found multiple active Ray instances" tracebacks. After init_ray starts a local Ray,
-    RAY_ADDRESS names it (this test's own session cluster may be the other instance), and the
-    "Progress bars disabled" and token-authentication warnings are gone."""
+def test_a_local_ray_is_the_address_of_everything_its_process_starts(ray_local):
+    """Issue 20: with a second local Ray on the machine (two sweeps; here the session cluster is
+    the other one), Ray Train's PlacementGroupCleaner actor of one sweep, which asks the State
+    API without an address, found both and printed "Found multiple active Ray instances"
+    tracebacks. After init_ray starts a local Ray, RAY_ADDRESS names it in the driver and in
+    every Ray worker (the job's setup hook), and a State API call from a worker finds its own
+    Ray; the "Progress bars disabled" and token-authentication warnings are gone."""
     import os
     import subprocess
     import sys
     code = ("import os, ray; from ipb.runtime import init_ray; init_ray(num_cpus=1); "
             "print('ADDR', os.environ['RAY_ADDRESS'], ray.get_runtime_context().gcs_address); "
             "import ray._private.services as s; print('FOUND', s.canonicalize_bootstrap_address("
-            "None))")
+            "None))\n"
+            "@ray.remote(num_cpus=0)\n"
+            "def worker():\n"
+            "    from ray.util.state import list_actors\n"
+            "    list_actors()      # what the PlacementGroupCleaner's is_actor_alive does\n"
+            "    return os.environ.get('RAY_ADDRESS')\n"
+            "print('WORKER', ray.get(worker.remote()))")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=100)
@@ -206,6 +213,7 @@ def test_a_local_ray_is_the_address_of_everything_its_process_starts():
     _, addr, gcs = line.split()
     assert addr == gcs and ":" in addr
     assert f"FOUND {addr}" in out.stdout
+    assert f"WORKER {addr}" in out.stdout, out.stdout + out.stderr[-2000:]
     for noise in ("Progress bars disabled", "Token authentication is enabled"):
         assert noise not in out.stdout + out.stderr, noise
 
