@@ -31,7 +31,8 @@ def main_job(cfg: Config) -> int:
     from ipb.data.table import read_manifest
     from ipb.inputs import resolve_table
     from ipb.runtime import init_ray
-    from ipb.sweep import champion_line, config_summary, mlflow_ui, run_grid
+    from ipb.sweep import run_grid
+    from ipb.sweep_cli import champion_line, config_summary, mlflow_ui
 
     t0 = time.time()
     print(config_summary("ipb main job", cfg, main_rows(cfg)), flush=True)

@@ -86,9 +86,11 @@ def own_ray_address():
     an address (Ray Train's PlacementGroupCleaner polls the State API so) gets its own, not
     "ConnectionError: Found multiple active Ray instances" when another local Ray runs on the
     machine, e.g. a study and a quick sweep side by side (issue 20). Set after the start: before
-    it, RAY_ADDRESS would make ray.init connect instead of start."""
+    it, RAY_ADDRESS would make ray.init connect instead of start. An empty RAY_ADDRESS (how a
+    caller says "not the cluster I run in") counts as unset."""
     import ray
-    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
 def start_local(ray, attempts: int = 3, **kw):

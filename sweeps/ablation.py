@@ -12,7 +12,7 @@ not in the grid is an error before anything starts.
 import sys
 
 from ipb.config import ConfigError
-from ipb.sweep import main
+from ipb.sweep_cli import main
 
 ARCHS = ("vgg19", "hrnet_w18")
 

@@ -14,7 +14,8 @@ run and is printed at the end. The study's `--related` rows are the same methods
 import sys
 
 from ipb.config import apply
-from ipb.sweep import configuration_label, main
+from ipb.sweep import configuration_label
+from ipb.sweep_cli import main
 
 METHODS = ("supervised", "mpl", "mpl_balanced", "ipb", "simclr", "fixmatch", "abc",
            "contrastive_clustering", "simtriplet", "gan_balanced")

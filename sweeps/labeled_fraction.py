@@ -7,7 +7,7 @@ labeled fraction per method (labeled_fraction.png on the parent run).
 """
 import sys
 
-from ipb.sweep import main
+from ipb.sweep_cli import main
 
 FRACTIONS = (0.01, 0.05, 0.10, 0.50, 0.80)
 

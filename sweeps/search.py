@@ -9,8 +9,9 @@ study is stored in <train.storage>/optuna.db: re-running continues the same stud
 import sys
 
 from ipb.inputs import resolve_table
-from ipb.sweep import champion_line, config_from_args, config_summary, mlflow_ui, parser, \
-    run_search, start_command, stoppable
+from ipb.search import run_search
+from ipb.sweep_cli import champion_line, config_from_args, config_summary, mlflow_ui, parser, \
+    start_command, stoppable
 
 ARCHS = ("vgg19", "ms_vgg19", "hrnet_w18", "ms_hrnet_w18")
 

@@ -11,7 +11,7 @@ one Tune trial and one MLflow child run each, under one parent run in experiment
   supervised                 the CNN on L; it is also the teacher every MPL-family row and
                              FixMatch/ABC start from (same split, seed and budget: reused)
   supervised (50% labeled)   the same at 50 % (first 3 pairs): the headroom the fraction leaves
-  IPB (robust)               method.preset=robust: the stable reference (ipb/config.py PRESETS)
+  IPB (robust)               method.preset=robust: the stable reference (ipb/config/profiles.py PRESETS)
   IPB (learn)                method.preset=learn: robust + a student that can move (colony-level
                              sharpened targets, full lr, 2 passes over U, normalised h, fine-tune)
   MPL (learn)                the same switches without the pseudo-class balancing
@@ -37,8 +37,9 @@ from ipb.config import PRESETS, Config, flatten, to_dict
 from ipb.study import ABC, FIXMATCH, IPB_FINETUNE, IPB_LEARN, IPB_PAPER, IPB_ROBUST, MPL, \
     MPL_BALANCED, MPL_LEARN, MPL_ROBUST, SUPERVISED, TOP_FRACTION, curve_label, study_report
 from ipb.inputs import resolve_table
-from ipb.sweep import config_from_args, config_summary, mlflow_ui, parser, run_grid, \
-    start_command, stoppable
+from ipb.sweep import run_grid
+from ipb.sweep_cli import config_from_args, config_summary, mlflow_ui, parser, start_command, \
+    stoppable
 
 CURVE = (0.02, 0.05, 0.10)
 CURVE_FOLDS = 3

@@ -58,7 +58,7 @@ def tiny_sweep(ray_local, tmp_path_factory):
     import io
 
     from ipb.config import load_config
-    from ipb.sweep import main
+    from ipb.sweep_cli import main
     from tiny import TINY, write_tiny_table
     d = tmp_path_factory.mktemp("sweep")
     table = f"file://{write_tiny_table(d / 'table')}"

@@ -15,6 +15,7 @@ IPB = Path(__file__).resolve().parents[1] / "ipb"
 CORE = ("ipb.config", "ipb.data", "ipb.models", "ipb.methods", "ipb.dist", "ipb.metrics",
         "ipb.evaluation", "ipb.engine")
 ALLOWED = {   # layer -> the ipb modules it may import (prefixes)
+    "ipb.config": ("ipb.config",),
     "ipb.data": ("ipb.config", "ipb.data"),
     "ipb.models": ("ipb.models",),
     "ipb.methods": ("ipb.config", "ipb.models", "ipb.dist", "ipb.methods"),
@@ -122,3 +123,25 @@ def test_lower_layers_import_nothing_above_them_and_no_ray_or_mlflow(layer):
         bad += [f"{name} imports {t}" for t in sorted(up)]
         bad += [f"{name} imports {s}" for s in sorted(services)]
     assert not bad, bad
+
+
+# Files over 400 lines, each with the reason it is kept whole (issue 21: "a file past ~400 lines
+# is usually two"). The test fails on a new one without a reason, and on a listed one that has
+# since shrunk (so this list stays true).
+LONG_FILES = {
+    "ipb/data/annotations.py": "one reader per label format (CSV, Pascal VOC, COCO) sharing "
+                               "the error and class-name rules that make them agree",
+    "ipb/tracking.py": "every MLflow call of a trial and a sweep, so the rest of ipb imports "
+                       "no MLflow (the sweep-run part is the next to go)",
+    "ipb/engine.py": "run_trial's epoch loop and the batch plan it draws from, read together",
+    "ipb/study.py": "the study report's tables and its pre-declared tests, in the order "
+                    "the report prints them",
+}
+
+
+def test_no_file_over_400_lines_without_a_stated_reason():
+    root = IPB.parent
+    sizes = {str(f.relative_to(root)): len(f.read_text().splitlines()) for f in IPB.rglob("*.py")}
+    long = {f for f, n in sizes.items() if n > 400}
+    assert long <= set(LONG_FILES), f"over 400 lines with no reason: {sorted(long - set(LONG_FILES))}"
+    assert set(LONG_FILES) <= long, f"no longer long, drop them: {sorted(set(LONG_FILES) - long)}"

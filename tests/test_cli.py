@@ -205,7 +205,9 @@ def test_a_local_ray_is_the_address_of_everything_its_process_starts(ray_local):
             "    list_actors()      # what the PlacementGroupCleaner's is_actor_alive does\n"
             "    return os.environ.get('RAY_ADDRESS')\n"
             "print('WORKER', ray.get(worker.remote()))")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # empty, as `ipb` subprocesses of the tests get it: "not the session cluster" (it was kept
+    # empty in the workers, and the cleaner's tracebacks came back)
+    env = {**os.environ, "RAY_ADDRESS": ""}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=100)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -397,7 +399,7 @@ def test_every_option_of_every_command_has_help():
     import argparse
 
     from ipb.cli import build_parser
-    from ipb.sweep import parser as sweep_parser
+    from ipb.sweep_cli import parser as sweep_parser
     ap = build_parser()
     (sub,) = [a for a in ap._actions if isinstance(a, argparse._SubParsersAction)]
     parsers = {f"ipb {name}": p for name, p in sub.choices.items()}
@@ -437,7 +439,7 @@ def test_a_sweep_starts_with_a_short_summary_of_what_its_trials_run():
     defaults, one line per row with its own keys, and where the whole config is."""
     from ipb.config import load_config
     from ipb.pipeline import main_rows
-    from ipb.sweep import config_summary
+    from ipb.sweep_cli import config_summary
     cfg = load_config("smoke", {"sweep.folds": [0, 1, 2]})
     text = config_summary("ipb main job", cfg, main_rows(cfg))
     lines = text.splitlines()

@@ -102,7 +102,7 @@ def test_a_stopped_sweep_says_so_and_resumes_in_its_own_run(ray_local, table, tm
     parent FINISHED and the child RUNNING forever, and the re-run trained it from scratch.
     Now: exit 130, parent and child KILLED; the same command again resumes the trial from its
     checkpoint in the same MLflow run (case 10), and the parent ends FINISHED."""
-    from ipb.sweep import main
+    from ipb.sweep_cli import main
     db = f"sqlite:///{tmp_path}/m.db"
     argv = ["--data", table, "--tracking-uri", db,
             *_overrides(tmp_path, "train.epochs=12", "train.steps_per_epoch=4")]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ipb.config import ConfigError, load_config
-from ipb import sweep
+from ipb import sweep, sweep_cli
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 
@@ -30,16 +30,16 @@ def nothing_starts(monkeypatch):
     """start_command is the first thing that reaches out (MLflow, the reaper); it must not run."""
     def boom(cfg):
         raise AssertionError("the sweep got as far as start_command")
-    monkeypatch.setattr(sweep, "start_command", boom)
+    monkeypatch.setattr(sweep_cli, "start_command", boom)
 
 
 def test_overrides_are_taken_before_between_and_after_options():
-    args = sweep.parser("d").parse_args(["a.b=1", "--profile", "paper", "train.epochs=3",
+    args = sweep_cli.parser("d").parse_args(["a.b=1", "--profile", "paper", "train.epochs=3",
                                          "--data", "T", "sweep.limit=1"])
     assert args.overrides == ["a.b=1", "train.epochs=3", "sweep.limit=1"]
     assert (args.profile, args.data) == ("paper", "T")
     with pytest.raises(SystemExit):
-        sweep.parser("d").parse_args(["--bogus", "k=v"])     # unknown options still refused
+        sweep_cli.parser("d").parse_args(["--bogus", "k=v"])     # unknown options still refused
 
 
 def test_study_script_takes_overrides_after_its_flags(monkeypatch):
@@ -73,7 +73,7 @@ def test_ablation_arch_filter_that_matches_nothing_is_an_error():
 def test_ablation_main_fails_before_anything_starts(nothing_starts, capsys):
     ablation = _script("ablation")
     with pytest.raises(SystemExit) as e:
-        sweep.main("ablation", ablation.__doc__, ablation.configurations,
+        sweep_cli.main("ablation", ablation.__doc__, ablation.configurations,
                    argv=["--profile", "smoke", "sweep.archs=[small_cnn]"])
     assert e.value.code == 2
     err = capsys.readouterr().err
@@ -82,7 +82,7 @@ def test_ablation_main_fails_before_anything_starts(nothing_starts, capsys):
 
 def test_a_grid_of_zero_trials_is_refused(nothing_starts, capsys):
     with pytest.raises(SystemExit):
-        sweep.main("empty", "d", lambda cfg: [], argv=[])
+        sweep_cli.main("empty", "d", lambda cfg: [], argv=[])
     assert "'empty' has 0 trials" in capsys.readouterr().err
     with pytest.raises(ValueError, match="0 trials"):         # run_grid's own guard
         sweep.run_grid("empty", load_config("smoke"), [], table="no-such-table")

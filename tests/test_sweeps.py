@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from ipb.config import load_config
-from ipb.sweep import apply_suggestion, cannot_run, expand
+from ipb.search import apply_suggestion
+from ipb.sweep import cannot_run, expand
 from tiny import TINY, write_tiny_table
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
@@ -231,7 +232,7 @@ def test_optuna_search_runs_and_resumes(ray_local, tmp_path):
     """sweeps/search.py's own space, end to end: Optuna samples, ASHA, MLflow child runs with
     the objective, the study stored in <storage>/optuna.db, and a re-run that adds nothing."""
     from ipb import tracking
-    from ipb.sweep import run_search
+    from ipb.search import run_search
     table = write_tiny_table(tmp_path / "table")
     cfg = load_config("smoke", [*TINY, f"data.table={table}", "patch.size=32", "patch.ms_size=64",
                                 "train.epochs=1", "train.steps_per_epoch=1",

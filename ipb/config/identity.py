@@ -1,0 +1,76 @@
+"""What a config is: plain dicts and YAML, and the hashes that identify a trial (resume, dedup).
+
+    python -c "from ipb.config import load_config, trial_hash; print(trial_hash(load_config('smoke')))"
+
+A trial hash covers what a trial computes (not where or how fast it runs): finished trials are
+skipped by it, so a change here re-runs every sweep's trials (tests/test_config.py pins it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import is_dataclass
+from typing import Any
+
+import yaml
+
+from ipb.config.load import apply
+from ipb.config.schema import Config
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"train.epochs": 3, ...} (MLflow params, trial hashes)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def to_yaml(cfg: Config) -> str:
+    def plain(x):
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+    return yaml.safe_dump(plain(to_dict(cfg)), sort_keys=False)
+
+
+def config_hash(cfg: Config | dict, *extra: Any) -> str:
+    """Stable short hash of a resolved config (+ fold, seed, ...) used to identify trials."""
+    d = to_dict(cfg) if is_dataclass(cfg) else cfg
+    blob = json.dumps([flatten(d), [str(e) for e in extra]], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# settings that say where/how a trial runs, not what it computes
+_NOT_IN_TRIAL_HASH = ("profile", "tracking.", "sweep.", "train.storage", "data.cache_dir",
+                      "data.ingest_workers", "train.num_workers", "train.cpus_per_worker",
+                      "train.max_failures", "split.allow_weak_val", "train.channels_last",
+                      "train.eval_channels_last",
+                      "data.label_map")
+
+
+def identity(cfg: Config) -> dict[str, Any]:
+    """The flat config keys that decide what a trial computes (not where or how fast)."""
+    return {k: v for k, v in flatten(to_dict(cfg)).items()
+            if not any(k == p or k.startswith(p) for p in _NOT_IN_TRIAL_HASH)}
+
+
+def trial_hash(cfg: Config) -> str:
+    """Identity of a trial (resolved config incl. fold and seed) for resume and dedup."""
+    return config_hash(identity(cfg), cfg.train.fold, cfg.train.seed)
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """Inverse of `to_dict` (used to ship configs to Ray workers as plain dicts)."""
+    return apply(Config(), {k: v for k, v in flatten(d).items()})
