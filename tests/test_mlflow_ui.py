@@ -83,9 +83,13 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, seconds: float) -> N
                          + log.read_text(errors="replace")[-2000:])
 
 
-async def _page(port: int, parent: str, trials: list[str], seconds: float) -> dict:
+async def _page(port: int, parent: str, trials: list[str], seconds: float,
+                parent_path: str, params: list[str]) -> dict:
     """Wait for the parent row, expand it, wait for the trials; the page's title, text and
-    the grid's rows (aria-rowindex -> run name) as rendered."""
+    the grid's rows (aria-rowindex -> run name) as rendered. Then the parent run's page (its
+    text once `params` show) and its report/report.html artifact: the images of the frame
+    MLflow renders it in (a sandboxed blob: iframe, its own DevTools target), as
+    [complete, naturalWidth, naturalHeight]."""
     import aiohttp
     deadline = time.time() + seconds
     async with aiohttp.ClientSession() as http:
@@ -126,8 +130,31 @@ async def _page(port: int, parent: str, trials: list[str], seconds: float) -> di
                 .map(r => [Number(r.getAttribute('aria-rowindex')),
                            (r.querySelector('[col-id="attributes.`Run Name`"]') || {}).innerText])
                 .filter(r => r[1])""")
-            return {"title": await js("document.title"), "rows": rows,
-                    "text": await js("document.body.innerText")}
+            out = {"title": await js("document.title"), "rows": rows,
+                   "text": await js("document.body.innerText")}
+            await js(f"location.hash = {json.dumps(parent_path)}")
+            await until(" && ".join(f"document.body.innerText.includes({json.dumps(p)})"
+                                    for p in params), "the parent run's parameters")
+            out["parent_text"] = await js("document.body.innerText")
+            await js(f"location.hash = {json.dumps(parent_path + '/artifacts/report/report.html')}")
+            await until("document.querySelector('iframe') !== null", "the report's frame")
+            while True:
+                async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
+                    frames = [t for t in await r.json() if t["type"] == "iframe"]
+                images = []
+                for f in frames:
+                    async with http.ws_connect(f["webSocketDebuggerUrl"], max_msg_size=0) as fw:
+                        await fw.send_json({"id": 1, "method": "Runtime.evaluate", "params": {
+                            "expression": "JSON.stringify(Array.from(document.images).map("
+                                          "i => [i.complete, i.naturalWidth, i.naturalHeight]))",
+                            "returnByValue": True}})
+                        msg = await fw.receive_json(timeout=30)
+                        images += json.loads(msg["result"]["result"].get("value") or "[]")
+                if images and all(i[0] for i in images) or time.time() > deadline:
+                    break
+                await asyncio.sleep(0.5)
+            out["report_images"] = images
+            return out
 
 
 def test_printed_link_opens_the_runs_of_the_sweep(tiny_sweep, tmp_path):
@@ -164,7 +191,9 @@ def test_printed_link_opens_the_runs_of_the_sweep(tiny_sweep, tmp_path):
                           "--remote-debugging-address=127.0.0.1",
                           f"--remote-debugging-port={cdp_port}",
                           f"http://127.0.0.1:{ui_port}{link.group(3)}"], tmp_path / "chromium.log")
-        page = asyncio.run(_page(cdp_port, parent.info.run_name, trials, 120))
+        path = f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
+        page = asyncio.run(_page(cdp_port, parent.info.run_name, trials, 180, path,
+                                 sorted(parent.data.params)))
     finally:
         for proc in (browser, ui):
             if proc is not None:
@@ -178,3 +207,11 @@ def test_printed_link_opens_the_runs_of_the_sweep(tiny_sweep, tmp_path):
     i = next(k for k, n in enumerate(names) if parent.info.run_name in n)
     under = names[i + 1:i + 3]
     assert all(any(t in n for n in under) for t in trials), names
+    # issue 20: the parent carries the sweep's search space as params and the champion's
+    # scores as metrics, shown on its page
+    assert "space.method.name" in parent.data.params, parent.data.params
+    assert {"champion.val.tpr.mean", "sweep.trials_finished"} <= set(parent.data.metrics)
+    assert "Parameters (" in page["parent_text"] and "champion.val.tpr.mean" in page["parent_text"]
+    # the report's figures render in the artifact view (report.md showed `![](x.png)` as text)
+    assert page["report_images"] and all(done and w > 100 and h > 100
+                                         for done, w, h in page["report_images"]), page["report_images"]
