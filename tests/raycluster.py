@@ -166,6 +166,53 @@ class LocalCluster:
         return left
 
 
+class NetworkNamespace:
+    """A network namespace joined to this one by a veth pair, for a node on "another machine":
+    its own loopback (nothing of the head's 127.0.0.1) and one link, HEAD_IP here <-> NODE_IP
+    there. Both ends of the pair carry the same name (each in its own namespace), so
+    GLOO_SOCKET_IFNAME=name is right on every node. `prefix` runs a command in it. Root and
+    iproute2 needed: `make()` returns None with the reason when they are missing. `remove()`
+    deletes the namespace and the pair (by name: nothing else is touched)."""
+
+    def __init__(self, tag: str):
+        self.name = f"ipb{tag}"
+        self.link = f"ipb{tag}"[:15]
+        n = int(tag, 16) % 250 + 2
+        self.head_ip, self.node_ip = f"10.213.{n}.1", f"10.213.{n}.2"
+        self.prefix = ["ip", "netns", "exec", self.name]
+
+    @classmethod
+    def make(cls) -> "tuple[NetworkNamespace | None, str]":
+        if os.geteuid() != 0 or shutil.which("ip") is None:
+            return None, "network namespaces need root and iproute2 (`ip`)"
+        ns = cls(secrets.token_hex(3))
+        peer = ns.link[:11] + "peer"
+        steps = [["ip", "netns", "add", ns.name],
+                 ["ip", "link", "add", ns.link, "type", "veth", "peer", "name", peer],
+                 ["ip", "link", "set", peer, "netns", ns.name],
+                 [*ns.prefix, "ip", "link", "set", peer, "name", ns.link],
+                 ["ip", "addr", "add", f"{ns.head_ip}/24", "dev", ns.link],
+                 ["ip", "link", "set", ns.link, "up"],
+                 [*ns.prefix, "ip", "addr", "add", f"{ns.node_ip}/24", "dev", ns.link],
+                 [*ns.prefix, "ip", "link", "set", ns.link, "up"],
+                 [*ns.prefix, "ip", "link", "set", "lo", "up"]]
+        for step in steps:
+            done = subprocess.run(step, capture_output=True, text=True)
+            if done.returncode != 0:
+                ns.remove()
+                return None, f"cannot make a network namespace ({' '.join(step)}: " \
+                             f"{done.stderr.strip()[:200]})"
+        return ns, ""
+
+    def remove(self) -> None:
+        subprocess.run(["ip", "link", "del", self.link], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+def net_namespace(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/ns/net")
+
+
 def mount_namespace(pid: int) -> str:
     return os.readlink(f"/proc/{pid}/ns/mnt")
 

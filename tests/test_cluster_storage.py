@@ -2,12 +2,16 @@
 
     .venv/bin/pytest -q tests/test_cluster_storage.py        # about 3 minutes on 2 cores
 
-One scenario (a script in its own process, tests/raycluster.py) on a two-node Ray cluster on
-127.0.0.1 whose worker node runs in its own mount namespace, with an empty tmpfs over the
-cluster's temp dir and this test's directory (its MLflow database, the table it wrote, any local
-`train.storage`): like a second machine it sees none of the head's files there. S3 is moto's
-server on 127.0.0.1 (started here, stopped by its process id), with a bucket made here; MLflow
-is one server on 127.0.0.1 whose artifacts go to the bucket. In that scenario:
+One scenario (a script in its own process, tests/raycluster.py) on a two-node Ray cluster whose
+worker node is another machine as far as a test can make one (issue 19): its own network
+namespace, joined to the head by a veth pair (HEAD_IP <-> NODE_IP; its 127.0.0.1 is its own),
+and its own mount namespace with an empty tmpfs over the cluster's temp dir and this test's
+directory (its MLflow database, the table it wrote, any local `train.storage`): it sees none of
+the head's files there, and no service of the head but at HEAD_IP. S3 is moto's server and
+MLflow one server whose artifacts go to the bucket, both listening at HEAD_IP only (started
+here, stopped by process id; the namespace and the pair removed at the end). Without root or
+iproute2 the nodes share the loopback network (HEAD_IP = 127.0.0.1) and the network test is
+skipped with the reason. In that scenario:
 - `ipb ingest SOURCE --out s3://...` writes a colony table into the bucket (its tasks run on
   both nodes; SOURCE is in a directory both see, as a shared file system would be);
 - a sweep with `train.storage` a local path fails before any training, naming the setting;
@@ -33,7 +37,7 @@ import pytest
 
 from kuberay_rules import (crd_schema, documented_secrets, ray_manifests, raycluster_rule_errors,
                            rayjob_rule_errors, unknown_fields)
-from raycluster import PRELUDE, free_port, run_script
+from raycluster import PRELUDE, NetworkNamespace, free_port, run_script
 
 BUCKET = "ipb-test"
 AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -72,21 +76,33 @@ def _server(args: list[str], log: Path, env: dict) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """moto's S3 server on 127.0.0.1 with an empty bucket; {"endpoint", "query", "fs"}."""
+def net():
+    """The worker node's network: {"ns": NetworkNamespace or None, "why": reason if None,
+    "head": the address the head and every service listen at}."""
+    ns, why = NetworkNamespace.make()
+    try:
+        yield {"ns": ns, "why": why, "head": ns.head_ip if ns else "127.0.0.1"}
+    finally:
+        if ns is not None:
+            ns.remove()
+
+
+@pytest.fixture(scope="module")
+def s3(net, tmp_path_factory):
+    """moto's S3 server at the head's address with an empty bucket; {"endpoint", "query", "fs"}."""
     import pyarrow.fs as pafs
     log = tmp_path_factory.mktemp("moto") / "moto.log"
-    port = free_port()
-    proc = _server(["moto.server", "-H", "127.0.0.1", "-p", str(port)], log,
+    host, port = net["head"], free_port()
+    proc = _server(["moto.server", "-H", host, "-p", str(port)], log,
                    {**os.environ, **AWS_ENV})
     try:
-        _wait_http(f"http://127.0.0.1:{port}/", proc, log, timeout=60)
+        _wait_http(f"http://{host}:{port}/", proc, log, timeout=60)
         fs = pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
-                               endpoint_override=f"127.0.0.1:{port}", scheme="http",
+                               endpoint_override=f"{host}:{port}", scheme="http",
                                allow_bucket_creation=True)
         fs.create_dir(BUCKET)
-        yield {"endpoint": f"http://127.0.0.1:{port}", "fs": fs,
-               "query": f"?endpoint_override=127.0.0.1:{port}&scheme=http"}
+        yield {"endpoint": f"http://{host}:{port}", "fs": fs, "host": host, "port": port,
+               "query": f"?endpoint_override={host}:{port}&scheme=http"}
     finally:
         _stop(proc)
 
@@ -98,7 +114,7 @@ def _bucket_listing(fs) -> list[str]:
 
 
 SCENARIO = PRELUDE + r'''
-import signal, subprocess, urllib.request
+import signal, socket, subprocess, urllib.request
 import pyarrow.fs as pafs
 from raycluster import pids_in_namespace
 from tiny import TINY
@@ -136,14 +152,16 @@ def kill_worker_node_trainer(fs, root, worker, stop):
 
 try:
     port = free_port()
-    address = f"127.0.0.1:{port}"
-    start(["--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=1",
+    address = f"{P['host']}:{port}"
+    if P["ifname"]:     # gloo (DDP on CPU) binds where the hostname resolves: not this link
+        CLUSTER.env["GLOO_SOCKET_IFNAME"] = P["ifname"]
+    start(["--head", f"--node-ip-address={P['host']}", f"--port={port}", "--num-cpus=1",
            f"--temp-dir={ROOT}/head", "--include-dashboard=false",
            f"--ray-client-server-port={free_port()}"], "head")
     connect(address, log_to_driver=True)
     wrap, env = CLUSTER.private_disk("worker", hide=[P["private"]])
-    worker = start([f"--address={address}", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-                    f"--temp-dir={ROOT}/worker"], "worker", env=env, wrap=wrap)
+    worker = start([f"--address={address}", f"--node-ip-address={P['node_ip']}", "--num-cpus=1",
+                    f"--temp-dir={ROOT}/worker"], "worker", env=env, wrap=P["netns"] + wrap)
     deadline = time.monotonic() + 120
     while len([n for n in ray.nodes() if n["Alive"]]) < 2:
         assert worker.poll() is None, CLUSTER.log("worker")[-3000:]
@@ -161,6 +179,22 @@ try:
     out["views"] = {name: ray.get(probe.options(scheduling_strategy=On(node, soft=False))
                                   .remote(paths))
                     for name, node in (("head", head_node), ("worker", worker_node))}
+
+    def network(s3_port):
+        """This node's network namespace, and whether it reaches the S3 server at the head's
+        address and at its own 127.0.0.1."""
+        def reach(host):
+            try:
+                socket.create_connection((host, s3_port), timeout=3).close()
+                return True
+            except OSError:
+                return False
+        return {"netns": os.readlink("/proc/self/ns/net"), "ip": ray.util.get_node_ip_address(),
+                "s3_at_head": reach(P["host"]), "s3_at_loopback": reach("127.0.0.1")}
+    probe = ray.remote(num_cpus=0)(network)
+    out["network"] = {name: ray.get(probe.options(scheduling_strategy=On(node, soft=False))
+                                    .remote(P["s3_port"]))
+                      for name, node in (("head", head_node), ("worker", worker_node))}
 
     # ingest straight into the bucket, through the CLI, on this cluster
     table = f"s3://{P['bucket']}/tables/crops{P['query']}"
@@ -241,7 +275,7 @@ finally:
 
 
 @pytest.fixture(scope="module")
-def scenario(s3, tmp_path_factory):
+def scenario(s3, net, tmp_path_factory):
     """Runs SCENARIO once; (its RESULT dict, its stdout, the bucket's files afterwards)."""
     import dataclasses
 
@@ -256,13 +290,17 @@ def scenario(s3, tmp_path_factory):
     port = free_port()
     mlflow = _server(["mlflow", "server", "--backend-store-uri",
                       f"sqlite:///{private}/mlflow.db", "--artifacts-destination",
-                      f"s3://{BUCKET}/mlflow", "--host", "127.0.0.1", "--port", str(port),
+                      f"s3://{BUCKET}/mlflow", "--host", net["head"], "--port", str(port),
                       "--workers", "1"], private / "mlflow.log", env)
     try:
         env.pop("MLFLOW_TRACKING_URI", None)
         env["IPB_SCENARIO"] = json.dumps({
             "private": str(private), "source": str(shared / "crops"), "bucket": BUCKET,
-            "query": s3["query"], "mlflow": f"http://127.0.0.1:{port}"})
+            "query": s3["query"], "mlflow": f"http://{net['head']}:{port}",
+            "host": net["head"], "s3_port": s3["port"],
+            "node_ip": net["ns"].node_ip if net["ns"] else net["head"],
+            "netns": net["ns"].prefix if net["ns"] else [],
+            "ifname": net["ns"].link if net["ns"] else ""})
         res, stdout = run_script(private, "s3cluster", SCENARIO, timeout=600, env=env)
         (private / "s3cluster.out").write_text(stdout)       # for a look after a failure
     finally:
@@ -278,6 +316,20 @@ def test_worker_node_shares_no_disk_with_the_head(scenario):
     assert all(views["head"].values()), views
     private, token, source = views["worker"].values()
     assert not private and not token and source, views
+
+
+@pytest.mark.slow
+def test_worker_node_is_on_another_network(scenario, net):
+    """Issue 19: the nodes share no network but the veth link: the worker node's 127.0.0.1 is
+    its own (the head's services are not there), the S3 server answers at the head's address,
+    and the whole scenario (ingest, the refused local storage, the killed and resumed trial,
+    MLflow) ran so: nothing of it assumed 127.0.0.1 or a shared disk."""
+    if net["ns"] is None:
+        pytest.skip(net["why"])
+    head, worker = scenario[0]["network"]["head"], scenario[0]["network"]["worker"]
+    assert head["netns"] != worker["netns"], (head, worker)
+    assert (head["ip"], worker["ip"]) == (net["ns"].head_ip, net["ns"].node_ip)
+    assert worker["s3_at_head"] and not worker["s3_at_loopback"], worker
 
 
 @pytest.mark.slow
