@@ -39,7 +39,16 @@ def sigterm_as_ctrl_c() -> None:
 
     def on_term(signum, frame):
         _STOP["signal"] = signal.SIGTERM
-        os.kill(os.getpid(), signal.SIGINT)
+        # Ctrl-C's Python handler (Tune's in a sweep, else KeyboardInterrupt), called here:
+        # re-sending SIGINT was lost where SIGINT is ignored (`nohup ipb train ... &` from a
+        # script, some schedulers), and such a process went on training after `kill`
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        elif handler is None:             # installed from C: deliver the signal itself
+            os.kill(os.getpid(), signal.SIGINT)
+        else:                             # SIG_IGN / SIG_DFL
+            raise KeyboardInterrupt
     try:
         signal.signal(signal.SIGTERM, on_term)
     except ValueError:         # not the main thread (e.g. a test's worker thread)

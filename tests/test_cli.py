@@ -415,16 +415,22 @@ def test_every_option_of_every_command_has_help():
 
 
 @pytest.mark.timeout(120)
-def test_sigterm_stops_a_command_without_ray_in_one_line(tmp_path):
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_sigterm_stops_a_command_without_ray_in_one_line(tmp_path, sigint):
     """Issue 20: SIGTERM's one-line stop was installed only by commands that start Ray;
-    `ipb synth` (and predict, segment, report, splits) died with no word and exit -15."""
+    `ipb synth` (and predict, segment, report, splits) died with no word and exit -15. And
+    where SIGINT is ignored (`nohup ipb train ... &` from a script, some schedulers) SIGTERM,
+    turned into a SIGINT, was lost: the process trained on after `kill`."""
     import signal
     import subprocess
     import sys
     import time
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint == "ignored" \
+        else None
     proc = subprocess.Popen([sys.executable, "-m", "ipb.cli", "synth", "--out",
                              str(tmp_path / "s"), "--wells", "400", "--size", "1024"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=ignore)
     deadline = time.time() + 60       # until it writes wells: past imports and config
     while time.time() < deadline and proc.poll() is None and not (
             (tmp_path / "s").is_dir() and any((tmp_path / "s").rglob("*.tif*"))):
