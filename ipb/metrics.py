@@ -19,7 +19,7 @@ Conventions, stated once:
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -185,12 +185,6 @@ def min_detectable_difference(sd: float, n_pairs: int, alpha: float = 0.05,
         return math.nan
     return float(stats.t.ppf(1 - alpha / 2, n_pairs - 1) * sd *
                  math.sqrt(1.0 / n_pairs + test_train_ratio))
-
-
-def ttest_per_class(a: Mapping[str, Sequence[float]],
-                    b: Mapping[str, Sequence[float]]) -> dict[str, tuple[float, float]]:
-    """`ttest` for every key the two configurations share (e.g. class names or metric names)."""
-    return {k: ttest(a[k], b[k]) for k in a if k in b}
 
 
 def softmax_average(probs_list) -> np.ndarray:
