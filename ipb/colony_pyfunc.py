@@ -1,12 +1,13 @@
-"""The `colonies` MLflow model (models from code): image paths or arrays -> one row per colony.
+"""The `colonies` MLflow model (models from code): image paths -> one row per colony.
 
     python -c "import mlflow; m = mlflow.pyfunc.load_model('models:/ipb-main-colonies@champion'); print(m.predict(['well.tif']))"
 
 MLflow runs this file when it loads the model (ipb.logged_models logs it with the ipb sources
 as code_paths and the trial's student.pt as artifact `student`); the code is `ipb.predict`'s,
-so a served model answers what `ipb predict` writes to colonies.csv. Input: a list of image
-paths, a DataFrame with a column `image` of paths, or numpy images (grey or RGB, 8/16-bit).
-Params: test_patches (patches averaged per colony, default 5).
+so a served model answers what `ipb predict` writes to colonies.csv. Input (its signature: one
+string column): a list of image paths, or a DataFrame whose one column (e.g. `image`) holds them.
+Params: test_patches (patches averaged per colony, default 5). Numpy images (grey or RGB,
+8/16-bit), which the signature refuses: `model.unwrap_python_model().predict(None, [image])`.
 """
 from __future__ import annotations
 

@@ -5,9 +5,10 @@
 
 Every finished trial logs two models from its student.pt (the run's "Logged models", the
 experiment's Models tab): `student` (mlflow.pytorch: a batch of patches (N, 1, S, S) float32, as
-`ipb.engine.predict_proba` feeds them, -> class logits (N, C); signature and input example) and
-`colonies` (mlflow.pyfunc: image paths or arrays -> one row per colony, segmented and classified
-by `ipb.predict`, the code of `ipb predict`). Both carry the ipb source (code_paths), so they
+`ipb.evaluation.predict_proba` feeds them, -> class logits (N, C); signature and input example) and
+`colonies` (mlflow.pyfunc: image paths -> one row per colony, segmented and classified by
+`ipb.predict`, the code of `ipb predict`; signature: a string column in, colonies.csv's columns
+out, param test_patches). Both carry the ipb source (code_paths), so they
 load wherever the pinned requirements install. At the end of a sweep the `colonies` model of
 its best trial by VALIDATION score (never test) is registered as `<experiment>-colonies` with
 alias `champion`.
@@ -38,12 +39,34 @@ REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "scipy", "scikit-imag
                 "timm", "tqdm")
 
 
-# the `colonies` model has no signature: MLflow's schemas cannot say "paths or images", and
-# one would refuse numpy images; what it takes is in its metadata instead
-COLONY_INPUT = ("a list of image paths, a DataFrame with a column `image` of paths, or numpy "
-                "images (grey or RGB, 8/16-bit); params: test_patches (default 5)")
+# The `colonies` model's signature: image paths, one string each (a served model takes
+# {"inputs": ["a.tif", ...]}), the param test_patches, and the columns of colonies.csv. MLflow's
+# schemas cannot say "a path or an image", so numpy images go through `ipb.predict` (or the
+# loaded model's unwrap_python_model().predict(None, [image])), not through the pyfunc predict
+# the schema checks. No input example: a path does not travel with the model, and MLflow would
+# load the model and predict on it at every trial's logging to check one
+COLONY_INPUT = ("a list of image paths, or a DataFrame whose one column holds them; params: "
+                "test_patches (default 5); numpy images: ipb.predict, or the loaded model's "
+                "unwrap_python_model().predict(None, [image])")
 COLONY_OUTPUT = ("one row per colony: id, image, time, colony, x0, y0, x1, y1, area, area_um2, "
-                 "pixel_size_um, border, class, p_<class>... (ipb predict's colonies.csv)")
+                 "pixel_size_um, border, class, track, class_constrained, p_<class>... "
+                 "(ipb predict's colonies.csv)")
+_COLONY_TYPES = {"id": "long", "image": "string", "time": "long", "colony": "long", "x0": "long",
+                 "y0": "long", "x1": "long", "y1": "long", "area": "long", "area_um2": "double",
+                 "pixel_size_um": "double", "border": "boolean", "class": "string",
+                 "track": "string", "class_constrained": "string"}
+
+
+def colony_signature(classes: list[str]):
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    from ipb.predict import DEFAULT_TEST_PATCHES
+    out = [ColSpec(t, name) for name, t in _COLONY_TYPES.items()]
+    out += [ColSpec("double", f"p_{c}") for c in classes]
+    return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema(out),
+                          params=ParamSchema([ParamSpec("test_patches", "long",
+                                                        DEFAULT_TEST_PATCHES)]))
 
 
 def registered_name(experiment: str) -> str:
@@ -73,7 +96,7 @@ def _active(uri: str, run_id: str):
     quiet_artifact_bars()
     os.environ.setdefault("MLFLOW_RECORD_ENV_VARS_IN_MODEL_LOGGING", "false")
     import logging
-    # "Failed to infer model signature" (the `colonies` model has none, on purpose)
+    # MLflow's notes on signature inference and type hints: both models are logged with one
     logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
     with global_uri(uri), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*input example was not provided",
@@ -124,6 +147,7 @@ def log_student(uri: str, run_id: str, model_file: Path) -> dict[str, str]:
         colonies = mlflow.pyfunc.log_model(
             name="colonies", python_model=str(Path(__file__).with_name("colony_pyfunc.py")),
             artifacts={"student": str(model_file)}, pip_requirements=reqs, code_paths=[code],
+            signature=colony_signature(classes),
             tags=tags, metadata={"input": COLONY_INPUT, "output": COLONY_OUTPUT,
                                  "classes": classes})
     out = {"student": student.model_uri, "colonies": colonies.model_uri}

@@ -170,6 +170,7 @@ def _check_mlflow_as_users_see_it(c, exp, parent, children, uri, tmp_path, monke
     dataset input, system metrics and two logged models; the champion is the best trial by
     validation; `ipb predict models:/...@champion` and the pyfunc model classify an image."""
     import mlflow
+    from mlflow.types import DataType
     import numpy as np
 
     from ipb.cli import main as cli
@@ -210,18 +211,25 @@ def _check_mlflow_as_users_see_it(c, exp, parent, children, uri, tmp_path, monke
     store = Path(uri.removeprefix("sqlite:///")).parent      # the sweep's db and artifacts
     before = {p for p in store.rglob("*") if p.is_file()}
     assert any(store.glob("mlartifacts/**/code/ipb/data/entropy.py"))    # the model's code
+    from PIL import Image
+    Image.fromarray(image).save(tmp_path / "well.png")
     with monkeypatch.context() as m:
         m.setenv("MLFLOW_TRACKING_URI", uri)
-        df = mlflow.pyfunc.load_model(champion["ipb.champion.uri"]).predict([image])
-    assert {"class", "p_A", "x0"} <= set(df.columns)
+        model = mlflow.pyfunc.load_model(champion["ipb.champion.uri"])
+        df = model.predict([str(tmp_path / "well.png")], params={"test_patches": 3})
+        # issue 20: the champion has a signature (image paths in, colonies.csv's columns out,
+        # the param test_patches); numpy images go past the schema check
+        sig = model.metadata.signature
+        assert sig.inputs.input_types() == [DataType.string] and \
+            "test_patches" in sig.params.input_names() and "p_A" in sig.outputs.input_names()
+        same = model.unwrap_python_model().predict(None, [image])
+    assert {"class", "p_A", "x0"} <= set(df.columns) and len(df) == len(same) >= 1
     # issue 20: loading and predicting wrote bytecode and numba caches into the artifact store.
     # MLflow itself still drops `registered_model_meta` (a few bytes, the same each time) into
     # a local store's model directory when a models:/ URI is loaded without dst_path
     written = {p for p in store.rglob("*") if p.is_file()} - before
     assert not [p for p in written if not p.name.startswith("sweep.db")
                 and p.name != "registered_model_meta"], sorted(written)[:5]
-    from PIL import Image
-    Image.fromarray(image).save(tmp_path / "well.png")
     assert cli(["predict", champion["ipb.champion.uri"], str(tmp_path / "well.png"), "--out",
                 str(tmp_path / "pred"), "--tracking-uri", uri]) == 0
     assert (tmp_path / "pred" / "colonies.csv").is_file()
