@@ -236,6 +236,32 @@ def _check_mlflow_as_users_see_it(c, exp, parent, children, uri, tmp_path, monke
 
 
 @pytest.mark.ray
+def test_finished_trials_in_ray_storage_are_logged_again_in_a_new_tracking_store(tiny_sweep,
+                                                                                tmp_path):
+    """`make run` in a second clone (a new mlflow.db, the same ~/ray_results) failed every
+    trial: Ray Train resumed from the finished trial's final checkpoint, which has no
+    state.pt. Now the stored result is logged again, not retrained: the same test scores."""
+    from ipb import tracking
+    from ipb.config import apply
+    from ipb.sweep import run_grid
+    s = tiny_sweep
+    old = tracking.client(s["db"])
+    before = {r.data.tags["ipb.trial_hash"]: r.data.metrics["test.tpr.mean"]
+              for r in old.search_runs([old.get_experiment_by_name("ipb-test").experiment_id])
+              if "ipb.trial_hash" in r.data.tags}
+    db = f"sqlite:///{tmp_path}/second.db"
+    out = run_grid("test", apply(s["cfg"], {"tracking.uri": db}), s["confs"], s["table"],
+                   progress=False)
+    c = tracking.client(db)
+    runs = [r for r in c.search_runs([c.get_experiment_by_name("ipb-test").experiment_id])
+            if "ipb.trial_hash" in r.data.tags]
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs), \
+        [(r.info.run_name, r.info.status) for r in runs]
+    assert {r.data.tags["ipb.trial_hash"]: r.data.metrics["test.tpr.mean"] for r in runs} == before
+    assert out["report"]["markdown"]
+
+
+@pytest.mark.ray
 def test_optuna_search_runs_and_resumes(ray_local, tmp_path):
     """sweeps/search.py's own space, end to end: Optuna samples, ASHA, MLflow child runs with
     the objective, the study stored in <storage>/optuna.db, and a re-run that adds nothing."""
