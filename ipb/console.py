@@ -159,3 +159,25 @@ def progress_callback(total: int, log, every: float = 30.0):
             self._log(trials, trial, "ERROR")
 
     return Progress()
+
+
+def quiet_worker_count_warning() -> None:
+    """Drop the raylet's "WARNING: N PYTHON worker processes have been started ... Nx the
+    maximum expected startup concurrency" in this driver: on a 2-core machine every sweep of
+    2 trials at a time starts 8+ (trial actors, Train controllers, their workers, Ray Train's
+    helper actors), as designed, and the line asks nothing of the user (issue 20). Ray pushes
+    it to the driver with no logger or setting to filter it, so the printer is wrapped
+    (ray._private.worker.print_to_stdstream: the one private API here, and why)."""
+    import ray._private.worker as worker
+    if getattr(worker.print_to_stdstream, "_ipb_quiet", False):
+        return
+    original = worker.print_to_stdstream
+
+    def printer(data, ignore_prefix: bool):
+        if data.get("pid") == "raylet" and any(
+                "PYTHON worker processes have been started" in line
+                for line in data.get("lines", ())):
+            return
+        return original(data, ignore_prefix)
+    printer._ipb_quiet = True
+    worker.print_to_stdstream = printer

@@ -73,6 +73,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
     start_local(ray, **kw)
     if address == "local":
         own_ray_address()
+        from ipb.console import quiet_worker_count_warning
+        quiet_worker_count_warning()
     import threading
     if threading.current_thread() is threading.main_thread():
         from ipb.console import sigterm_as_ctrl_c

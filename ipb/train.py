@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ipb.config import Config, from_dict, to_dict, trial_hash
-from ipb.worker import MODEL_FILE, RESULT_FILE, STATE_FILE, run_worker, write_final
+from ipb.worker import MODEL_FILE, RESULT_FILE, STATE_FILE, run_worker, trial_log, write_final
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -47,7 +47,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if ckpt is not None:
         with ckpt.as_directory() as d:
             if not (Path(d) / STATE_FILE).exists() and (Path(d) / RESULT_FILE).exists():
-                _hand_on_finished(Path(d), rank, config["name"])
+                _hand_on_finished(Path(d), rank, config)
                 return
             resume = torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
 
@@ -90,7 +90,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report(final)
 
 
-def _hand_on_finished(d: Path, rank: int, name: str) -> None:
+def _hand_on_finished(d: Path, rank: int, config: dict[str, Any]) -> None:
     """The run's last checkpoint is this trial's final one (same name, same trial hash): it
     finished, but its MLflow record is gone (a new tracking store, a clone sharing
     ~/ray_results). Its result is reported again for the caller to log; resuming from it
@@ -101,7 +101,7 @@ def _hand_on_finished(d: Path, rank: int, name: str) -> None:
     if rank != 0:
         ray.train.report(final)
         return
-    print(f"[{name}] finished before: its stored result is logged again, not retrained", flush=True)
+    trial_log(config)("finished before: its stored result is logged again, not retrained")
     with tempfile.TemporaryDirectory() as t:
         shutil.copytree(d, t, dirs_exist_ok=True)
         ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(t))

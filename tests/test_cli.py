@@ -220,6 +220,29 @@ def test_a_local_ray_is_the_address_of_everything_its_process_starts(ray_local):
         assert noise not in out.stdout + out.stderr, noise
 
 
+@pytest.mark.timeout(120)
+def test_the_raylet_worker_count_warning_is_not_printed():
+    """Issue 20: `make run` printed "(raylet) WARNING: 8 PYTHON worker processes have been
+    started ... 4x the maximum expected startup concurrency (2)": a 2-core sweep's trial
+    actors, Train controllers and workers, as designed. 16 actors at once on 2 CPUs print it
+    (twice) without ipb's filter."""
+    import os
+    import subprocess
+    import sys
+    code = ("import os; from ipb.runtime import init_ray\n"
+            "ray = init_ray(num_cpus=2, quiet=False)\n"
+            "@ray.remote(num_cpus=0)\n"
+            "class A:\n"
+            "    def ping(self): return os.getpid()\n"
+            "actors = [A.remote() for _ in range(16)]\n"
+            "print(len(set(ray.get([a.ping.remote() for a in actors]))), 'actors', flush=True)\n"
+            "import time; time.sleep(3)")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "RAY_ADDRESS": ""},
+                         capture_output=True, text=True, timeout=100)
+    assert out.returncode == 0 and "16 actors" in out.stdout, out.stderr[-2000:]
+    assert "PYTHON worker processes" not in out.stdout + out.stderr
+
+
 def _name(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
