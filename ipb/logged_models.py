@@ -48,13 +48,12 @@ REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "scipy", "scikit-imag
 COLONY_INPUT = ("a list of image paths, or a DataFrame whose one column holds them; params: "
                 "test_patches (default 5); numpy images: ipb.predict, or the loaded model's "
                 "unwrap_python_model().predict(None, [image])")
-COLONY_OUTPUT = ("one row per colony: id, image, time, colony, x0, y0, x1, y1, area, area_um2, "
-                 "pixel_size_um, border, class, track, class_constrained, p_<class>... "
-                 "(ipb predict's colonies.csv)")
 _COLONY_TYPES = {"id": "long", "image": "string", "time": "long", "colony": "long", "x0": "long",
                  "y0": "long", "x1": "long", "y1": "long", "area": "long", "area_um2": "double",
                  "pixel_size_um": "double", "border": "boolean", "class": "string",
                  "track": "string", "class_constrained": "string"}
+COLONY_OUTPUT = ("one row per colony: " + ", ".join(_COLONY_TYPES)
+                 + ", p_<class>... (ipb predict's colonies.csv)")
 
 
 def colony_signature(classes: list[str]):

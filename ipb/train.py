@@ -21,7 +21,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ipb.config import Config, from_dict, to_dict, trial_hash
 from ipb.worker import MODEL_FILE, RESULT_FILE, STATE_FILE, run_worker, trial_log, write_final
@@ -80,31 +80,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         torch.device("cpu")
     cfg, classes, size, out = run_worker(config, rank=rank, world=world, device=device,
                                          resume=resume, report=report, wrap=wrap)
-    final = {k: v for k, v in out["metrics"].items() if isinstance(v, (int, float))}
-    final["final"] = 1.0
-    if rank == 0:
-        with tempfile.TemporaryDirectory() as d:
-            write_final(Path(d), out, cfg, classes, size, bool(config.get("synthetic")))
-            ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(d))
-    else:
-        ray.train.report(final)
+    _report_final(out["metrics"], rank, lambda d: write_final(
+        d, out, cfg, classes, size, bool(config.get("synthetic"))))
 
 
-def _hand_on_finished(d: Path, rank: int, config: dict[str, Any]) -> None:
-    """The run's last checkpoint is this trial's final one (same name, same trial hash): it
-    finished, but its MLflow record is gone (a new tracking store, a clone sharing
-    ~/ray_results). Its result is reported again for the caller to log; resuming from it
-    failed every trial of `make run` in a fresh clone (no state.pt there)."""
+def _report_final(metrics: dict[str, Any], rank: int, write: Callable[[Path], None]) -> None:
+    """Every rank's last report: the numeric metrics, and on rank 0 the trial's final files
+    (`write` fills a directory) as its checkpoint."""
     import ray.train
-    metrics = json.loads((d / RESULT_FILE).read_text())["metrics"]
     final = {**{k: v for k, v in metrics.items() if isinstance(v, (int, float))}, "final": 1.0}
     if rank != 0:
         ray.train.report(final)
         return
-    trial_log(config)("finished before: its stored result is logged again, not retrained")
-    with tempfile.TemporaryDirectory() as t:
-        shutil.copytree(d, t, dirs_exist_ok=True)
-        ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(t))
+    with tempfile.TemporaryDirectory() as d:
+        write(Path(d))
+        ray.train.report(final, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def _hand_on_finished(d: Path, rank: int, config: dict[str, Any]) -> None:
+    """The run's last checkpoint is this trial's final one (same name and trial hash), and its
+    MLflow record is gone (a new tracking store, a clone sharing ~/ray_results): its result is
+    reported again for the caller to log. Resuming from it failed (no state.pt there)."""
+    if rank == 0:
+        trial_log(config)("finished before: its stored result is logged again, not retrained")
+    _report_final(json.loads((d / RESULT_FILE).read_text())["metrics"], rank,
+                  lambda t: shutil.copytree(d, t, dirs_exist_ok=True))
 
 
 ROW_COLUMNS = ["colony_id", "label", "multi_label", "source", "group", "crop", "mask"]
