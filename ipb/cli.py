@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="one trial (method, arch, fold) on Ray Train -> MLflow run")
     p.add_argument("--table", help="colony table (default: the cached SYNTHETIC table)")
     p.add_argument("--method", help="supervised | mpl | mpl_balanced | ipb | simclr | fixmatch | "
-                                    "abc | contrastive_clustering | simtriplet | gan_balanced")
+                                    "fixmatch_ipb | abc | contrastive_clustering | simtriplet | "
+                                    "gan_balanced")
     p.add_argument("--arch", help="small_cnn | vgg19 | ms_vgg19 | hrnet_w18 | ms_hrnet_w18")
     p.add_argument("--fold", type=int, help="cross-validation fold (0 .. split.folds-1) whose "
                                             "test part is held out (train.fold)")

@@ -31,6 +31,7 @@ IPB_LEARN = "IPB (learn)"
 MPL_ROBUST = "MPL (robust): IPB (robust) without balancing"
 MPL_LEARN = "MPL (learn): IPB (learn) without balancing"
 FIXMATCH, ABC = "FixMatch", "ABC (FixMatch + balanced head)"
+FIXMATCH_IPB = "FixMatch + IPB balancing"
 IPB_ROWS = (IPB_PAPER, IPB_ROBUST, IPB_FINETUNE, IPB_LEARN)
 # each IPB row's twin: the same switches without the pseudo-class balancing
 MPL_TWIN = {IPB_PAPER: MPL, IPB_ROBUST: MPL_ROBUST, IPB_LEARN: MPL_LEARN}
@@ -294,6 +295,7 @@ def build(df: pd.DataFrame, classes: list[str], minority: str, main_fraction: fl
     pairs = [(best, SUPERVISED), (best, MPL_TWIN.get(best, MPL)), (best, MPL),
              (IPB_ROBUST, IPB_PAPER)] if best else []
     pairs += [(best, r) for r in (FIXMATCH, ABC, IPB_ROBUST) if best and r != best]
+    pairs.append((FIXMATCH_IPB, FIXMATCH))     # IPB's balancing on a FixMatch student
     pairs += [(ipb, twin) for ipb, twin in MPL_TWIN.items()]
     pairs += [(r, SUPERVISED) for r in dict.fromkeys(main["label"])
               if r not in (SUPERVISED, best)]

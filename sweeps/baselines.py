@@ -17,8 +17,8 @@ from ipb.config import apply
 from ipb.sweep import configuration_label
 from ipb.sweep_cli import main
 
-METHODS = ("supervised", "mpl", "mpl_balanced", "ipb", "simclr", "fixmatch", "abc",
-           "contrastive_clustering", "simtriplet", "gan_balanced")
+METHODS = ("supervised", "mpl", "mpl_balanced", "ipb", "simclr", "fixmatch", "fixmatch_ipb",
+           "abc", "contrastive_clustering", "simtriplet", "gan_balanced")
 # variants that need their own row name (configuration_label names method and arch only)
 VARIANTS = ((" (Hungarian)", {"method.name": "contrastive_clustering",
                               "method.cc_eval": "hungarian"}),

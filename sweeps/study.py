@@ -16,6 +16,9 @@ one Tune trial and one MLflow child run each, under one parent run in experiment
                              sharpened targets, full lr, 2 passes over U, normalised h, fine-tune)
   MPL (learn)                the same switches without the pseudo-class balancing
   FixMatch, ABC              the anchors, from the supervised row's model like MPL/IPB
+  FixMatch + IPB balancing   FixMatch whose unlabeled epochs are balanced by its own
+                             pseudo-classes (ipb/methods/fixmatch_ipb.py): the balancing's
+                             effect on a student without MPL, against the FixMatch row
 `--calibrate` runs only supervised at 1/2/5/10/50 % labelled on a development partition
 (split seed 1) and names the fraction the rule picks (CALIBRATION, HEADROOM below): run it on
 new data before any SSL row. `--curve` adds supervised, MPL and IPB (learn) at sweep.fractions
@@ -34,7 +37,7 @@ import time
 from pathlib import Path
 
 from ipb.config import PRESETS, Config, flatten, to_dict
-from ipb.study import ABC, FIXMATCH, IPB_FINETUNE, IPB_LEARN, IPB_PAPER, IPB_ROBUST, MPL, \
+from ipb.study import ABC, FIXMATCH, FIXMATCH_IPB, IPB_FINETUNE, IPB_LEARN, IPB_PAPER, IPB_ROBUST, MPL, \
     MPL_BALANCED, MPL_LEARN, MPL_ROBUST, SUPERVISED, TOP_FRACTION, curve_label, study_report
 from ipb.inputs import resolve_table
 from ipb.sweep import run_grid
@@ -172,7 +175,8 @@ def configurations(cfg, ablation: bool = False, related: bool = False,
     rows += [{"_label": IPB_ROBUST, **robust}, ipb,
              {"_label": MPL_LEARN, "method.name": "mpl", "method.preset": "learn"},
              {"_label": FIXMATCH, "method.name": "fixmatch"},
-             {"_label": ABC, "method.name": "abc"}]
+             {"_label": ABC, "method.name": "abc"},
+             {"_label": FIXMATCH_IPB, "method.name": "fixmatch_ipb"}]
     rows += [r for r in extra if r["method.name"] != "supervised"]
     if ablation:
         rows += [mpl, {"_label": IPB_PAPER, "method.name": "ipb"},

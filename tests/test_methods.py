@@ -125,10 +125,14 @@ class SkewedTeacher(torch.nn.Module):
         return logits, logits
 
 
-def test_ipb_epoch_histogram_near_uniform(parts):
-    cfg = cfg_for("ipb", "augment.normalize=false")
-    m = create_method("ipb", cfg, 3)
-    m.teacher = SkewedTeacher()
+@pytest.mark.parametrize("method, pseudo_labeller", [("ipb", "teacher"),
+                                                     ("fixmatch_ipb", "model")])
+def test_ipb_epoch_histogram_near_uniform(method, pseudo_labeller, parts):
+    """IPB's teacher, or fixmatch_ipb's own network, predicts class 0 for most colonies;
+    the epoch drawn is balanced over the classes it predicts."""
+    cfg = cfg_for(method, "augment.normalize=false")
+    m = create_method(method, cfg, 3)
+    setattr(m, pseudo_labeller, SkewedTeacher())
     epoch = m.num_epochs() - 1
     u = parts["unlabeled"]
     rng = np.random.default_rng(0)
@@ -140,6 +144,17 @@ def test_ipb_epoch_histogram_near_uniform(parts):
     assert pseudo.max() > 0.5            # the teacher is skewed
     assert np.all(np.abs(drawn[present] - 1 / present.sum()) < 0.2)
     assert len(plan["order"]) == len(u) and len(plan["positions"]) == len(u)
+    assert 0 <= plan["stats"]["ipb.pseudo_acc"] <= 1
+
+
+def test_fixmatch_epoch_is_a_plain_shuffle(parts):
+    """The control of fixmatch_ipb: FixMatch draws every unlabeled colony once, unbalanced."""
+    m = create_method("fixmatch", cfg_for("fixmatch"), 3)
+    m.model = SkewedTeacher()
+    u = parts["unlabeled"]
+    plan = plan_unlabeled_epoch(m, m.num_epochs() - 1, u, CLASSES, cfg_for("fixmatch"), "cpu",
+                                np.random.default_rng(0), torch.Generator().manual_seed(0))
+    assert sorted(plan["order"]) == list(range(len(u))) and plan["stats"] == {}
 
 
 @pytest.mark.parametrize("sign, expected", [("new_minus_old", 0.3), ("old_minus_new", -0.3)])

@@ -19,9 +19,11 @@ from tiny import TINY, tiny_rows
 
 CLASSES = ["A", "B", "C"]
 SIZE = 32
-NEW = ("fixmatch", "abc", "contrastive_clustering", "simtriplet", "gan_balanced")
+NEW = ("fixmatch", "fixmatch_ipb", "abc", "contrastive_clustering", "simtriplet",
+       "gan_balanced")
 # the network(s) each phase trains: every parameter of them must get a gradient every step
 TRAINED = {("fixmatch", "supervised"): ("model",), ("fixmatch", "mpl"): ("model",),
+           ("fixmatch_ipb", "supervised"): ("model",), ("fixmatch_ipb", "mpl"): ("model",),
            ("abc", "supervised"): ("model",), ("abc", "mpl"): ("abc_net",),
            ("contrastive_clustering", "clustering"): ("net",),
            ("contrastive_clustering", "supervised"): ("model_ddp",),
@@ -222,9 +224,10 @@ def test_gan_tops_up_minorities_and_reports_a_grid_and_realism(parts):
 
 def test_which_methods_start_from_the_supervised_row():
     key = {m: teacher_key(load_config("study", [f"method.name={m}"]))
-           for m in ("mpl", "ipb", "fixmatch", "abc", "gan_balanced", "simtriplet",
-                     "contrastive_clustering", "simclr")}
-    assert key["mpl"] == key["ipb"] == key["fixmatch"] == key["abc"] is not None
+           for m in ("mpl", "ipb", "fixmatch", "fixmatch_ipb", "abc", "gan_balanced",
+                     "simtriplet", "contrastive_clustering", "simclr")}
+    assert key["mpl"] == key["ipb"] == key["fixmatch"] == key["fixmatch_ipb"] == key["abc"] \
+        is not None
     assert key["gan_balanced"] is key["simtriplet"] is key["contrastive_clustering"] is None
     partial = teacher_key(load_config("study", ["method.name=ipb",
                                                 "method.multi_label_loss=partial"]))

@@ -2,6 +2,7 @@
 local Ray: trials become child runs of one parent, re-running skips them (no duplicates)."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -79,7 +80,12 @@ def test_study_rows_pair_every_row_with_its_supervised_teacher():
     # the default study: FixMatch and ABC, IPB (learn) and its twin without balancing
     labels = [r["_label"] for r in mod.configurations(cfg)]
     assert {"FixMatch", "IPB (learn)", "MPL (learn): IPB (learn) without balancing",
-            "supervised (50% labeled)"} <= set(labels)
+            "supervised (50% labeled)", "FixMatch + IPB balancing"} <= set(labels)
+    # FixMatch + IPB balancing is the FixMatch row but for the method: the balancing's effect
+    fm = {t.label: t.cfg for t in trials if t.cfg.train.fold == 0}
+    a, b = fm["FixMatch"], fm["FixMatch + IPB balancing"]
+    assert a.method.name == "fixmatch" and b.method.name == "fixmatch_ipb"
+    assert dataclasses.replace(b, method=dataclasses.replace(b.method, name="fixmatch")) == a
 
 
 def test_ablation_is_table_2():

@@ -11,6 +11,7 @@ from ipb.methods.base import PHASE_INPUTS, Method, create_method, list_methods, 
 # importing registers them
 from ipb.methods import supervised, mpl, ipb, simclr  # noqa: E402,F401
 from ipb.methods import fixmatch, abc, contrastive_clustering, simtriplet  # noqa: E402,F401
+from ipb.methods import fixmatch_ipb  # noqa: E402,F401
 from ipb.methods import gan_balanced  # noqa: E402,F401
 
 __all__ = ["PHASE_INPUTS", "Method", "create_method", "list_methods", "method_class",

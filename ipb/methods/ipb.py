@@ -55,17 +55,23 @@ def balanced_epoch(classes: torch.Tensor, pool, prefix: str = "ipb") -> tuple[np
     return draw["indices"].numpy(), stats
 
 
+def pseudo_balanced_epoch(proba: torch.Tensor, pool) -> tuple[np.ndarray, dict]:
+    """IPB's epoch from a pseudo-labeller's per-colony softmax `proba`: balanced by its argmax,
+    with the pseudo-labels' accuracy where U's classes are known (`ipb.pseudo_acc`)."""
+    pseudo = proba.argmax(dim=1)
+    order, stats = balanced_epoch(pseudo, pool)
+    known = pool.y >= 0
+    agree = global_sum(int((pseudo.numpy()[known] == pool.y[known]).sum()))
+    stats["ipb.pseudo_acc"] = agree / max(1.0, global_sum(int(known.sum())))
+    return order, stats
+
+
 @register_method
 class IPB(MPL):
     name = "ipb"
 
     def resample(self, pool):
-        pseudo = self.colony_pseudo(pool).argmax(dim=1)
-        order, stats = balanced_epoch(pseudo, pool)
-        known = pool.y >= 0
-        agree = global_sum(int((pseudo.numpy()[known] == pool.y[known]).sum()))
-        stats["ipb.pseudo_acc"] = agree / max(1.0, global_sum(int(known.sum())))
-        return order, stats
+        return pseudo_balanced_epoch(self.colony_pseudo(pool), pool)
 
 
 @register_method
