@@ -40,7 +40,8 @@ def search_driver(config: dict[str, Any]) -> None:
 
     from ipb import tracking
     from ipb.console import quiet_sigterm_exit
-    from ipb.train import fit, table_data
+    from ipb.shared_table import table_data
+    from ipb.train import fit
     quiet_sigterm_exit()
     base = from_dict(config["base"])
     # OptunaSearch puts the sampled values next to the fixed keys of the param space

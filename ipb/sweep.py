@@ -100,12 +100,13 @@ def tune_run_config(name: str, base: Config, callbacks: list):
 
 def trial_driver(config: dict[str, Any]) -> None:
     """One Tune trial: a TorchTrainer fit that reports every epoch to Tune, on the sweep's
-    table as put in the object store once for all trials (`ipb.train.shared_table`)."""
+    table as put in the object store once for all trials (`ipb.shared_table`)."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from ipb.console import quiet_sigterm_exit
-    from ipb.train import fit, table_data
+    from ipb.shared_table import table_data
+    from ipb.train import fit
     quiet_sigterm_exit()
     # MLflow prints a "View run at http://..." link per run against a server; in a sweep that
     # is a line per trial, and the local server's port is gone when the sweep ends
@@ -188,7 +189,7 @@ def run_sweep(kind: str, base: Config, table: Path | str, sweep_hash: str,
     from ipb.mlflow_server import writers
     from ipb.report import log_report
     from ipb.runtime import check_storage, init_ray
-    from ipb.train import shared_table
+    from ipb.shared_table import shared_table
 
     init_ray(quiet=not progress)
     check_storage(base)

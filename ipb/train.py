@@ -2,8 +2,8 @@
 
     ipb train --method ipb --arch ms_hrnet_w18 --fold 0 [--table TABLE] [--profile smoke] [k=v ...]
 
-The colony table goes into the Ray object store once (`put_table`; a sweep does it once for
-all its trials) as an Arrow table; the driver splits it (fold, labeled fraction) into row
+The colony table goes into the Ray object store once (`ipb.shared_table.put_table`; a sweep
+does it once for all its trials) as an Arrow table; the driver splits it (fold, labeled fraction) into row
 indices, and every worker reads its shard's rows out of that one copy (unlabeled / val / test by
 rank, labeled whole) and runs `ipb.engine.run_trial` under DDP (gloo on CPU, NCCL on GPU). Rank
 0 checkpoints every epoch to `train.storage` (a path, or s3:// / gs:// that every node reaches);
@@ -12,18 +12,17 @@ does re-running the same command (same `train.storage` / run name).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 from ipb.config import Config, from_dict, to_dict, trial_hash
+from ipb.shared_table import put_table
 from ipb.worker import MODEL_FILE, RESULT_FILE, STATE_FILE, run_worker, trial_log, write_final
 
 
@@ -105,78 +104,6 @@ def _hand_on_finished(d: Path, rank: int, config: dict[str, Any]) -> None:
         trial_log(config)("finished before: its stored result is logged again, not retrained")
     _report_final(json.loads((d / RESULT_FILE).read_text())["metrics"], rank,
                   lambda t: shutil.copytree(d, t, dirs_exist_ok=True))
-
-
-ROW_COLUMNS = ["colony_id", "label", "multi_label", "source", "group", "crop", "mask"]
-SPLIT_COLUMNS = ["colony_id", "label", "multi_label", "source", "group"]
-
-
-def put_table(table: Path | str) -> dict[str, Any]:
-    """Read the colony table once and put it in the Ray object store: {"table": location,
-    "manifest", "meta": the split's columns (a DataFrame, small), "rows": ObjectRef of an Arrow
-    table of every column the workers read, in meta's row order}. A sweep shares one for all
-    its trials (`shared_table`), so the object store holds one copy whatever
-    `sweep.max_concurrent` is. Not Ray Data: its datasets cost every trial a DatasetManager
-    actor, a stats actor's work and a streaming executor in each worker (~6 CPU-s a trial on 2
-    cores, benchmarks/sweep.py), and read tasks could starve behind workers holding every CPU."""
-    import pyarrow as pa
-    import ray
-
-    from ipb.data.table import load_colonies, read_manifest
-
-    manifest = read_manifest(table)
-    rows = load_colonies(table, columns=ROW_COLUMNS)
-    ref = ray.put(pa.Table.from_pandas(rows, preserve_index=False))
-    return {"table": str(table), "manifest": manifest, "meta": rows[SPLIT_COLUMNS], "rows": ref}
-
-
-class _TableHolder:
-    """Holds a sweep's `put_table` for its trials (an actor: see `shared_table`), and the
-    whole table decoded into a ColonyBank per patch size, built on the first trial's request:
-    decoding 17.9k colonies cost every trial ~25 s on 2 cores, now the sweep pays it once."""
-
-    def __init__(self, data: dict[str, Any]):
-        self.data = data
-        self.banks: dict[int, Any] = {}
-
-    def get(self) -> dict[str, Any]:
-        return self.data
-
-    def bank(self, size: int) -> list:
-        """[ObjectRef of ColonyBank.arrays()] of the whole table (meta's row order); in a
-        list, so that the caller gets the reference (owned here, alive with the sweep)."""
-        if size not in self.banks:
-            import ray
-
-            from ipb.data.patches import ColonyBank
-            rows = ray.get(self.data["rows"]).select(["crop", "mask"]).to_pylist()
-            self.banks[size] = ray.put(ColonyBank.from_rows(rows, size).arrays())
-        return [self.banks[size]]
-
-
-@contextlib.contextmanager
-def shared_table(table: Path | str):
-    """The table in the object store once for every trial of a sweep, freed on exit. Yields
-    the name under which trials find it (`table_data`). The reference is held by a named
-    actor on this node: a reference handed to Tune itself (with_parameters, the param space)
-    is pickled out of band, which pins the object until this process exits."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    name = f"ipb-table-{uuid.uuid4().hex[:12]}"
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    holder = ray.remote(_TableHolder).options(name=name, num_cpus=0, scheduling_strategy=here
-                                              ).remote(put_table(table))
-    try:
-        yield name
-    finally:
-        ray.kill(holder)
-
-
-def table_data(name: str) -> dict[str, Any]:
-    """The `put_table` dict that `shared_table` published under `name` (+ "holder": name)."""
-    import ray
-    return {**ray.get(ray.get_actor(name).get.remote()), "holder": name}
 
 
 def prepare_parts(cfg: Config, data: dict[str, Any]):

@@ -100,19 +100,19 @@ def worker_parts(config: dict[str, Any], rank: int, world: int):
     import ray
     import torch
 
-    from ipb.data.patches import ColonyBank
     from ipb.engine import Part, patch_size
+    from ipb.shared_table import node_bank
     cfg = from_dict(config["cfg"])
     classes = config["classes"]
     torch.set_num_threads(max(1, cfg.train.cpus_per_worker))
     size = patch_size(cfg)
     # zero-copy: an Arrow table from the object store maps its buffers; in a sweep the colonies
-    # come decoded from its table holder (once per sweep), else each worker decodes its shard
+    # come decoded once per node for the sweep (ipb.shared_table), else each worker decodes
+    # its shard
     table = ray.get(config["parts"]["rows"])
     bank = None
-    if config["parts"].get("holder"):
-        [ref] = ray.get(ray.get_actor(config["parts"]["holder"]).bank.remote(size))
-        bank = ColonyBank.from_arrays(ray.get(ref))
+    if config["parts"].get("holder"):        # decoded once on this node for the sweep
+        bank = node_bank(config["parts"]["holder"], size)
     parts = {}
     for name, index in config["parts"]["index"].items():
         idx = shard(index, name, rank, world)

@@ -16,8 +16,9 @@ skipped with the reason. In that scenario:
   both nodes; SOURCE is in a directory both see, as a shared file system would be);
 - a sweep with `train.storage` a local path fails before any training, naming the setting;
 - the same sweep on `s3://` trains one trial with 2 workers (one per node) from that table read
-  in place; once a checkpoint is in the bucket the Ray Train worker on the worker node is killed
-  (SIGKILL), and the trial resumes from the bucket; a re-run adds no MLflow run.
+  in place; once a checkpoint is in the bucket every process of the worker node is killed
+  (SIGKILL: a reclaimed spot machine) and a new worker node started in its place; the trial
+  resumes from the bucket, each node decoding the table itself; a re-run adds no MLflow run.
 Offline: every KubeRay manifest against the CRD schemas of shared/schemas/kuberay-v1.7.0
 (unknown fields refused, as `kubectl apply` does) and the operator's extra rules listed there
 (tests/kuberay_rules.py), and the Optuna study storages.
@@ -131,31 +132,50 @@ def runs(experiment):
     exp = c.get_experiment_by_name(experiment)
     return [] if exp is None else c.search_runs([exp.experiment_id])
 
-def kill_worker_node_trainer(fs, root, worker, stop):
+def kill_worker_node(fs, root, worker, stop):
     """Once Ray Train has registered a checkpoint (its checkpoint manager's snapshot is in the
-    bucket; a checkpoint uploaded before every rank reported is not one yet), SIGKILL the Ray
-    Train worker of the worker node."""
+    bucket; a checkpoint uploaded before every rank reported is not one yet) and the worker
+    node trains, SIGKILL every process of that node at once (raylet, object store, agents,
+    workers: a reclaimed spot machine), then start a new worker node in its place, as the
+    autoscaler would: a fresh mount namespace, nothing of the old node's disk or store."""
     while not stop.is_set():
         files = [i.path for i in fs.get_file_info(pafs.FileSelector(root, recursive=True,
                                                                      allow_not_found=True))
                  if "/tune/" not in i.path]
         ckpts = [f for f in files if "/checkpoint_" in f]
         known = any(f.endswith("/checkpoint_manager_snapshot.json") for f in files)
-        pids = pids_in_namespace(worker.pid, "RayTrainWorker") if known and ckpts else []
-        if pids:
+        trainers = pids_in_namespace(worker.pid, "RayTrainWorker") if known and ckpts else []
+        if trainers:
+            pids = pids_in_namespace(worker.pid, "")
             for pid in pids:
-                os.kill(pid, signal.SIGKILL)
-            out["killed"] = {"pids": pids, "checkpoints_then": sorted(ckpts), "at": stamp()}
-            log(f"killed Ray Train worker(s) {pids} on the worker node")
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            out["killed"] = {"pids": pids, "trainers": trainers, "node": P["worker_node"],
+                             "checkpoints_then": sorted(ckpts), "at": stamp()}
+            log(f"killed the worker node: {len(pids)} processes, Ray Train worker(s) {trainers}")
+            args, _, env, wrap = CLUSTER._launched[worker]
+            start(args, "worker2", env=env, wrap=wrap)
             return
         time.sleep(0.3)
+
+def watch_node_banks(stop):
+    """The sweep's per-node bank actors (ipb.shared_table), as they appear."""
+    seen = set()
+    while not stop.is_set():
+        seen |= {a for a in ray.util.list_named_actors() if "-bank-" in a}
+        out["node_banks"] = sorted(seen)
+        time.sleep(0.2)
 
 try:
     port = free_port()
     address = f"{P['host']}:{port}"
     if P["ifname"]:     # gloo (DDP on CPU) binds where the hostname resolves: not this link
         CLUSTER.env["GLOO_SOCKET_IFNAME"] = P["ifname"]
+    # ipb_driver: trial drivers on the head, as the cluster configs do (ipb/sweep.py)
     start(["--head", f"--node-ip-address={P['host']}", f"--port={port}", "--num-cpus=1",
+           '--resources={"ipb_driver": 1000}',
            f"--temp-dir={ROOT}/head", "--include-dashboard=false",
            f"--ray-client-server-port={free_port()}"], "head")
     connect(address, log_to_driver=True)
@@ -246,13 +266,18 @@ try:
     cfg = load_config("smoke", base + [f"train.storage={storage}"])
     fs, root = pafs.FileSystem.from_uri(storage)
     stop = threading.Event()
-    killer = threading.Thread(target=kill_worker_node_trainer, args=(fs, root, worker, stop),
+    P["worker_node"] = worker_node
+    killer = threading.Thread(target=kill_worker_node, args=(fs, root, worker, stop),
                               daemon=True)
     killer.start()
+    watcher = threading.Thread(target=watch_node_banks, args=(stop,), daemon=True)
+    watcher.start()
     t = time.monotonic()
     run_grid("s3", cfg, [{}], table)
     stop.set()
     out["sweep_s"] = round(time.monotonic() - t, 1)
+    out["nodes"] = {"head": head_node, "worker": worker_node,
+                    "alive_after": [n["NodeID"] for n in ray.nodes() if n["Alive"]]}
     first = runs("ipb-s3")
     t = time.monotonic()
     run_grid("s3", cfg, [{}], table)
@@ -358,7 +383,7 @@ def test_local_storage_fails_before_training_naming_the_setting(scenario):
 
 
 @pytest.mark.slow
-def test_s3_trial_checkpoints_in_the_bucket_and_resumes_a_killed_worker(scenario):
+def test_s3_trial_checkpoints_in_the_bucket_and_resumes_after_a_lost_node(scenario):
     res, _, listing = scenario
     trials = [r for r in res["runs"] if r["role"] == "trial"]
     assert len(trials) == 1 and trials[0]["status"] == "FINISHED", res["runs"]
@@ -367,7 +392,15 @@ def test_s3_trial_checkpoints_in_the_bucket_and_resumes_a_killed_worker(scenario
     assert sorted(set(trial["epochs"])) == list(range(8)), trial["epochs"]
     assert {"confusion_test.png", "result.json", "model"} <= set(trial["artifacts"])
     killed = res.get("killed")
-    assert killed and killed["checkpoints_then"], "no Ray Train worker was killed"
+    assert killed and killed["checkpoints_then"], "the worker node was not killed"
+    assert killed["trainers"] and set(killed["trainers"]) <= set(killed["pids"])
+    # the node is gone and a new one took its place
+    nodes = res["nodes"]
+    assert nodes["worker"] not in nodes["alive_after"] and len(nodes["alive_after"]) == 2
+    replacement = (set(nodes["alive_after"]) - {nodes["head"]}).pop()
+    # each node that trained decoded the table itself (ipb.shared_table), the new one too
+    banks = {name.rsplit("-bank-", 1)[1] for name in res["node_banks"]}
+    assert banks == {nodes["head"], nodes["worker"], replacement}, (banks, nodes)
     # the restarted worker group loaded a checkpoint from the bucket (no other copy exists)
     assert trial["resumed_from"] is not None, "the restarted workers started from scratch"
     resumed = int(trial["resumed_from"])

@@ -149,8 +149,9 @@ def test_two_sweeps_at_once_train_a_trial_once(ray_local, table, tmp_path):
     FINISHED runs of one hash). Here two drivers of one trial at once (as two sweeps' Tune
     trials are): one trains, the other waits for its claim and then skips the FINISHED trial."""
     from ipb.config import load_config
+    from ipb.shared_table import put_table
     from ipb.sweep import expand
-    from ipb.train import fit, put_table
+    from ipb.train import fit
     db = f"sqlite:///{tmp_path}/m.db"
     cfg = load_config("smoke", [*_overrides(tmp_path, "train.epochs=3"), f"tracking.uri={db}",
                                 "method.name=supervised"])

@@ -1,6 +1,8 @@
 """One trial on the shared local Ray cluster: 2 DDP workers, MLflow run, kill-and-resume."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from ipb.config import load_config
@@ -114,3 +116,36 @@ def test_inline_runner_resumes_a_failed_trial_from_its_checkpoint(ray_local, tmp
     assert int(run.data.tags["ipb.n_config_params"]) > 50 and "ipb.n_params" not in run.data.tags
     with pytest.raises(Exception, match="train.num_workers=1"):
         _run(_cfg(tmp_path, table, "supervised", "train.runner=inline", "train.num_workers=2"))
+
+
+def test_a_sweep_decodes_its_table_once_per_node(ray_local, table):
+    """Workers on one node share one ColonyBank per patch size, built by that node's
+    _NodeBank (the compressed table crosses the network, not the decoded bank), and the node
+    banks end with the sweep's table holder."""
+    import numpy as np
+    import ray
+    from ipb.data.patches import ColonyBank
+    from ipb.data.table import load_colonies
+    from ipb.shared_table import bank_name, node_bank, shared_table
+
+    def alive():
+        return [a for a in ray.util.list_named_actors() if "-bank-" in a]
+
+    @ray.remote(num_cpus=0)
+    def worker(holder, size):
+        bank = node_bank(holder, size)
+        return len(bank), bank.size, bank.crop(0).copy(), ray.get_runtime_context().get_node_id()
+
+    with shared_table(table) as name:
+        first, second = ray.get([worker.remote(name, 32), worker.remote(name, 32)])
+        assert first[3] == second[3] and alive() == [bank_name(name, first[3])]
+        other = ray.get(worker.remote(name, 48))      # another patch size: the same actor
+        assert len(alive()) == 1
+    rows = load_colonies(table, columns=["crop", "mask"]).to_dict("records")
+    for n, size, crop0, _ in (first, second, other):
+        assert n == len(rows) and size in (32, 48)
+        assert np.array_equal(crop0, ColonyBank.from_rows(rows[:1], size).crop(0))
+    deadline = time.monotonic() + 30
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not alive(), "the node banks outlived the sweep"
