@@ -261,6 +261,19 @@ try:
                                  "s": round(time.monotonic() - t, 1)}
     out["local"]["runs"] = len(runs("ipb-s3"))
     log(f"local storage refused: {out['local']['sweep'].get('type')}")
+    # fault 6: a SQLite tracking URI on nodes at two addresses (the sweep's own MLflow server
+    # would hand the worker node http://127.0.0.1, which there is that node itself)
+    sqlite = load_config("smoke", base + [f"train.storage=s3://{P['bucket']}/ray{P['query']}",
+                                          f"tracking.uri=sqlite:///{P['private']}/local.db",
+                                          "sweep.max_concurrent=2"])
+    t = time.monotonic()
+    try:
+        run_grid("s3", sqlite, [{}], table)
+        out["sqlite"] = {"error": None}
+    except Exception as e:
+        out["sqlite"] = {"type": type(e).__name__, "error": str(e),
+                         "s": round(time.monotonic() - t, 1)}
+    log(f"sqlite tracking refused: {out['sqlite'].get('type')}")
 
     storage = f"s3://{P['bucket']}/ray{P['query']}"
     cfg = load_config("smoke", base + [f"train.storage={storage}"])
@@ -380,6 +393,17 @@ def test_local_storage_fails_before_training_naming_the_setting(scenario):
         assert "train.storage=" in err["error"] and "s3://BUCKET" in err["error"], err
         assert "1 of the 2 nodes" in err["error"] and err["s"] < 60, err
     assert local["runs"] == 0, "the refused sweep created MLflow runs"
+
+
+@pytest.mark.slow
+def test_sqlite_tracking_is_refused_when_the_nodes_are_at_two_addresses(scenario, net):
+    """Fault 6 on nodes really apart: refused before any trial, naming the way out."""
+    if net["ns"] is None:
+        pytest.skip(f"the nodes share one address here: {net['why']}")
+    err = scenario[0]["sqlite"]
+    assert err.get("type") == "ConfigError", err
+    assert "SQLite file on this machine" in err["error"] and "mlflow server" in err["error"]
+    assert err["s"] < 60, err
 
 
 @pytest.mark.slow

@@ -10,11 +10,14 @@ from ipb.config.schema import MethodConfig
 
 # Profiles are override lists on top of the dataclass defaults (= the paper's numbers).
 PROFILES: dict[str, dict[str, Any]] = {
-    # the teacher is pre-trained as long as the supervised CNN trains (PAPER.md section 6)
+    # the teacher is pre-trained as long as the supervised CNN trains (PAPER.md section 6).
+    # The cluster's profile: a trial's weights go to MLflow once (model/student.pt), and the
+    # sweep logs the `student` and `colonies` models of its champion alone; every trial's
+    # (tracking.log_models=every) is three copies of its weights through one MLflow server
     "paper": {"profile": "paper", "split.folds": 10, "sweep.folds": list(range(10)),
               "method.teacher_pretrain_epochs": 200,
               "train.use_gpu": True, "sweep.max_concurrent": 8, "train.num_workers": 1,
-              "train.cpus_per_worker": 6},
+              "train.cpus_per_worker": 6, "tracking.log_models": "champion"},
     # the main job (`ipb run`): 1,200 SYNTHETIC colonies, the small fast network at 48 px and
     # budgets at which the supervised CNN is well above chance in ~30 s of CPU; 20 % test
     # colonies (~240 a fold) so that a row is not decided by one minority colony
