@@ -6,6 +6,7 @@
     ipb ingest wells/ --out table/ --labels wells/labels.csv
     ipb splits table/ --fold 0
     ipb config --profile paper train.epochs=10
+    ipb methods                  # the registered methods, one line each
     ipb predict RUN_ID_OR_student.pt images/ --out pred/
     ipb predict "models:/ipb-main-colonies@champion" images/ --out pred/
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+from ipb.method_catalog import names as method_names
 
 
 def _common(p: argparse.ArgumentParser, overrides: bool = True) -> None:
@@ -31,6 +34,12 @@ def _config(args, extra: dict | None = None):
     from ipb.config import load_config, parse_overrides
     ov = parse_overrides(getattr(args, "overrides", []) or [])
     return load_config(args.profile, {**(extra or {}), **ov})
+
+
+def cmd_methods(args) -> int:
+    from ipb.method_catalog import markdown, text
+    print(markdown() if args.markdown else text())
+    return 0
 
 
 def cmd_config(args) -> int:
@@ -219,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(fn=cmd_run)
 
+    p = sub.add_parser("methods", help="the registered methods (method.name), one line each")
+    p.add_argument("--markdown", action="store_true", help="as the README's table")
+    p.set_defaults(fn=cmd_methods)
+
     p = sub.add_parser("config", help="print the resolved configuration as YAML")
     _common(p)
     p.set_defaults(fn=cmd_config)
@@ -260,9 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="one trial (method, arch, fold) on Ray Train -> MLflow run")
     p.add_argument("--table", help="colony table (default: the cached SYNTHETIC table)")
-    p.add_argument("--method", help="supervised | mpl | mpl_balanced | ipb | simclr | fixmatch | "
-                                    "fixmatch_ipb | abc | contrastive_clustering | simtriplet | "
-                                    "gan_balanced")
+    p.add_argument("--method", help=" | ".join(method_names()) + " (`ipb methods` says what "
+                                    "each is)")
     p.add_argument("--arch", help="small_cnn | vgg19 | ms_vgg19 | hrnet_w18 | ms_hrnet_w18")
     p.add_argument("--fold", type=int, help="cross-validation fold (0 .. split.folds-1) whose "
                                             "test part is held out (train.fold)")

@@ -3,10 +3,10 @@
     python sweeps/baselines.py [--profile smoke|paper|FILE] [--data DIR] [key=value ...]
     ray job submit --working-dir . -- python sweeps/baselines.py --profile paper --data s3://...
 
-Rows: supervised, MPL (imbalanced), MPL (balanced), IPB and SimCLR (the paper); FixMatch and
-ABC (USB's imbalance-aware FixMatch), Contrastive Clustering fine-tuned on L and mapped by
-Hungarian matching, SimTriplet, GAN minority balancing, and the supervised CNN with partial
-labels (multi-label colonies in L). Every trial is an MLflow child run of one parent run in
+Rows: every registered method (`ipb methods`: the paper's supervised, MPL (imbalanced), MPL
+(balanced), IPB and SimCLR; FixMatch, FixMatch + IPB balancing, ABC, Contrastive Clustering,
+SimTriplet, GAN minority balancing), plus Contrastive Clustering mapped by Hungarian matching
+and the supervised CNN with partial labels (multi-label colonies in L). Every trial is an MLflow child run of one parent run in
 experiment `ipb-baselines`; the comparison table (per-class TPR and F1) ends up on the parent
 run and is printed at the end. The study's `--related` rows are the same methods on paired
 (fold, seed) runs with equal budgets (sweeps/study.py).
@@ -14,11 +14,11 @@ run and is printed at the end. The study's `--related` rows are the same methods
 import sys
 
 from ipb.config import apply
+from ipb.method_catalog import names as method_names
 from ipb.sweep import configuration_label
 from ipb.sweep_cli import main
 
-METHODS = ("supervised", "mpl", "mpl_balanced", "ipb", "simclr", "fixmatch", "fixmatch_ipb",
-           "abc", "contrastive_clustering", "simtriplet", "gan_balanced")
+METHODS = tuple(method_names())     # every registered method, supervised first
 # variants that need their own row name (configuration_label names method and arch only)
 VARIANTS = ((" (Hungarian)", {"method.name": "contrastive_clustering",
                               "method.cc_eval": "hungarian"}),

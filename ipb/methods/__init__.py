@@ -3,16 +3,20 @@
     python -c "from ipb.methods import list_methods; print(list_methods())"
 
 `create_method(name, cfg, num_classes, ...)` builds one; every registered method is exercised
-by tests/test_methods.py (a few steps on a tiny table: finite, decreasing losses).
+by tests/test_methods.py (a few steps on a tiny table: finite, decreasing losses). Every module
+of this package is imported here, so a new method is one file: a `Method` subclass under
+`@register_method` with a `name` and a one-line class docstring (`ipb methods` lists them,
+from ipb/method_catalog.py).
 """
+import importlib
+import pkgutil
+
 from ipb.methods.base import PHASE_INPUTS, Method, create_method, list_methods, method_class, \
     register_method
 
 # importing registers them
-from ipb.methods import supervised, mpl, ipb, simclr  # noqa: E402,F401
-from ipb.methods import fixmatch, abc, contrastive_clustering, simtriplet  # noqa: E402,F401
-from ipb.methods import fixmatch_ipb  # noqa: E402,F401
-from ipb.methods import gan_balanced  # noqa: E402,F401
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["PHASE_INPUTS", "Method", "create_method", "list_methods", "method_class",
            "register_method"]

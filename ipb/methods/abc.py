@@ -51,6 +51,7 @@ class _ABCNet(nn.Module):
 
 @register_method
 class ABC(FixMatch):
+    """FixMatch with an auxiliary class-balanced head (Lee et al., NeurIPS 2021), as USB ships it."""
     name = "abc"
 
     def __init__(self, cfg, num_classes, device, wrap):

@@ -70,6 +70,7 @@ def hungarian(counts: np.ndarray) -> np.ndarray:
 
 @register_method
 class ContrastiveClustering(PretextThenFinetune):
+    """Contrastive Clustering (Li et al., AAAI 2021): instance and cluster contrast on U+L; then L."""
     name = "contrastive_clustering"
     pretext_phase = "clustering"
 

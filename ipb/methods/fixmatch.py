@@ -33,6 +33,7 @@ EMA_WARMUP = 10        # decay = min(EMA_M, (1 + n) / (EMA_WARMUP + n))
 
 @register_method
 class FixMatch(Method):
+    """FixMatch (Sohn et al., NeurIPS 2020): weak/strong consistency above a confidence cut-off."""
     name = "fixmatch"
     uses_unlabeled = True
     pretrains_teacher = True      # stage 1 = the supervised row (methods.teacher.teacher_key)

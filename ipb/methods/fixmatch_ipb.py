@@ -23,6 +23,7 @@ from ipb.methods.ipb import pseudo_balanced_epoch
 
 @register_method
 class FixMatchIPB(FixMatch):
+    """FixMatch whose unlabeled epochs are balanced by its own pseudo-classes (IPB without MPL)."""
     name = "fixmatch_ipb"
 
     def unlabeled_epoch(self, epoch, pool):

@@ -39,6 +39,7 @@ GRID_COLS = 8
 
 @register_method
 class GANBalanced(Method):
+    """A conditional GAN tops L's minority classes up to balance, then the CNN trains on L."""
     name = "gan_balanced"
 
     def __init__(self, cfg, num_classes, device, wrap):

@@ -68,6 +68,7 @@ def pseudo_balanced_epoch(proba: torch.Tensor, pool) -> tuple[np.ndarray, dict]:
 
 @register_method
 class IPB(MPL):
+    """Iterative Pseudo Balancing: MPL whose student sees pseudo-class-balanced unlabeled epochs."""
     name = "ipb"
 
     def resample(self, pool):
@@ -76,6 +77,7 @@ class IPB(MPL):
 
 @register_method
 class MPLBalanced(MPL):
+    """MPL whose unlabeled epochs are balanced by U's true classes (an oracle: needs U's labels)."""
     name = "mpl_balanced"
 
     @classmethod

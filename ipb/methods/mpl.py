@@ -52,6 +52,7 @@ GRAD_EVERY = 25   # MPL steps between two measurements of the MPL term's gradien
 
 @register_method
 class MPL(Method):
+    """Meta Pseudo Labels with UDA, the paper's "MPL (imbalanced)": a teacher taught by its student."""
     name = "mpl"
     uses_unlabeled = True
     pretrains_teacher = True    # stage 1 = the supervised row (methods.teacher.teacher_key)

@@ -44,6 +44,7 @@ class _WithHead(nn.Module):
 
 @register_method
 class SimCLR(Method):
+    """SimCLR: NT-Xent pre-training on U+L, then supervised fine-tuning on L."""
     name = "simclr"
     uses_unlabeled = True
 

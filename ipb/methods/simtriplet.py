@@ -56,6 +56,7 @@ class _SimTripletNet(nn.Module):
 
 @register_method
 class SimTriplet(PretextThenFinetune):
+    """SimTriplet (Liu et al., MICCAI 2021): SimSiam plus a triplet of neighbouring patches, then L."""
     name = "simtriplet"
     pretext_phase = "triplet"
 

@@ -12,6 +12,7 @@ from ipb.methods.base import Method, make_optimizer, register_method, set_lr
 
 @register_method
 class Supervised(Method):
+    """The CNN on the labeled set alone (the paper's supervised rows; the MPL family's teacher)."""
     name = "supervised"
 
     def __init__(self, cfg, num_classes, device, wrap):
