@@ -224,6 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"ipb {_version()}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _data_commands(sub)
+    _train_command(sub)
+    _result_commands(sub)
+    return ap
+
+
+def _data_commands(sub) -> None:
+    """run, methods, config, synth, segment, ingest."""
     p = sub.add_parser("run", help="the main job on embedded defaults (synthetic data)")
     _common(p)
     p.set_defaults(fn=cmd_run)
@@ -271,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(fn=cmd_ingest)
 
+
+def _train_command(sub) -> None:
+    """train: one trial."""
     p = sub.add_parser("train", help="one trial (method, arch, fold) on Ray Train -> MLflow run")
     p.add_argument("--table", help="colony table (default: the cached SYNTHETIC table)")
     p.add_argument("--method", help=" | ".join(method_names()) + " (`ipb methods` says what "
@@ -285,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(fn=cmd_train)
 
+
+def _result_commands(sub) -> None:
+    """predict, report, splits."""
     p = sub.add_parser("predict", help="segment and classify the colonies of new images with a "
                                       "trained student -> CSVs and counts over time")
     p.add_argument("model", metavar="MODEL",
@@ -321,7 +335,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold", type=int, help="only this fold (default: every fold)")
     _common(p)
     p.set_defaults(fn=cmd_splits)
-    return ap
 
 
 # the commands whose re-run continues where a stopped one left off

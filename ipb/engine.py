@@ -234,6 +234,10 @@ def _keep_if_best(best: dict, score: float, epoch: int, model) -> dict:
     return best
 
 
+# the numbers on a trial's one line per epoch
+EPOCH_LINE = ("train.", "val.tpr.mean", "ipb.pseudo_acc", "u.pred_share")
+
+
 def run_trial(cfg: Config, parts: dict[str, Part], classes: list[str], *,
               device: torch.device | str = "cpu", wrap=None, rank: int = 0, world: int = 1,
               resume: dict[str, Any] | None = None, teacher_state: dict | None = None,
@@ -256,89 +260,130 @@ def run_trial(cfg: Config, parts: dict[str, Part], classes: list[str], *,
     n_epochs = method.num_epochs()
     final_phase = method.phase(n_epochs - 1)
     first_final = next(e for e in range(n_epochs) if method.phase(e) == final_phase)
-    empty = {"score": -1.0, "epoch": -1, "state": None}
-    start, history, best, pre_best = 0, [], dict(empty), dict(empty)
-    if resume:
-        method.load_state_dict(resume["method"])
-        start, history, best = resume["epoch"] + 1, resume["history"], resume["best"]
-        pre_best = resume.get("pre_best", pre_best)
-        log(f"resumed from the checkpoint of epoch {resume['epoch']}")
-    elif teacher_state is not None and first_final > 0:
-        start, pre_best = first_final, {**empty, "state": teacher_state}
-        log("teacher pre-training skipped: starting from the given pre-trained teacher")
+    run = _start(method, resume, teacher_state, first_final, log)
     select = cfg.train.select_on            # val (default) | test (reproduction only)
     if select == "val" and global_sum(len(parts["val"])) == 0:
         log("no validation colonies: the student of the last epoch is kept (no selection)")
         select = "last"
     u_true = true_fractions(parts["unlabeled"], classes) if method.uses_unlabeled else {}
     stage_teacher, pool = None, None
-    for epoch in range(start, n_epochs):
+    for epoch in range(run["start"], n_epochs):
         t0 = time.time()
-        # per-epoch streams: a resumed run draws exactly what an uninterrupted one would
-        rng = batches.rng = np.random.default_rng([seed, rank, epoch])
-        gen.manual_seed(seed * 7919 + rank * 1_000_003 + epoch)
-        # dropout draws from the global stream: per epoch too, so a supervised run and an
-        # MPL teacher's pre-training of the same split and seed are the same computation
-        torch.manual_seed(seed * 104_729 + rank * 1_000_003 + epoch)
+        rng = batches.rng = _seed_epoch(seed, rank, epoch, gen)
         phase = method.phase(epoch)
         if epoch == first_final and first_final > 0:
-            stage_teacher = pre_best["state"] if cfg.method.teacher_select == "val" else None
-            if stage_teacher is None:
-                stage_teacher = copy.deepcopy(unwrap(method.phase_model(
-                    method.phase(epoch - 1))).state_dict())
-            method.begin_final_stage(stage_teacher)
+            stage_teacher = _begin_final_stage(method, cfg, run["pre_best"], epoch)
         method.start_epoch(epoch)
         metrics: dict[str, float] = {"epoch": epoch}
         if phase == "mpl":
-            plan = plan_unlabeled_epoch(method, epoch, parts["unlabeled"], classes, cfg,
-                                        device, rng, gen)
-            batches.set_unlabeled_epoch(plan["order"], plan["positions"])
-            pool = plan["pool"]
-            metrics.update(plan["stats"])
-            metrics["time.balance"] = time.time() - t0
-            if plan["stats"]:
-                metrics.update(u_true)
-        sums: dict[str, float] = {}
-        n_steps = steps_for(phase, cfg, parts, world)
-        for _ in range(n_steps):
-            for k, v in method.train_step(batches.batch(phase), epoch).items():
-                sums[k] = sums.get(k, 0.0) + v
-        metrics.update({k: v / n_steps for k, v in sums.items()})
+            pool = _unlabeled_epoch(method, epoch, parts, classes, cfg, device, rng, gen,
+                                    batches, metrics, u_true, t0)
+        metrics.update(_train_steps(method, batches, phase, epoch,
+                                    steps_for(phase, cfg, parts, world)))
         metrics["time.steps"] = time.time() - t0 - metrics.get("time.balance", 0.0)
         t_eval = time.time()
         if (epoch + 1) % cfg.train.eval_every == 0 or epoch == n_epochs - 1:
             metrics.update(_evaluate_epoch(method, phase, final_phase, parts, classes, cfg,
                                            device, rng, pool))
-            if select == "test":
-                score = evaluate(method.phase_model(phase), parts["test"], classes, cfg, device,
-                                 rng, "select")[0]["select.tpr.mean"]
-            else:
-                score = metrics["val.tpr.mean"] if select == "val" else float(epoch)
-            # the final phase's models compete for the result; an earlier stage's (MPL's
-            # teacher pre-training) for the model the final stage starts from
-            if phase == final_phase:
-                best = _keep_if_best(best, score, epoch, method.eval_model())
-            else:
-                pre_best = _keep_if_best(pre_best, score, epoch, method.phase_model(phase))
+            _select(run, method, phase, final_phase, epoch, select, metrics, parts, classes,
+                    cfg, device, rng)
         metrics["time.eval"] = time.time() - t_eval
         metrics["time.epoch"] = time.time() - t0
         metrics["phase." + phase] = 1.0
-        history.append(metrics)
+        run["history"].append(metrics)
         log(f"epoch {epoch + 1}/{n_epochs} [{phase}] " + " ".join(
-            f"{k}={v:.4g}" for k, v in metrics.items()
-            if k.startswith(("train.", "val.tpr.mean", "ipb.pseudo_acc", "u.pred_share"))))
+            f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith(EPOCH_LINE)))
         if report:
             def state_fn(epoch=epoch):
-                return {"method": method.state_dict(), "epoch": epoch, "history": history,
-                        "best": best, "pre_best": pre_best}
+                return {"method": method.state_dict(), "epoch": epoch,
+                        "history": run["history"], "best": run["best"],
+                        "pre_best": run["pre_best"]}
             report(metrics, state_fn)
-    start_teacher = stage_teacher if stage_teacher is not None else pre_best["state"]
-    out = _finish(method, cfg, parts, classes, batches, world, device, rng, gen, best,
-                  history, stage_teacher if teacher_state is None else None, pool, log)
+    start_teacher = stage_teacher if stage_teacher is not None else run["pre_best"]["state"]
+    out = _finish(method, cfg, parts, classes, batches, world, device, rng, gen, run["best"],
+                  run["history"], stage_teacher if teacher_state is None else None, pool, log)
     if method.pseudo_model() is not None:
         out["metrics"].update(diagnostics(method, out["model"], start_teacher, parts["test"],
-                                          history, cfg, device, rng))
+                                          run["history"], cfg, device, rng))
     return out
+
+
+def _unlabeled_epoch(method, epoch: int, parts, classes, cfg: Config, device, rng, gen,
+                     batches: Batches, metrics: dict, u_true: dict, t0: float) -> UnlabeledPool:
+    """The epoch's unlabeled order (the method's: IPB balances it) handed to the batches, its
+    statistics into `metrics`; returns the pool of clean patches it was drawn from."""
+    plan = plan_unlabeled_epoch(method, epoch, parts["unlabeled"], classes, cfg, device, rng,
+                                gen)
+    batches.set_unlabeled_epoch(plan["order"], plan["positions"])
+    metrics.update(plan["stats"])
+    metrics["time.balance"] = time.time() - t0
+    if plan["stats"]:
+        metrics.update(u_true)
+    return plan["pool"]
+
+
+def _start(method, resume: dict | None, teacher_state: dict | None, first_final: int,
+           log) -> dict[str, Any]:
+    """Where the epochs begin: {"start", "history", "best", "pre_best"} (best: the final
+    phase's selected model; pre_best: an earlier stage's, the teacher the final one starts
+    from), from a checkpoint, a given pre-trained teacher, or nothing."""
+    empty = {"score": -1.0, "epoch": -1, "state": None}
+    run = {"start": 0, "history": [], "best": dict(empty), "pre_best": dict(empty)}
+    if resume:
+        method.load_state_dict(resume["method"])
+        run.update(start=resume["epoch"] + 1, history=resume["history"], best=resume["best"],
+                   pre_best=resume.get("pre_best", run["pre_best"]))
+        log(f"resumed from the checkpoint of epoch {resume['epoch']}")
+    elif teacher_state is not None and first_final > 0:
+        run.update(start=first_final, pre_best={**empty, "state": teacher_state})
+        log("teacher pre-training skipped: starting from the given pre-trained teacher")
+    return run
+
+
+def _seed_epoch(seed: int, rank: int, epoch: int, gen: torch.Generator) -> np.random.Generator:
+    """Per-epoch streams: a resumed run draws exactly what an uninterrupted one would."""
+    gen.manual_seed(seed * 7919 + rank * 1_000_003 + epoch)
+    # dropout draws from the global stream: per epoch too, so a supervised run and an
+    # MPL teacher's pre-training of the same split and seed are the same computation
+    torch.manual_seed(seed * 104_729 + rank * 1_000_003 + epoch)
+    return np.random.default_rng([seed, rank, epoch])
+
+
+def _begin_final_stage(method, cfg: Config, pre_best: dict, epoch: int) -> dict:
+    """The teacher the final stage starts from (the earlier stage's best by validation, or
+    its last epoch), handed to the method; returned for the diagnostics and teacher.pt."""
+    stage_teacher = pre_best["state"] if cfg.method.teacher_select == "val" else None
+    if stage_teacher is None:
+        stage_teacher = copy.deepcopy(unwrap(method.phase_model(
+            method.phase(epoch - 1))).state_dict())
+    method.begin_final_stage(stage_teacher)
+    return stage_teacher
+
+
+def _train_steps(method, batches: Batches, phase: str, epoch: int, n_steps: int
+                 ) -> dict[str, float]:
+    """The epoch's steps; the mean of every number `train_step` returned."""
+    sums: dict[str, float] = {}
+    for _ in range(n_steps):
+        for k, v in method.train_step(batches.batch(phase), epoch).items():
+            sums[k] = sums.get(k, 0.0) + v
+    return {k: v / n_steps for k, v in sums.items()}
+
+
+def _select(run: dict, method, phase: str, final_phase: str, epoch: int, select: str,
+            metrics: dict, parts, classes, cfg: Config, device, rng) -> None:
+    """Keeps the epoch's model in `run` if it scores best so far: the final phase's models
+    compete for the result, an earlier stage's (MPL's teacher pre-training) for the model
+    the final stage starts from."""
+    if select == "test":
+        score = evaluate(method.phase_model(phase), parts["test"], classes, cfg, device,
+                         rng, "select")[0]["select.tpr.mean"]
+    else:
+        score = metrics["val.tpr.mean"] if select == "val" else float(epoch)
+    if phase == final_phase:
+        run["best"] = _keep_if_best(run["best"], score, epoch, method.eval_model())
+    else:
+        run["pre_best"] = _keep_if_best(run["pre_best"], score, epoch, method.phase_model(phase))
 
 
 DIAG_MEANS = {"diag.h_abs": "train.h_abs", "diag.mpl_grad_share": "train.mpl_grad_share",

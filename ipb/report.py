@@ -174,6 +174,20 @@ def make_report(experiment: str, out_dir: Path, *, uri: str, parent_run_id: str 
     files.append(plots.tpr_bars_png(stats, classes, out_dir / "tpr_per_class.png", title))
     md += ["", "## Figure 1. Per-class test TPR, mean and std over folds, one colour per "
            "configuration", "", "![](tpr_per_class.png)"]
+    md += _figures(df, classes, labels, uri, out_dir, title, files)
+    text = "\n".join(md)
+    (out_dir / "report.md").write_text(text)
+    write_html(out_dir / "report.md")        # what MLflow's artifact view renders, figures in
+    return {"markdown": text, "dir": str(out_dir), "n_runs": len(df), "tpr": tables["tpr"],
+            "f1": tables["f1"], "ttests": tt}
+
+
+def _figures(df: pd.DataFrame, classes: list[str], labels: list[str], uri: str, out_dir: Path,
+             title: str, files: list) -> list[str]:
+    """The labeled-fraction curve (when the runs span several fractions) and each IPB-style
+    row's pseudo-class proportions over epochs: written to out_dir, their markdown lines."""
+    from ipb import plots
+    md: list[str] = []
     fracs = sorted(df["labeled_fraction"].dropna().unique())
     if len(fracs) > 1:
         curve = df.groupby(["method", "labeled_fraction"])["test.tpr.mean"].agg(["mean", "std"])
@@ -191,8 +205,4 @@ def make_report(experiment: str, out_dir: Path, *, uri: str, parent_run_id: str 
         if plots.pseudo_fractions_png(hist, classes, out_dir / name, f"{title}\n{label}"):
             md += ["", f"## Pseudo-class proportions over epochs: {label} (Figs. 6/7 style)", "",
                    f"![]({name})"]
-    text = "\n".join(md)
-    (out_dir / "report.md").write_text(text)
-    write_html(out_dir / "report.md")        # what MLflow's artifact view renders, figures in
-    return {"markdown": text, "dir": str(out_dir), "n_runs": len(df), "tpr": tables["tpr"],
-            "f1": tables["f1"], "ttests": tt}
+    return md

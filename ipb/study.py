@@ -285,13 +285,11 @@ def curve_frame(df: pd.DataFrame, main_fraction: float,
     return pd.DataFrame(out, columns=["method", "labeled_fraction", "mean", "std", "n"])
 
 
-def build(df: pd.DataFrame, classes: list[str], minority: str, main_fraction: float,
-          histories: dict[str, list[dict]], wall_min: float, title: str,
-          ratio: float = CV_TEST_TRAIN_RATIO) -> dict[str, Any]:
-    """Every table of the report from the trial runs (no MLflow): markdown + frames."""
-    main = df[~df["label"].str.endswith("% labeled)")]
-    tpr, f1 = row_table(main, classes, minority, "tpr"), row_table(main, classes, minority, "f1")
-    best = best_ipb_row(df)
+def comparisons(df: pd.DataFrame, main: pd.DataFrame, best: str | None) -> list[tuple[str, str]]:
+    """The (row, reference) pairs of Table 3, in order (those that ran are kept): the best
+    IPB row against supervised, its twin, MPL and the anchors; each IPB row against its
+    twin; every row against supervised; the ablation and switch rows against their preset;
+    the curve's other fractions against supervised at that fraction."""
     pairs = [(best, SUPERVISED), (best, MPL_TWIN.get(best, MPL)), (best, MPL),
              (IPB_ROBUST, IPB_PAPER)] if best else []
     pairs += [(best, r) for r in (FIXMATCH, ABC, IPB_ROBUST) if best and r != best]
@@ -309,6 +307,17 @@ def build(df: pd.DataFrame, classes: list[str], minority: str, main_fraction: fl
     pairs += [(label, SUPERVISED + label[len(fam):]) for fam in (IPB_ROBUST, IPB_LEARN)
               for label in dict.fromkeys(df["label"])
               if label.startswith(fam + " (") and label.endswith("% labeled)")]
+    return pairs
+
+
+def build(df: pd.DataFrame, classes: list[str], minority: str, main_fraction: float,
+          histories: dict[str, list[dict]], wall_min: float, title: str,
+          ratio: float = CV_TEST_TRAIN_RATIO) -> dict[str, Any]:
+    """Every table of the report from the trial runs (no MLflow): markdown + frames."""
+    main = df[~df["label"].str.endswith("% labeled)")]
+    tpr, f1 = row_table(main, classes, minority, "tpr"), row_table(main, classes, minority, "f1")
+    best = best_ipb_row(df)
+    pairs = comparisons(df, main, best)
     ran = [(a, b) for a, b in dict.fromkeys(pairs)
            if a != b and (df["label"] == a).any() and (df["label"] == b).any()]
     tests = pd.DataFrame([comparison(df, a, b, minority, ratio) for a, b in ran])

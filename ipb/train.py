@@ -255,6 +255,37 @@ def fit(cfg: Config, table: Path | str | dict[str, Any], *, parent_run_id: str |
                               callbacks, tune_trial, t_enter, in_sweep=bool(parent_run_id))
 
 
+def _announce(split, problem: str | None, run_id: str, name: str, uri: str, progress: bool,
+              in_sweep: bool) -> None:
+    """The split's warnings (on the run, and printed) and the run's line."""
+    from ipb import tracking
+    warnings = list(split.warnings) + ([problem] if problem else [])
+    if warnings:     # a user sees them, and so does the run
+        tracking.client(uri).set_tag(run_id, "ipb.split_warnings", "\n".join(warnings)[:5000])
+        if progress:
+            for w in warnings:
+                print(f"[{name}] split WARNING {w}", file=sys.stderr, flush=True)
+    if progress:
+        # a sweep's trial names its run only: the sweep's local tracking server (its port in
+        # `uri`) is gone when the sweep ends, and the sweep prints the link that lasts
+        where = "" if in_sweep else f" at {uri}"
+        print(f"[{name}] MLflow run {run_id}{where}; split " + "; ".join(
+            f"{p} {len(getattr(split, p))}" for p in ("labeled", "val", "unlabeled", "test")),
+            file=sys.stderr, flush=True)
+
+
+def _session(cfg: Config, loop_config: dict[str, Any], name: str, callbacks):
+    """Train in the configured session: (a context giving the final files' directory, the
+    checkpoint's location)."""
+    if cfg.train.runner == "inline":       # one worker in this process (ipb/inline.py)
+        from ipb.inline import run_inline
+        return run_inline(loop_config)
+    result = _fit_interruptible(_trainer(cfg, loop_config, name, callbacks))
+    if result.error:
+        raise result.error
+    return result.checkpoint.as_directory(), result.checkpoint.path
+
+
 def _train_and_log(cfg: Config, parts, split, manifest, name: str, run_id: str,
                    progress: bool, fault, callbacks, tune_trial: bool,
                    t_enter: float, in_sweep: bool = False) -> dict[str, Any]:
@@ -266,34 +297,15 @@ def _train_and_log(cfg: Config, parts, split, manifest, name: str, run_id: str,
     from ipb.logged_models import log_student
     uri = tracking.tracking_uri(cfg)
     problem = split.selection_problem()
-    warnings = list(split.warnings) + ([problem] if problem else [])
-    if warnings:     # a user sees them, and so does the run
-        tracking.client(uri).set_tag(run_id, "ipb.split_warnings", "\n".join(warnings)[:5000])
-        if progress:
-            for w in warnings:
-                print(f"[{name}] split WARNING {w}", file=sys.stderr, flush=True)
+    _announce(split, problem, run_id, name, uri, progress, in_sweep)
     teacher = _before_training(cfg, run_id, split, progress, name, problem)
-    if progress:
-        # a sweep's trial names its run only: the sweep's local tracking server (its port in
-        # `uri`) is gone when the sweep ends, and the sweep prints the link that lasts
-        where = "" if in_sweep else f" at {uri}"
-        print(f"[{name}] MLflow run {run_id}{where}; split " + "; ".join(
-            f"{p} {len(getattr(split, p))}" for p in ("labeled", "val", "unlabeled", "test")),
-            file=sys.stderr, flush=True)
     loop_config = {"cfg": to_dict(cfg), "classes": split.classes, "parts": parts,
                    "run_id": run_id, "tracking_uri": uri, "name": name, "fault": fault,
                    "t_start": time.time(), "synthetic": bool(manifest.get("synthetic")),
                    "teacher": teacher, "tune_trial": tune_trial}
     try:
         t0 = time.time()
-        if cfg.train.runner == "inline":       # one worker in this process (ipb/inline.py)
-            from ipb.inline import run_inline
-            files, checkpoint = run_inline(loop_config)
-        else:
-            result = _fit_interruptible(_trainer(cfg, loop_config, name, callbacks))
-            if result.error:
-                raise result.error
-            files, checkpoint = result.checkpoint.as_directory(), result.checkpoint.path
+        files, checkpoint = _session(cfg, loop_config, name, callbacks)
         t1 = time.time()
         with files as d:
             out = json.loads((Path(d) / RESULT_FILE).read_text())

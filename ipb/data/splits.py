@@ -213,19 +213,10 @@ def make_split(meta: pd.DataFrame, cfg: SplitConfig, fold: int, seed: int | None
     seed = cfg.seed if seed is None else int(seed)
     _check_config(cfg, fold)
     order, kind, labels, groups = _prepare(meta, cfg)
-    classes = sorted(set(labels[kind == 0]))
-    if not classes:
-        raise ValueError("no labeled single-class colonies in the table (column 'label' is all "
-                         "null); label some colonies before splitting")
-    if len(classes) < 2:
-        # one class trains to loss 0 and scores TPR 1.0: a perfect-looking, meaningless result
-        n = int(np.sum(kind == 0))
-        raise ValueError(f"the table's labeled single-class colonies are all of one class, "
-                         f"{classes[0]!r} ({n} colonies); a classifier needs >= 2 classes: "
-                         "label colonies of at least one more class before splitting")
-    k, tf, lf, vf = cfg.folds, cfg.test_fraction, cfg.labeled_fraction, cfg.val_fraction
-    cv = tf <= 1.0 / k + _EPS
-    exact = abs(tf - 1.0 / k) <= _EPS
+    classes = _classes(kind, labels)
+    k = cfg.folds
+    cv = cfg.test_fraction <= 1.0 / k + _EPS
+    exact = abs(cfg.test_fraction - 1.0 / k) <= _EPS
     warnings: list[str] = []
     need = _min_count(cfg, cv)
     members_of = {c: np.flatnonzero((kind == 0) & (labels == c)) for c in classes}
@@ -250,44 +241,79 @@ def make_split(meta: pd.DataFrame, cfg: SplitConfig, fold: int, seed: int | None
             if len(test_c) == 0:
                 warnings.append(f"fold {fold}: class {c!r} has no test colony (its colonies sit "
                                 f"in {cfg.group_by} groups of other majority classes)")
-        rest = np.setdiff1d(members, test_c)
-        if len(rest) == 0:
-            raise ValueError(f"class {c!r} ({n} labeled colonies) has none left for L in fold "
-                             f"{fold} after grouping by {cfg.group_by!r}; lower split.folds, "
-                             "set split.group_by=none or label more colonies")
-        # one permutation per (seed, fold, class), independent of labeled_fraction, so that
-        # L at 1% is inside L at 5% inside L at 10% ... (nested labeled-fraction study)
-        rest = rest[_rng(seed, "labeled", fold, c).permutation(len(rest))]
-        n_lab = max(1, _round(lf * n))
-        if n_lab > len(rest):
-            warnings.append(f"fold {fold}: class {c!r} wants {n_lab} labeled colonies, only "
-                            f"{len(rest)} are left after test; all of them go to L")
-            n_lab = len(rest)
-        n_val = 0
-        if vf > 0:
-            if n_lab >= 3:
-                n_val = min(n_lab - 1, max(1, _round(vf * n_lab)))
-            else:
-                warnings.append(f"fold {fold}: class {c!r} has {n_lab} labeled colonies (< 3); "
-                                "no validation colonies for it")
-        parts["val"].append(rest[:n_val])
-        parts["labeled"].append(rest[n_val:n_lab])
-        parts["unlabeled"].append(rest[n_lab:])
-        parts["test"].append(test_c)
+        for p, idx in _train_parts(members, test_c, c, cfg, fold, seed, warnings.append).items():
+            parts[p].append(idx)
     parts["unlabeled"].append(np.flatnonzero(kind == 2))
     ml_rest = np.flatnonzero(kind == 1)
     if partial:
-        ml_rest = []
-        for key in sorted(set(labels[kind == 1])):
-            members = np.flatnonzero((kind == 1) & (labels == key))
-            members = members[_rng(seed, "labeled-ml", fold, key).permutation(len(members))]
-            n_lab = _round(lf * len(members))
-            parts["labeled"].append(members[:n_lab])
-            ml_rest.append(members[n_lab:])
-        ml_rest = np.concatenate(ml_rest) if ml_rest else np.zeros(0, np.int64)
+        ml_rest = _partial_labeled(kind, labels, cfg.labeled_fraction, fold, seed,
+                                   parts["labeled"])
     if multi_label:
         parts["unlabeled"].append(ml_rest)
+    out, counts = _assemble(parts, order, kind, labels, classes)
+    return Split(classes=classes, fold=fold, seed=seed, counts=counts,
+                 warnings=tuple(warnings), **out)
 
+
+def _classes(kind: np.ndarray, labels: np.ndarray) -> list[str]:
+    """The single-class labels of the table, refused when fewer than two."""
+    classes = sorted(set(labels[kind == 0]))
+    if not classes:
+        raise ValueError("no labeled single-class colonies in the table (column 'label' is all "
+                         "null); label some colonies before splitting")
+    if len(classes) < 2:
+        # one class trains to loss 0 and scores TPR 1.0: a perfect-looking, meaningless result
+        n = int(np.sum(kind == 0))
+        raise ValueError(f"the table's labeled single-class colonies are all of one class, "
+                         f"{classes[0]!r} ({n} colonies); a classifier needs >= 2 classes: "
+                         "label colonies of at least one more class before splitting")
+    return classes
+
+
+def _train_parts(members: np.ndarray, test_c: np.ndarray, c: str, cfg: SplitConfig, fold: int,
+                 seed: int, warn) -> dict[str, np.ndarray]:
+    """Class c's colonies outside the test part, as {"test", "val", "labeled", "unlabeled"}."""
+    n = len(members)
+    rest = np.setdiff1d(members, test_c)
+    if len(rest) == 0:
+        raise ValueError(f"class {c!r} ({n} labeled colonies) has none left for L in fold "
+                         f"{fold} after grouping by {cfg.group_by!r}; lower split.folds, "
+                         "set split.group_by=none or label more colonies")
+    # one permutation per (seed, fold, class), independent of labeled_fraction, so that
+    # L at 1% is inside L at 5% inside L at 10% ... (nested labeled-fraction study)
+    rest = rest[_rng(seed, "labeled", fold, c).permutation(len(rest))]
+    n_lab = max(1, _round(cfg.labeled_fraction * n))
+    if n_lab > len(rest):
+        warn(f"fold {fold}: class {c!r} wants {n_lab} labeled colonies, only "
+             f"{len(rest)} are left after test; all of them go to L")
+        n_lab = len(rest)
+    n_val = 0
+    if cfg.val_fraction > 0:
+        if n_lab >= 3:
+            n_val = min(n_lab - 1, max(1, _round(cfg.val_fraction * n_lab)))
+        else:
+            warn(f"fold {fold}: class {c!r} has {n_lab} labeled colonies (< 3); "
+                 "no validation colonies for it")
+    return {"val": rest[:n_val], "labeled": rest[n_val:n_lab], "unlabeled": rest[n_lab:],
+            "test": test_c}
+
+
+def _partial_labeled(kind: np.ndarray, labels: np.ndarray, lf: float, fold: int, seed: int,
+                     labeled: list[np.ndarray]) -> np.ndarray:
+    """Moves `lf` of each multi-label kind (`A|B`) into `labeled`; returns the rest."""
+    rest = []
+    for key in sorted(set(labels[kind == 1])):
+        members = np.flatnonzero((kind == 1) & (labels == key))
+        members = members[_rng(seed, "labeled-ml", fold, key).permutation(len(members))]
+        n_lab = _round(lf * len(members))
+        labeled.append(members[:n_lab])
+        rest.append(members[n_lab:])
+    return np.concatenate(rest) if rest else np.zeros(0, np.int64)
+
+
+def _assemble(parts: dict[str, list[np.ndarray]], order: np.ndarray, kind: np.ndarray,
+              labels: np.ndarray, classes: list[str]):
+    """(table row indices per part, sorted and read-only; per-part class counts)."""
     out: dict[str, np.ndarray] = {}
     counts: dict[str, dict[str, int]] = {}
     for p in PARTS:
@@ -300,8 +326,7 @@ def make_split(meta: pd.DataFrame, cfg: SplitConfig, fold: int, seed: int | None
         arr = np.sort(order[idx]).astype(np.int64)
         arr.setflags(write=False)
         out[p] = arr
-    return Split(classes=classes, fold=fold, seed=seed, counts=counts,
-                 warnings=tuple(warnings), **out)
+    return out, counts
 
 
 def fold_summary_table(meta: pd.DataFrame, cfg: SplitConfig, folds=None, seed: int | None = None,

@@ -281,58 +281,73 @@ def render_well(cfg: SynthConfig, rng: np.random.Generator, time_points: int = 1
         img, inst, rows = bg.copy(), np.zeros((s, s), np.uint16), []
         for k, (col, seq) in enumerate(zip(colonies, seqs), start=1):
             scale = 1 + (growth[k - 1] - 1) * (t / (T - 1) if T > 1 else 0)
-            rad = col["rad"] * scale
-            half = int(np.ceil(rad.max())) + 8
-            x0, y0 = int(col["cx"]) - half, int(col["cy"]) - half
-            pts = np.stack([col["cx"] - x0 + rad * np.cos(th), col["cy"] - y0 + rad * np.sin(th)], 1)
-            local = np.zeros((2 * half, 2 * half), np.uint8)
-            cv2.fillPoly(local, [np.round(pts * 16).astype(np.int32)], 1, cv2.LINE_8, shift=4)
-            # clip the local box to the image
-            gx0, gy0, gx1, gy1 = max(x0, 0), max(y0, 0), min(x0 + 2 * half, s), min(y0 + 2 * half, s)
-            lx0, ly0 = gx0 - x0, gy0 - y0
-            sl_g = (slice(gy0, gy1), slice(gx0, gx1))
-            sl_l = (slice(ly0, ly0 + gy1 - gy0), slice(lx0, lx0 + gx1 - gx0))
-            free = inst[sl_g] == 0
-            m = (local[sl_l] > 0) & free
-            if m.sum() < 50:
-                continue
-            dist_in = cv2.distanceTransform(local, cv2.DIST_L2, 3)[sl_l]
-            dist_out = cv2.distanceTransform(1 - local, cv2.DIST_L2, 3)[sl_l]
-            lab = seq[t]
-            parts = lab.split("|")
-            trng = np.random.default_rng([col["seed"], t // 4])   # texture drifts slowly
-            fields = []
-            for c in parts:
-                crng = np.random.default_rng([col["seed"], sum(map(ord, c))])
-                params = _class_params(c, d, crng)
-                params["cell"] *= nz["scale"]
-                fields.append(nz["gain"] * _texture(c, params, m, dist_in, d, trng))
-            if len(parts) == 2:   # region of the second class: periphery (Spread) or a half
-                if "Spread" in parts:
-                    second = dist_in < 0.45 * dist_in.max()
-                    other = parts.index("Spread")
-                else:
-                    a = np.random.default_rng(col["seed"]).uniform(0, 2 * np.pi)
-                    yy, xx = np.ogrid[0:m.shape[0], 0:m.shape[1]]
-                    cy, cx = col["cy"] - gy0, col["cx"] - gx0
-                    second = (np.cos(a) * (xx - cx) + np.sin(a) * (yy - cy)) > 0
-                    other = parts.index("Differentiated")
-                sel = cv2.GaussianBlur(second.astype(np.float32), (0, 0), 3.0)
-                f = fields[1 - other] * (1 - sel) + fields[other] * sel
-            else:
-                f = fields[0]
-            alpha = cv2.GaussianBlur(m.astype(np.float32), (0, 0), 1.0)
-            # phase-contrast halo: a thin bright line along every colony edge
-            halo = (0.08 if "Debris" in parts else 0.035) * np.exp(-dist_out / 2.0) * (dist_out > 0)
-            img[sl_g] += alpha * f + halo * free
-            inst[sl_g][m] = k
-            ys, xs = np.nonzero(m)
-            rows.append(dict(id=k, x0=int(gx0 + xs.min()), y0=int(gy0 + ys.min()),
-                             x1=int(gx0 + xs.max() + 1), y1=int(gy0 + ys.max() + 1),
-                             label=lab, multi_label=len(parts) > 1))
+            row = _draw_colony(img, inst, k, col, col["rad"] * scale, seq[t], t, d, nz, th)
+            if row is not None:
+                rows.append(row)
         img = cv2.GaussianBlur(img, (0, 0), blur)
         img += noise * rng.standard_normal(img.shape, dtype=np.float32)
         top = 255 if cfg.bit_depth == 8 else 65535
         img = np.clip(img * top + 0.5, 0, top).astype(np.uint8 if cfg.bit_depth == 8 else np.uint16)
         out.append((img, inst, rows))
     return out
+
+
+def _draw_colony(img: np.ndarray, inst: np.ndarray, k: int, col: dict, rad: np.ndarray,
+                 lab: str, t: int, d: float, nz: dict, th: np.ndarray) -> dict | None:
+    """Colony k (outline radii `rad` at angles `th`, label `lab` at time t) into `img` and the
+    instance mask `inst`, where no earlier colony is; its row, or None when under 50 px of it
+    are free."""
+    s = inst.shape[0]
+    half = int(np.ceil(rad.max())) + 8
+    x0, y0 = int(col["cx"]) - half, int(col["cy"]) - half
+    pts = np.stack([col["cx"] - x0 + rad * np.cos(th), col["cy"] - y0 + rad * np.sin(th)], 1)
+    local = np.zeros((2 * half, 2 * half), np.uint8)
+    cv2.fillPoly(local, [np.round(pts * 16).astype(np.int32)], 1, cv2.LINE_8, shift=4)
+    # clip the local box to the image
+    gx0, gy0, gx1, gy1 = max(x0, 0), max(y0, 0), min(x0 + 2 * half, s), min(y0 + 2 * half, s)
+    lx0, ly0 = gx0 - x0, gy0 - y0
+    sl_g = (slice(gy0, gy1), slice(gx0, gx1))
+    sl_l = (slice(ly0, ly0 + gy1 - gy0), slice(lx0, lx0 + gx1 - gx0))
+    free = inst[sl_g] == 0
+    m = (local[sl_l] > 0) & free
+    if m.sum() < 50:
+        return None
+    dist_in = cv2.distanceTransform(local, cv2.DIST_L2, 3)[sl_l]
+    dist_out = cv2.distanceTransform(1 - local, cv2.DIST_L2, 3)[sl_l]
+    parts = lab.split("|")
+    f = _colony_field(col, parts, t, m, dist_in, d, nz, (col["cy"] - gy0, col["cx"] - gx0))
+    alpha = cv2.GaussianBlur(m.astype(np.float32), (0, 0), 1.0)
+    # phase-contrast halo: a thin bright line along every colony edge
+    halo = (0.08 if "Debris" in parts else 0.035) * np.exp(-dist_out / 2.0) * (dist_out > 0)
+    img[sl_g] += alpha * f + halo * free
+    inst[sl_g][m] = k
+    ys, xs = np.nonzero(m)
+    return dict(id=k, x0=int(gx0 + xs.min()), y0=int(gy0 + ys.min()),
+                x1=int(gx0 + xs.max() + 1), y1=int(gy0 + ys.max() + 1),
+                label=lab, multi_label=len(parts) > 1)
+
+
+def _colony_field(col: dict, parts: list[str], t: int, m: np.ndarray, dist_in: np.ndarray,
+                  d: float, nz: dict, centre: tuple[float, float]) -> np.ndarray:
+    """The colony's texture: its class's, or two classes' blended over a region (a
+    multi-label colony: Spread on the periphery, else Differentiated on one half)."""
+    trng = np.random.default_rng([col["seed"], t // 4])   # texture drifts slowly
+    fields = []
+    for c in parts:
+        crng = np.random.default_rng([col["seed"], sum(map(ord, c))])
+        params = _class_params(c, d, crng)
+        params["cell"] *= nz["scale"]
+        fields.append(nz["gain"] * _texture(c, params, m, dist_in, d, trng))
+    if len(parts) != 2:
+        return fields[0]
+    if "Spread" in parts:
+        second = dist_in < 0.45 * dist_in.max()
+        other = parts.index("Spread")
+    else:
+        a = np.random.default_rng(col["seed"]).uniform(0, 2 * np.pi)
+        yy, xx = np.ogrid[0:m.shape[0], 0:m.shape[1]]
+        cy, cx = centre
+        second = (np.cos(a) * (xx - cx) + np.sin(a) * (yy - cy)) > 0
+        other = parts.index("Differentiated")
+    sel = cv2.GaussianBlur(second.astype(np.float32), (0, 0), 3.0)
+    return fields[1 - other] * (1 - sel) + fields[other] * sel

@@ -197,27 +197,12 @@ class MPL(Method):
         # mean of weight * loss (not a masked mean): an empty mask still backprops zeros
         return (weight * per).mean()
 
-    def _mpl_step(self, batch):
-        m = self.cfg.method
-        clean = m.h_mode == "clean"
-        x_l, x_uw, x_us = batch["x_l"], batch["x_uw"], batch["x_us"]
-        n_l, n_u = len(x_l), len(x_uw)
-        self.teacher.train()
-        self.student.train()
-        # 1-3: teacher
-        with self.autocast():
-            t_logits, _ = self.teacher(torch.cat([x_l, x_uw, x_us]))
-        t_logits = t_logits.float()
-        t_l, t_uw, t_us = t_logits[:n_l], t_logits[n_l:n_l + n_u], t_logits[n_l + n_u:]
-        t_sup = self.labeled_loss(t_l, batch)
-        p_uw = torch.softmax(t_uw.detach() / m.temperature, dim=1)
-        targets, weight, mask, p_uw = self.student_targets(p_uw, batch.get("i_u"))
-        uda = (mask * -(p_uw * F.log_softmax(t_us, dim=1)).sum(dim=1)).mean()
-        if m.student_target == "colony" and self.colony_q is not None:
-            # the colony's class from the epoch's teacher pass, for whichever patch is drawn
-            q = self.colony_q[batch["i_u"]].to(p_uw.device)
-            targets, weight, mask, _ = self.student_targets(q, None, align=False)
-        lambda_u = m.lambda_u * min(1.0, (self.mpl_steps + 1) / max(1, m.uda_steps))
+    def _student_step(self, batch, targets, weight):
+        """Steps 4-5: the student's loss on the strong view against the teacher's targets, its
+        step, and its labeled loss before and after that step: (loss, before, after)."""
+        clean = self.cfg.method.h_mode == "clean"
+        x_l, x_us = batch["x_l"], batch["x_us"]
+        n_l = len(x_l)
         # 4: student; paper: one train-mode forward on cat(x_l, x_us), its x_l part is the
         # "before" loss. clean: x_us alone, then the "before" loss from an eval forward that
         # sees the BN statistics this forward just updated, as the "after" one will
@@ -240,6 +225,29 @@ class MPL(Method):
             with torch.no_grad(), self.autocast():
                 s_l_new, _ = self.student(x_l)
             s_loss_l_new = self.labeled_nll(s_l_new, batch)
+        return s_loss, s_loss_l_old, s_loss_l_new
+
+    def _mpl_step(self, batch):
+        m = self.cfg.method
+        x_l, x_uw, x_us = batch["x_l"], batch["x_uw"], batch["x_us"]
+        n_l, n_u = len(x_l), len(x_uw)
+        self.teacher.train()
+        self.student.train()
+        # 1-3: teacher
+        with self.autocast():
+            t_logits, _ = self.teacher(torch.cat([x_l, x_uw, x_us]))
+        t_logits = t_logits.float()
+        t_l, t_uw, t_us = t_logits[:n_l], t_logits[n_l:n_l + n_u], t_logits[n_l + n_u:]
+        t_sup = self.labeled_loss(t_l, batch)
+        p_uw = torch.softmax(t_uw.detach() / m.temperature, dim=1)
+        targets, weight, mask, p_uw = self.student_targets(p_uw, batch.get("i_u"))
+        uda = (mask * -(p_uw * F.log_softmax(t_us, dim=1)).sum(dim=1)).mean()
+        if m.student_target == "colony" and self.colony_q is not None:
+            # the colony's class from the epoch's teacher pass, for whichever patch is drawn
+            q = self.colony_q[batch["i_u"]].to(p_uw.device)
+            targets, weight, mask, _ = self.student_targets(q, None, align=False)
+        lambda_u = m.lambda_u * min(1.0, (self.mpl_steps + 1) / max(1, m.uda_steps))
+        s_loss, s_loss_l_old, s_loss_l_new = self._student_step(batch, targets, weight)
         # 6: MPL feedback on the teacher
         h_raw = abs((s_loss_l_new - s_loss_l_old).item())
         h = self.feedback(s_loss_l_old, s_loss_l_new)
