@@ -68,19 +68,17 @@ def global_uri(uri: str):
     store (it looks up a version's logged model with a default client) and models:/ URIs
     (resolved with the default registry) use it, whatever URI a call is given.
     set_tracking_uri also writes MLFLOW_TRACKING_URI, which our own `tracking_uri` reads:
-    both are put back as they were."""
+    both are put back as they were. (A global URI MLflow holds is always the variable's value:
+    setting one sets the other, and None unsets both, so the variable is all there is to keep.)"""
     import mlflow
-    from mlflow.tracking._tracking_service import utils
-    before, env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
-        utils._tracking_uri = before
+        mlflow.set_tracking_uri(env)
         if env is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 def experiment_id(name: str, uri: str | None = None) -> str:
@@ -274,9 +272,15 @@ def system_metrics(uri: str, run_id: str, resume: bool = False, interval: float 
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     class Monitor(SystemMetricsMonitor):
+        published = False
+
+        def publish_metrics(self, metrics):
+            self.published = True
+            return super().publish_metrics(metrics)
+
         def finish(self):
             super().finish()
-            if self._logging_step == 0:
+            if not self.published:
                 self.collect_metrics()
                 self.publish_metrics(self.aggregate_metrics())
                 self.mlflow_logger.flush()
