@@ -18,7 +18,7 @@ from typing import Any
 
 # Loading the model must not write into the artifact store (or a checkout) it loads from: the
 # ipb code it carries (code_paths) is imported from there, and Python's bytecode and numba's
-# compiled kernels were written beside it (issue 20). Both go to the user's cache instead.
+# compiled kernels were written beside it. Both go to the user's cache instead.
 _CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ipb"
 os.environ.setdefault("NUMBA_CACHE_DIR", str(_CACHE / "numba"))
 if sys.pycache_prefix is None:

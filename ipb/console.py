@@ -121,7 +121,7 @@ def progress_line(done: int, running: int, failed: int, total: int, elapsed: flo
     pending = max(0, total - done - running - failed)
     finished = done + failed
     # a running trial counts as half done: with k trials at a time the first ETA was ~k times
-    # too high, as if the elapsed time had bought one trial, not one plus k-1 halves (issue 20)
+    # too high, as if the elapsed time had bought one trial, not one plus k-1 halves
     work = finished + running / 2
     eta = _minutes(elapsed * (total - work) / work) if finished else "?"
     return (f"{done}/{total} trials done, {running} running, {pending} pending, {failed} failed; "
@@ -165,7 +165,7 @@ def quiet_worker_count_warning() -> None:
     """Drop the raylet's "WARNING: N PYTHON worker processes have been started ... Nx the
     maximum expected startup concurrency" in this driver: on a 2-core machine every sweep of
     2 trials at a time starts 8+ (trial actors, Train controllers, their workers, Ray Train's
-    helper actors), as designed, and the line asks nothing of the user (issue 20). Ray pushes
+    helper actors), as designed, and the line asks nothing of the user. Ray pushes
     it to the driver with no logger or setting to filter it, so the printer is wrapped
     (ray._private.worker.print_to_stdstream: the one private API here, and why)."""
     import ray._private.worker as worker

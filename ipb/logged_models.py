@@ -70,7 +70,7 @@ def colony_signature(classes: list[str]):
 
 def registered_name(experiment: str) -> str:
     """The registry's name for a sweep's champion: it holds the `colonies` pyfunc (images in,
-    one row per colony out), so it is named so (it was `<experiment>-student`, issue 20)."""
+    one row per colony out), so it is named so (ipb before 2026-12 named it `<experiment>-student`)."""
     return f"{experiment}-colonies"
 
 

@@ -34,7 +34,7 @@ LOCAL_TRAIN_ENV = {
 }
 
 
-# warnings Ray prints into every command's output that ask nothing of the user (issue 20):
+# warnings Ray prints into every command's output that ask nothing of the user:
 QUIET_LOGGERS = (
     # "Token authentication is enabled": Ray 2.60's right choice for a local cluster. Setting
     # RAY_AUTH_MODE=token instead breaks a start once ray is imported (its cached config stays
@@ -87,7 +87,7 @@ def own_ray_address():
     job's worker_process_setup_hook, in every Ray worker: whatever they ask "which Ray?" without
     an address (Ray Train's PlacementGroupCleaner polls the State API so) gets its own, not
     "ConnectionError: Found multiple active Ray instances" when another local Ray runs on the
-    machine, e.g. a study and a quick sweep side by side (issue 20). Set after the start: before
+    machine, e.g. a study and a quick sweep side by side. Set after the start: before
     it, RAY_ADDRESS would make ray.init connect instead of start. An empty RAY_ADDRESS (how a
     caller says "not the cluster I run in") counts as unset."""
     import ray

@@ -130,7 +130,7 @@ def trial_driver(config: dict[str, Any]) -> None:
 
 def tune_trial_tags() -> dict[str, str]:
     """The Tune trial a run belongs to (id and name, as Tune's own logs and storage name it),
-    so a run in the MLflow UI leads to its trial directory and back (issue 20)."""
+    so a run in the MLflow UI leads to its trial directory and back."""
     from ray import tune
     ctx = tune.get_context()
     return {"ipb.tune_trial_id": str(ctx.get_trial_id()),
@@ -163,7 +163,7 @@ class Sweep:
 
 def grid_space(trials: list[Trial]) -> dict[str, str]:
     """The parent run's params: every config key the trials vary (`space.<key>`: its values),
-    the rows and the trial count -- what the sweep searched, readable in the UI (issue 20)."""
+    the rows and the trial count -- what the sweep searched, readable in the UI."""
     from ipb.config import identity
     values: dict[str, set[str]] = {}
     for t in trials:

@@ -89,7 +89,7 @@ def start_command(cfg: Config) -> None:
 
 def config_summary(what: str, cfg: Config, rows: list[dict] | None = None,
                    width: int = 96) -> str:
-    """A few lines instead of the resolved config's 150 (issue 20): the keys the profile and
+    """A few lines instead of the resolved config's 150: the keys the profile and
     the command line set beside the defaults, the rows' own keys (a row's preset is what its
     trials run, not the base's `preset: paper`), and where the whole config is."""
     import textwrap

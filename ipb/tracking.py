@@ -37,7 +37,7 @@ def tracking_uri(cfg: Config | None = None) -> str:
 
 def quiet_artifact_bars() -> None:
     """No "Downloading artifacts" progress bars: a trial's teacher download printed three into
-    the sweep's output per trial (issue 20); a bar for a file of a few MB is noise in any log."""
+    the sweep's output per trial; a bar for a file of a few MB is noise in any log."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
@@ -93,7 +93,7 @@ def experiment_id(name: str, uri: str | None = None) -> str:
             return c.create_experiment(name, artifact_location=where, tags=EXPERIMENT_KIND)
         except Exception:   # created concurrently by another trial
             exp = c.get_experiment_by_name(name)
-    if exp.tags.get("mlflow.experimentKind") is None:    # made by an older ipb
+    if exp.tags.get("mlflow.experimentKind") is None:    # an experiment made without it
         for k, v in EXPERIMENT_KIND.items():
             c.set_experiment_tag(exp.experiment_id, k, v)
     return exp.experiment_id
@@ -150,7 +150,7 @@ def table_inputs(table: str, manifest: dict, split=None) -> list:
     out = [DatasetInput(ds, tags=[InputTag("mlflow.data.context", "train"),
                                   InputTag("ipb.synthetic", str(synthetic).lower())])]
     # the fold's validation and test colonies as datasets of their own: which rows of the
-    # table, and their class counts, readable beside the training input (issue 20)
+    # table, and their class counts, readable beside the training input
     for part in ("val", "test") if split is not None else ():
         rows = np.asarray(getattr(split, part), np.int64)
         sub = hashlib.sha256(digest.encode() + part.encode() + rows.tobytes()).hexdigest()[:16]
@@ -227,7 +227,7 @@ def start_trial_run(cfg: Config, split, manifest: dict, *, name: str,
     synthetic = bool(manifest.get("synthetic"))
     tags = trial_tags(cfg, synthetic, sweep)
     # SYNTHETIC is a tag, the dataset's name and the run's description, not a run-name prefix:
-    # as a prefix the UI's Run Name column read "SYNTHETIC si…" for every run (issue 20)
+    # as a prefix the UI's Run Name column read "SYNTHETIC si…" for every run
     tags["mlflow.runName"] = name
     if synthetic:
         tags["mlflow.note.content"] = SYNTHETIC_NOTE

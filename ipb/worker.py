@@ -130,8 +130,7 @@ def write_final(d: Path, out: dict[str, Any], cfg: Config, classes: list[str], s
     """A finished trial's files: the selected student, the pre-trained teacher (MPL family),
     result.json (metrics, confusion matrices, history) and a method's own artifacts."""
     import torch
-    # the student's size in weights, beside its scores in the runs table (issue 20: the only
-    # count on a run was of its logged config params)
+    # the student's size in weights, beside its scores in the runs table
     out["metrics"]["model.n_weights"] = float(sum(p.numel() for p in out["model"].parameters()))
     torch.save({"state_dict": out["model"].state_dict(), "arch": cfg.model.arch,
                 "width": cfg.model.width, "classes": classes, "patch_size": size,

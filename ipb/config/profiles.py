@@ -32,7 +32,7 @@ PROFILES: dict[str, dict[str, Any]] = {
               "method.teacher_pretrain_epochs": 15, "method.simclr_epochs": 4,
               "sweep.folds": [0, 1], "sweep.max_concurrent": 2},
     # the CPU study of sweeps/study.py: a paper-sized SYNTHETIC set (17.9k colonies, the
-    # paper's class mix) where labels are the bottleneck (issue 18): difficulty 0.5 with
+    # paper's class mix) where labels are the bottleneck: difficulty 0.5 with
     # class-independent nuisance per well (ideal-observer ceiling 0.990,
     # benchmarks/ideal_observer.py), test wells unseen in training (group_by=source), and the
     # labeled fraction chosen on supervised runs only, on a development partition
@@ -76,7 +76,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                "method.student_lr_scale": 0.1, "method.label_smoothing": 0.1,
                "method.bn_recalibrate": 8, "method.threshold_mode": "relative"},
 }
-# `learn` (issue 18): robust, plus what lets the student learn what its teacher does not know,
+# `learn`: robust, plus what lets the student learn what its teacher does not know,
 # each its own key (an --ablation row each): targets from the teacher's view of the whole
 # colony (mean softmax of 4 patches in its mask) rather than of the one patch the student sees,
 # soft and sharpened; the student at the full lr for 2 passes over U; h normalised; then

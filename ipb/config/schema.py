@@ -168,7 +168,7 @@ class MethodConfig:
     # colony that epoch, instead of the teacher's guess on the one patch in the batch
     pseudo_patches: int = 1
     student_target: Literal["batch", "colony"] = "batch"
-    # issue 18, a student that can move: soft targets sharpened as p^(1/T) (1 = off; the mask
+    # a student that can move (preset learn): soft targets sharpened as p^(1/T) (1 = off; the mask
     # is still the unsharpened confidence); the MPL stage as passes over U (0 = train.epochs x
     # train.steps_per_epoch steps; > 0 sets the steps per epoch so the stage sees U this many
     # times, as kekmodel/MPL-pytorch and USB state their budgets); h divided by a running RMS
@@ -176,7 +176,7 @@ class MethodConfig:
     sharpen_temperature: float = 1.0
     mpl_passes: float = 0.0
     h_normalize: bool = False
-    # -- the related methods and switches of issue 12 (each read by the code named) -----------
+    # -- the related methods and their switches (each read by the code named) ----------------
     # partial: a labeled fraction of the multi-label colonies joins L, `A|B` = "A or B, none of
     # the others" (ipb/methods/partial.py); ignore: they only ever join U (the paper)
     multi_label_loss: Literal["ignore", "partial"] = "ignore"
@@ -267,7 +267,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
-# -- value ranges (issue 13) ------------------------------------------------------------------
+# -- value ranges -----------------------------------------------------------------------------
 # Checked after every update (`apply`), so a profile, YAML file or override that types a
 # negative learning rate or a fraction above 1 is refused before any work starts. Intervals:
 # "[" / "]" include the end, "(" / ")" exclude it.

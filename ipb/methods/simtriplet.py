@@ -14,7 +14,7 @@ predictor p, with D(p, z) = -cos(p, stop-gradient(z)):
   loss = SimSiam + neighbour + TRIPLET_W * triplet
 then `train.epochs` of supervised fine-tuning on L (the ground-truth-balanced sampler), as SimCLR.
 SimTriplet's own loss has no negative (its triplet is anchor, view, neighbour, all positives);
-the triplet term is what PAPER.md section 9 and issue 12 ask for. "Another colony" may be of
+the triplet term is what PAPER.md section 9 asks for. "Another colony" may be of
 the same class: the negative is weak by construction.
 """
 from __future__ import annotations
