@@ -42,7 +42,8 @@ def run_inline(config: dict[str, Any]):
     from ipb.config import from_dict
     from ipb.data.store import Store
     from ipb.runtime import train_storage
-    from ipb.worker import STATE_FILE, run_worker, write_final
+    from ipb.lineage import STATE_FILE
+    from ipb.worker import run_worker, write_final
 
     cfg = from_dict(config["cfg"])
     if cfg.train.num_workers != 1:

@@ -1,5 +1,5 @@
-"""The registered methods, read from their files: for the CLI's help, `ipb methods`, the sweeps
-and the README, without importing torch.
+"""The registered methods, read from their files: for the CLI's help, `ipb methods`, the sweeps,
+the README and the teachers' lineage (ipb/lineage.py), without importing torch.
 
     python -m ipb.method_catalog [--markdown]     # what `ipb methods` prints; the README's table
 
@@ -11,6 +11,7 @@ this list is exactly `ipb.methods.list_methods()`.
 from __future__ import annotations
 
 import ast
+import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,38 +26,70 @@ class Entry:
     name: str
     what: str           # one line
     file: str           # relative to the repository, e.g. ipb/methods/fixmatch.py
+    pretrains_teacher: bool = False   # its first stage is the supervised CNN's training
 
 
 def _first_line(doc: str | None) -> str:
     return (doc or "").strip().split("\n")[0].strip()
 
 
-def _registered(path: Path) -> list[Entry]:
+def _constants(node: ast.ClassDef) -> dict[str, object]:
+    """The class body's `NAME = <constant>` assignments."""
+    return {t.id: s.value.value for s in node.body if isinstance(s, ast.Assign)
+            and isinstance(s.value, ast.Constant) for t in s.targets if isinstance(t, ast.Name)}
+
+
+def _classes(path: Path) -> list[tuple[ast.ClassDef, ast.Module, Path]]:
     tree = ast.parse(path.read_text(), filename=str(path))
-    out = []
-    for node in tree.body:
-        if not (isinstance(node, ast.ClassDef) and any(
-                getattr(d, "id", None) == "register_method" for d in node.decorator_list)):
-            continue
-        names = [s.value.value for s in node.body if isinstance(s, ast.Assign)
-                 and any(getattr(t, "id", None) == "name" for t in s.targets)
-                 and isinstance(s.value, ast.Constant)]
-        if not names:
-            raise ValueError(f"{path}: class {node.name} is registered without a `name = ...`")
-        what = _first_line(ast.get_docstring(node)) or _first_line(ast.get_docstring(tree))
-        out.append(Entry(names[-1], what, f"{path.parent.parent.name}/{path.parent.name}/{path.name}"))
-    return out
+    return [(n, tree, path) for n in tree.body if isinstance(n, ast.ClassDef)]
+
+
+def _inherited(cls: ast.ClassDef, key: str, by_name: dict[str, ast.ClassDef], default):
+    """A class attribute as Python resolves it through single-name bases of these files."""
+    seen = set()
+    while cls is not None and cls.name not in seen:
+        seen.add(cls.name)
+        values = _constants(cls)
+        if key in values:
+            return values[key]
+        bases = [b.id for b in cls.bases if isinstance(b, ast.Name)]
+        cls = by_name.get(bases[0]) if bases else None
+    return default
 
 
 def catalog() -> list[Entry]:
     """Every registered method: supervised first (the teacher of the rows that reuse it), then
     by name."""
-    entries = [e for d in METHOD_DIRS for f in sorted(d.glob("*.py")) for e in _registered(f)]
-    return sorted(entries, key=lambda e: (e.name != "supervised", e.name))
+    return list(_catalog(tuple(METHOD_DIRS)))
+
+
+@functools.lru_cache(maxsize=8)
+def _catalog(dirs: tuple[Path, ...]) -> tuple[Entry, ...]:
+    """Read once per process and list of directories (a sweep asks for every trial)."""
+    found = [c for d in dirs for f in sorted(d.glob("*.py")) for c in _classes(f)]
+    by_name = {node.name: node for node, _, _ in found}
+    entries = []
+    for node, tree, path in found:
+        if not any(getattr(d, "id", None) == "register_method" for d in node.decorator_list):
+            continue
+        name = _constants(node).get("name")
+        if not isinstance(name, str):
+            raise ValueError(f"{path}: class {node.name} is registered without a `name = ...`")
+        what = _first_line(ast.get_docstring(node)) or _first_line(ast.get_docstring(tree))
+        entries.append(Entry(name, what, f"{path.parent.parent.name}/{path.parent.name}/"
+                                         f"{path.name}",
+                             bool(_inherited(node, "pretrains_teacher", by_name, False))))
+    return tuple(sorted(entries, key=lambda e: (e.name != "supervised", e.name)))
 
 
 def names() -> list[str]:
     return [e.name for e in catalog()]
+
+
+def pretrains_teacher(name: str) -> bool:
+    """Whether method `name` starts with the supervised CNN's training (MPL, IPB, FixMatch,
+    ABC), so a sweep can hand it the supervised row's model; False for an unknown name."""
+    return any(e.pretrains_teacher for e in catalog() if e.name == name)
 
 
 def markdown() -> str:

@@ -40,7 +40,7 @@ import torch
 from ipb.config import Config, expand_path
 from ipb.predict_files import (COLONY_FIELDS, output_names, prepare_out, short_groups,
                                synthetic_line, write_interchange, write_outputs)
-from ipb.student import ARTIFACT, MODEL_FILE, config_for, load_student  # noqa: F401 (API)
+from ipb.student import config_for, load_student
 from ipb.temporal import TEMPORAL_FIELDS, constrain_rows
 
 DEFAULT_TEST_PATCHES = 5

@@ -22,9 +22,7 @@ from typing import Any
 import torch
 
 from ipb.config import Config, ConfigError, apply, expand_path, flatten, from_dict, load_config
-from ipb.worker import MODEL_FILE       # the trial's file name, defined once
-
-ARTIFACT = "model/" + MODEL_FILE     # where ipb.tracking.log_trial_result puts it
+from ipb.lineage import MODEL_ARTIFACT, MODEL_FILE
 _RUN_ID = re.compile(r"^(?:runs:/)?([0-9a-fA-F]{32})(?:/.*)?$")
 
 
@@ -104,10 +102,10 @@ def _load_run(run_id: str, uri: str | None) -> tuple[torch.nn.Module, dict[str, 
     with tempfile.TemporaryDirectory() as d:
         try:
             local = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"runs:/{run_id}/{ARTIFACT}", dst_path=d, tracking_uri=uri)
+                artifact_uri=f"runs:/{run_id}/{MODEL_ARTIFACT}", dst_path=d, tracking_uri=uri)
         except Exception as e:
             raise FileNotFoundError(
-                f"MLflow run {run_id} at {uri} has no artifact {ARTIFACT} (did the trial finish? "
+                f"MLflow run {run_id} at {uri} has no artifact {MODEL_ARTIFACT} (did the trial finish? "
                 f"status tag ipb.error: {tags.get('ipb.error', '-')[:200]}); "
                 f"{type(e).__name__}: {str(e)[:200]}") from None
         return _read_student(Path(local), f"runs:/{run_id}", tags)
@@ -180,4 +178,4 @@ def config_for(meta: dict, profile: str | None = None,
     return apply(cfg, overrides) if overrides else cfg
 
 
-__all__ = ["MODEL_FILE", "ARTIFACT", "load_student", "config_for"]
+__all__ = ["load_student", "config_for"]

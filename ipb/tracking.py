@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ipb.config import Config, flatten, to_dict, to_yaml, trial_hash
+from ipb.lineage import MODEL_ARTIFACT, METHOD_DIR, TEACHER_ARTIFACT, TEACHER_FILE, teacher_key
 
 TAG_KEYS = ("ipb.method", "ipb.arch", "ipb.scales", "ipb.multi_label", "ipb.labeled_fraction",
             "ipb.fold", "ipb.seed", "ipb.sweep")
@@ -170,7 +171,6 @@ SYNTHETIC_NOTE = ("**SYNTHETIC data**: a generated stand-in for microscopy "
 
 
 def trial_tags(cfg: Config, synthetic: bool, sweep: str = "") -> dict[str, str]:
-    from ipb.methods.teacher import teacher_key     # torch: not at import time
     from ipb.models import model_info
     ms = model_info(cfg.model.arch)["multi_scale"]
     tags = {"ipb.method": cfg.method.name, "ipb.arch": cfg.model.arch,
@@ -312,7 +312,6 @@ class EpochLogger:
 
 def log_trial_result(run_id: str, cfg: Config, out: dict[str, Any], model_file: Path) -> None:
     """Final metrics + artifacts: confusion matrices, curves, pseudo-class plot, config, model."""
-    from ipb.methods.teacher import teacher_key     # torch: not at import time
     import json
 
     import numpy as np
@@ -345,12 +344,12 @@ def log_trial_result(run_id: str, cfg: Config, out: dict[str, Any], model_file: 
         (d / "result.json").write_text(json.dumps(out, default=float, indent=1))
         for f in d.iterdir():
             c.log_artifact(run_id, str(f))
-        c.log_artifact(run_id, str(model_file), artifact_path="model")
-    if (model_file.parent / METHOD_ARTIFACTS).is_dir():    # Method.final_report's files
-        c.log_artifacts(run_id, str(model_file.parent / METHOD_ARTIFACTS), METHOD_ARTIFACTS)
-    teacher_file = model_file.parent / TEACHER_ARTIFACT.split("/")[-1]
+        c.log_artifact(run_id, str(model_file), artifact_path=MODEL_ARTIFACT.rpartition("/")[0])
+    if (model_file.parent / METHOD_DIR).is_dir():    # Method.final_report's files
+        c.log_artifacts(run_id, str(model_file.parent / METHOD_DIR), METHOD_DIR)
+    teacher_file = model_file.parent / TEACHER_FILE
     if teacher_file.is_file() and teacher_key(cfg):
-        c.log_artifact(run_id, str(teacher_file), artifact_path="model")
+        c.log_artifact(run_id, str(teacher_file), artifact_path=TEACHER_ARTIFACT.rpartition("/")[0])
         c.set_tag(run_id, "ipb.teacher_artifact", TEACHER_ARTIFACT)
         c.set_tag(run_id, "ipb.teacher_key", teacher_key(cfg))
     m = out["metrics"]
@@ -359,15 +358,10 @@ def log_trial_result(run_id: str, cfg: Config, out: dict[str, Any], model_file: 
         c.set_tag(run_id, "ipb.collapsed_during", str(bool(m["collapse.any"])).lower())
 
 
-TEACHER_ARTIFACT = "model/teacher.pt"
-METHOD_ARTIFACTS = "method"     # a method's own files (gan_balanced: sample grid, realism)
-
-
 def find_teacher(cfg: Config, classes: list[str]) -> tuple[str, dict] | None:
     """(run id, state dict) of the pre-trained teacher an MPL-family trial would train first:
     the selected model of a FINISHED supervised run with the same `teacher_key` (or the
     teacher an earlier MPL-family trial pre-trained), in any experiment of the store."""
-    from ipb.methods.teacher import teacher_key     # torch: not at import time
     if cfg.method.name == "supervised":
         return None
     key = teacher_key(cfg)
@@ -383,7 +377,7 @@ def find_teacher(cfg: Config, classes: list[str]) -> tuple[str, dict] | None:
     run = runs[0]
     with tempfile.TemporaryDirectory() as d:
         path = c.download_artifacts(run.info.run_id, run.data.tags.get(
-            "ipb.teacher_artifact", "model/student.pt"), d)
+            "ipb.teacher_artifact", MODEL_ARTIFACT), d)
         saved = torch.load(path, map_location="cpu", weights_only=True)
     if list(saved.get("classes", [])) != list(classes) or saved.get("arch") != cfg.model.arch:
         return None        # the same key over a table whose classes changed: train afresh

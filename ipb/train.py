@@ -23,7 +23,8 @@ from typing import Any, Callable
 
 from ipb.config import Config, from_dict, to_dict, trial_hash
 from ipb.shared_table import put_table
-from ipb.worker import MODEL_FILE, RESULT_FILE, STATE_FILE, run_worker, trial_log, write_final
+from ipb.lineage import MODEL_FILE, RESULT_FILE, STATE_FILE
+from ipb.worker import run_worker, trial_log, write_final
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

@@ -21,11 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ipb.config import Config, from_dict, to_dict
-
-STATE_FILE = "state.pt"       # a running trial's checkpoint (engine state, every epoch)
-RESULT_FILE = "result.json"   # a finished trial's metrics, confusion matrices and history
-MODEL_FILE = "student.pt"     # a finished trial's selected student (what ipb predict loads)
-TEACHER_FILE = "teacher.pt"   # an MPL-family trial's pre-trained teacher, for later trials
+from ipb.lineage import METHOD_DIR, MODEL_FILE, RESULT_FILE, TEACHER_FILE
 
 SHARDED = ("unlabeled", "val", "test")    # split over workers; labeled goes whole to each
 
@@ -142,7 +138,6 @@ def write_final(d: Path, out: dict[str, Any], cfg: Config, classes: list[str], s
         "metrics": out["metrics"], "cm_test": out["cm_test"].tolist(),
         "cm_val": out["cm_val"].tolist(), "history": out["history"], "classes": classes},
         default=float))
-    from ipb.tracking import METHOD_ARTIFACTS
     for file, data in out.get("artifacts", {}).items():   # e.g. gan_balanced's grid
-        (d / METHOD_ARTIFACTS).mkdir(exist_ok=True)
-        (d / METHOD_ARTIFACTS / (("SYNTHETIC-" if synthetic else "") + file)).write_bytes(data)
+        (d / METHOD_DIR).mkdir(exist_ok=True)
+        (d / METHOD_DIR / (("SYNTHETIC-" if synthetic else "") + file)).write_bytes(data)

@@ -125,6 +125,19 @@ def test_lower_layers_import_nothing_above_them_and_no_ray_or_mlflow(layer):
     assert not bad, bad
 
 
+# above the core: modules that read runs and models but must not pull in training code (torch's
+# whole method and engine stack) -- the artifacts' names and lineage are in ipb.lineage
+NO_TRAINING_CODE = ("ipb.tracking", "ipb.predict", "ipb.student", "ipb.lineage",
+                    "ipb.method_catalog")
+
+
+@pytest.mark.parametrize("module", NO_TRAINING_CODE)
+def test_tracking_and_prediction_import_no_method_or_engine(module):
+    inner = imports()[module][0]
+    assert not [t for t in inner if t.startswith(("ipb.methods", "ipb.engine", "ipb.train",
+                                                  "ipb.worker"))], sorted(inner)
+
+
 # Files over 400 lines, each with the reason it is kept whole (issue 21: "a file past ~400 lines
 # is usually two"). The test fails on a new one without a reason, and on a listed one that has
 # since shrunk (so this list stays true).

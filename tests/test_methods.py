@@ -233,6 +233,9 @@ def test_the_catalog_is_the_registry_and_the_readme_table():
 
     from ipb import method_catalog
     assert sorted(method_catalog.names()) == list_methods()
+    from ipb.methods import method_class
+    assert {e.name: e.pretrains_teacher for e in method_catalog.catalog()} == \
+        {m: method_class(m).pretrains_teacher for m in list_methods()}
     assert all(e.what and e.what[0].isupper() for e in method_catalog.catalog())
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = readme.split(method_catalog.README_BEGIN)[1].split(method_catalog.README_END)[0]

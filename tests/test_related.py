@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ipb.config import load_config
-from ipb.methods.teacher import teacher_key
+from ipb.lineage import teacher_key
 from ipb.engine import Batches, Part
 from ipb.methods import create_method
 from ipb.methods.base import unwrap

@@ -54,7 +54,7 @@ def test_study_rows_pair_every_row_with_its_supervised_teacher():
     supervised row of its labeled fraction (same teacher_key), --ablation adds one row per
     robust switch."""
     from ipb.config import PRESETS
-    from ipb.methods.teacher import teacher_key
+    from ipb.lineage import teacher_key
     mod = _module("study")
     cfg = load_config("study")
     trials = expand(cfg, mod.configurations(cfg))

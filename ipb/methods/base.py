@@ -129,7 +129,7 @@ class Method:
     name = "base"
     uses_unlabeled = False
     # stage 1 is the supervised CNN's training (MPL, IPB, FixMatch, ABC): a sweep hands such a
-    # method the supervised row's selected model instead (ipb.methods.teacher.teacher_key)
+    # method the supervised row's selected model instead (ipb.lineage.teacher_key)
     pretrains_teacher = False
 
     def __init__(self, cfg: Config, num_classes: int, device: torch.device,

@@ -3,7 +3,7 @@
     ipb train --method fixmatch --arch vgg19 --fold 0
 
 One network. Stage 1 is the MPL family's teacher pre-training (`method.teacher_pretrain_epochs`
-on L; a sweep reuses the supervised row's selected model, methods.teacher.teacher_key), so
+on L; a sweep reuses the supervised row's selected model, ipb.lineage.teacher_key), so
 FixMatch, MPL and IPB start from the same network and then spend the same `train.epochs` of
 unlabeled epochs.
 Stage 2, one step as USB runs it (semilearn/algorithms/fixmatch, its defaults):
@@ -36,7 +36,7 @@ class FixMatch(Method):
     """FixMatch (Sohn et al., NeurIPS 2020): weak/strong consistency above a confidence cut-off."""
     name = "fixmatch"
     uses_unlabeled = True
-    pretrains_teacher = True      # stage 1 = the supervised row (methods.teacher.teacher_key)
+    pretrains_teacher = True      # stage 1 = the supervised row (ipb.lineage.teacher_key)
 
     def __init__(self, cfg, num_classes, device, wrap):
         super().__init__(cfg, num_classes, device, wrap)

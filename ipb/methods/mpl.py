@@ -55,7 +55,7 @@ class MPL(Method):
     """Meta Pseudo Labels with UDA, the paper's "MPL (imbalanced)": a teacher taught by its student."""
     name = "mpl"
     uses_unlabeled = True
-    pretrains_teacher = True    # stage 1 = the supervised row (methods.teacher.teacher_key)
+    pretrains_teacher = True    # stage 1 = the supervised row (ipb.lineage.teacher_key)
 
     def __init__(self, cfg, num_classes, device, wrap):
         super().__init__(cfg, num_classes, device, wrap)

@@ -1,15 +1,31 @@
-"""Which supervised model an MPL-family trial's teacher pre-training reproduces, so a sweep
-hands it the supervised row's selected model instead of training it again:
+"""Where a trial's results live, by one name each, and which supervised model a trial's teacher is.
 
-    python -c "from ipb.config import load_config; from ipb.methods.teacher import teacher_key; \
+    python -c "from ipb.config import load_config; from ipb.lineage import teacher_key; \
 print(teacher_key(load_config('study', ['method.name=ipb'])))"
+
+A trial writes its files into its checkpoint directory (ipb/worker.py) and `ipb.tracking` logs
+them into its MLflow run; `ipb.student` loads a student from either, `ipb.logged_models` logs
+the `student` and `colonies` models from the first. An MPL-family trial (and FixMatch, ABC)
+pre-trains its teacher exactly as the supervised row of the same split, seed and budget trains
+its network, so a sweep hands it that row's selected model (`teacher_key`; found by
+`ipb.tracking.find_teacher`, logged as TEACHER_ARTIFACT). No torch, no MLflow here.
 """
 from __future__ import annotations
 
 from dataclasses import fields
 
 from ipb.config import AugmentConfig, Config, MethodConfig, apply, config_hash, identity
-from ipb.methods.base import method_class
+from ipb.method_catalog import pretrains_teacher
+
+# a trial's files (its checkpoint directory)
+STATE_FILE = "state.pt"       # a running trial's checkpoint (engine state, every epoch)
+RESULT_FILE = "result.json"   # a finished trial's metrics, confusion matrices and history
+MODEL_FILE = "student.pt"     # a finished trial's selected student (what ipb predict loads)
+TEACHER_FILE = "teacher.pt"   # an MPL-family trial's pre-trained teacher, for later trials
+METHOD_DIR = "method"         # a method's own files (gan_balanced: sample grid, realism)
+# where the MLflow run holds them
+MODEL_ARTIFACT = f"model/{MODEL_FILE}"
+TEACHER_ARTIFACT = f"model/{TEACHER_FILE}"
 
 
 def teacher_key(cfg: Config) -> str | None:
@@ -22,7 +38,7 @@ def teacher_key(cfg: Config) -> str | None:
     if cfg.method.name != "supervised":
         m = cfg.method
         if m.teacher_pretrain_epochs <= 0 or m.teacher_select != "val" or \
-                not _pretrains_teacher(m.name):
+                not pretrains_teacher(m.name):
             return None
         cfg = apply(cfg, {"method.name": "supervised", "train.epochs": m.teacher_pretrain_epochs,
                           "train.finetune_epochs": 0})
@@ -34,12 +50,3 @@ def teacher_key(cfg: Config) -> str | None:
                     for k in ("weak", "strong_p", "strong_brightness", "strong_contrast")})
     flat = {**identity(cfg), **neutral}
     return "teacher-" + config_hash(flat, cfg.train.fold, cfg.train.seed)
-
-
-def _pretrains_teacher(name: str) -> bool:
-    """Whether method `name` starts with the supervised CNN's training (MPL, IPB, FixMatch,
-    ABC: a class attribute), so a sweep can hand it the supervised row's model."""
-    try:
-        return method_class(name).pretrains_teacher
-    except ValueError:
-        return False
