@@ -77,7 +77,8 @@ import sys, time, torch
 from ipb.config import from_dict
 from ipb.data.splits import make_split
 from ipb.data.table import load_colonies
-from ipb.engine import Part, patch_size, run_trial
+from ipb.batches import patch_size
+from ipb.engine import Part, run_trial
 import json
 cfg = from_dict(json.loads(sys.argv[1]))
 torch.set_num_threads(cfg.train.cpus_per_worker)

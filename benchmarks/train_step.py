@@ -10,7 +10,7 @@ One MPL step (32 labeled + 32 unlabeled, weak and strong views) on CPU with ONE 
 Both run interleaved after a warm-up (rounds x steps each, the order alternating per round so
 drifting machine load hits both alike); medians of per-step wall times; ratio = ours / plain.
 
-The pseudo-balancing pass: `ipb.engine.plan_unlabeled_epoch` for method ipb on a Part of
+The pseudo-balancing pass: `ipb.batches.plan_unlabeled_epoch` for method ipb on a Part of
 --unlabeled synthetic colonies (tests/tiny.py rows; building the Part, done once per worker
 per run, is timed apart): patch positions for the epoch, the teacher (eval) predicting one patch
 per colony, the balanced draw. One epoch of IPB = this pass + len(U) / 32 steps (the paper's
@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from ipb.config import PAPER_CLASSES, load_config  # noqa: E402
 from ipb.data.augment import make_augment  # noqa: E402
-from ipb.engine import Part, plan_unlabeled_epoch  # noqa: E402
+from ipb.batches import plan_unlabeled_epoch  # noqa: E402
+from ipb.engine import Part  # noqa: E402
 from ipb.methods import create_method  # noqa: E402
 from ipb.models import create_model  # noqa: E402
 

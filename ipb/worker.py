@@ -96,7 +96,8 @@ def worker_parts(config: dict[str, Any], rank: int, world: int):
     import ray
     import torch
 
-    from ipb.engine import Part, patch_size
+    from ipb.batches import patch_size
+    from ipb.evaluation import Part
     from ipb.shared_table import node_bank
     cfg = from_dict(config["cfg"])
     classes = config["classes"]

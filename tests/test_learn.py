@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ipb.config import PRESETS, SynthConfig, load_config
-from ipb.engine import steps_for
+from ipb.batches import steps_for
 from ipb.methods import create_method
 from ipb.methods.diagnostics import agreement, grad_share, snapshot, target_accuracy, \
     weight_change
@@ -150,7 +150,7 @@ def test_inference_passes_on_an_nhwc_copy_predict_as_the_model_does(parts):
     """train.eval_channels_last (default on CPU): evaluation and the teacher's colony pass run
     on an NHWC copy -- the same probabilities up to float rounding, the trained model itself
     untouched (memory format, train mode)."""
-    from ipb.engine import clean_pool
+    from ipb.batches import clean_pool
     from ipb.evaluation import predict_proba
     from ipb.models import create_model
     torch.manual_seed(0)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ipb.config import apply
-from ipb.engine import Batches, plan_unlabeled_epoch, run_trial
+from ipb.batches import Batches, plan_unlabeled_epoch
+from ipb.engine import run_trial
 from ipb.methods import PHASE_INPUTS, create_method, list_methods
 from ipb.methods.ipb import balanced_draw
 from tiny import tiny_cfg, tiny_parts

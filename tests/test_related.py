@@ -11,7 +11,8 @@ import torch
 
 from ipb.config import load_config
 from ipb.lineage import teacher_key
-from ipb.engine import Batches, Part
+from ipb.batches import Batches
+from ipb.evaluation import Part
 from ipb.methods import create_method
 from ipb.methods.base import unwrap
 from ipb.methods.partial import candidate_nll, partial_label_loss

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from ipb.config import PRESETS, load_config
-from ipb.engine import Batches, run_trial
+from ipb.batches import Batches
+from ipb.engine import run_trial
 from ipb.evaluation import collapsed, evaluate
 from ipb.methods import create_method
 from ipb.methods.stabilize import DistAlign, FlexThreshold, ModelEMA, recalibrate_bn, \
