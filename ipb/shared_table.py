@@ -73,15 +73,25 @@ class _TableHolder:
     def get(self) -> dict[str, Any]:
         return self.data
 
-    def node_bank(self, node_id: str) -> list:
-        """[the _NodeBank actor of node `node_id`], started there on the first request."""
-        if node_id not in self.nodes:
+    def node_bank(self, node_id: str, replace: bool = False) -> list:
+        """[the _NodeBank actor of node `node_id`], started there on the first request (and
+        again with `replace`, when the last one died, e.g. out of memory while decoding)."""
+        if replace or node_id not in self.nodes:
+            import time
+
             import ray
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
             on = NodeAffinitySchedulingStrategy(node_id, soft=False)
-            self.nodes[node_id] = ray.remote(_NodeBank).options(
-                name=bank_name(self.name, node_id), num_cpus=0, scheduling_strategy=on
-            ).remote([self.data["rows"]])
+            for wait in (0.0, 0.5, 1.0, 2.0, 4.0, None):
+                try:
+                    self.nodes[node_id] = ray.remote(_NodeBank).options(
+                        name=bank_name(self.name, node_id), num_cpus=0, scheduling_strategy=on
+                    ).remote([self.data["rows"]])
+                    break
+                except ValueError:      # the dead one's name is not released yet
+                    if wait is None:
+                        raise
+                    time.sleep(wait)
         return [self.nodes[node_id]]
 
 
@@ -117,11 +127,23 @@ def table_data(name: str) -> dict[str, Any]:
 
 def node_bank(holder: str, size: int):
     """The ColonyBank of the whole table at patch `size`, decoded once on this node (zero-copy
-    from this node's object store)."""
+    from this node's object store). A node bank that died is started again once."""
     import ray
+    from ray.exceptions import RayActorError
 
     from ipb.data.patches import ColonyBank
-    [actor] = ray.get(ray.get_actor(holder).node_bank.remote(
-        ray.get_runtime_context().get_node_id()))
-    [ref] = ray.get(actor.bank.remote(size))
-    return ColonyBank.from_arrays(ray.get(ref))
+    node = ray.get_runtime_context().get_node_id()
+    table = ray.get_actor(holder)
+    for again in (False, True):
+        [actor] = ray.get(table.node_bank.remote(node, again))
+        try:
+            [ref] = ray.get(actor.bank.remote(size))
+            return ColonyBank.from_arrays(ray.get(ref))
+        except RayActorError as e:
+            if again:
+                raise RuntimeError(
+                    f"the patch bank of node {node[:12]} died twice while decoding the table "
+                    f"at {size} px ({type(e).__name__}); the likeliest cause is memory: the "
+                    "bank takes about 10x the table's size in the node's object store and "
+                    "heap (the study's 17.9k colonies: 2.0 GiB at 48 px); give the nodes more "
+                    "memory or object store (ray start --object-store-memory)") from e

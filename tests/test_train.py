@@ -141,6 +141,10 @@ def test_a_sweep_decodes_its_table_once_per_node(ray_local, table):
         assert first[3] == second[3] and alive() == [bank_name(name, first[3])]
         other = ray.get(worker.remote(name, 48))      # another patch size: the same actor
         assert len(alive()) == 1
+        # a node bank that died (out of memory while decoding) is started again, once
+        ray.kill(ray.get_actor(bank_name(name, first[3])))
+        again = ray.get(worker.remote(name, 32))
+        assert np.array_equal(again[2], first[2]) and alive() == [bank_name(name, first[3])]
     rows = load_colonies(table, columns=["crop", "mask"]).to_dict("records")
     for n, size, crop0, _ in (first, second, other):
         assert n == len(rows) and size in (32, 48)
