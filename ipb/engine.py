@@ -22,7 +22,7 @@ from ipb.batches import (Batches, bn_batches, clean_pool, plan_unlabeled_epoch, 
 from ipb.config import Config
 from ipb.dist import all_reduce_sum, global_sum
 from ipb.evaluation import Part, collapsed, evaluate, predict_proba, unlabeled_shares  # noqa: F401
-from ipb.methods import create_method
+from ipb.methods import PHASE_INPUTS, create_method
 from ipb.methods.base import UnlabeledPool, unwrap
 from ipb.methods.stabilize import recalibrate_bn
 
@@ -78,6 +78,7 @@ def run_trial(cfg: Config, parts: dict[str, Part], classes: list[str], *,
     gen = torch.Generator().manual_seed(seed * 7919 + rank)
     batches = Batches(cfg, parts, rng, gen, device)
     n_epochs = method.num_epochs()
+    _check_phases(method, n_epochs)
     final_phase = method.phase(n_epochs - 1)
     first_final = next(e for e in range(n_epochs) if method.phase(e) == final_phase)
     run = _start(method, resume, teacher_state, first_final, log)
@@ -140,6 +141,17 @@ def _unlabeled_epoch(method, epoch: int, parts, classes, cfg: Config, device, rn
     if plan["stats"]:
         metrics.update(u_true)
     return plan["pool"]
+
+
+def _check_phases(method, n_epochs: int) -> None:
+    """A method's epochs stay within the phases it declares, each a batch the engine makes."""
+    used = {method.phase(e) for e in range(n_epochs)}
+    undeclared = sorted(used - set(method.phases))
+    unknown = sorted(set(method.phases) - set(PHASE_INPUTS))
+    if undeclared or unknown:
+        raise ValueError(f"method {method.name!r}: phases {undeclared or unknown} are not "
+                         f"{'declared in its `phases`' if undeclared else 'batches the engine makes'}"
+                         f" (declared {method.phases}; the engine's: {sorted(PHASE_INPUTS)})")
 
 
 def _start(method, resume: dict | None, teacher_state: dict | None, first_final: int,

@@ -27,6 +27,7 @@ class Entry:
     what: str           # one line
     file: str           # relative to the repository, e.g. ipb/methods/fixmatch.py
     pretrains_teacher: bool = False   # its first stage is the supervised CNN's training
+    phases: tuple[str, ...] = ()      # the batches its epochs need (ipb.methods.PHASE_INPUTS)
 
 
 def _first_line(doc: str | None) -> str:
@@ -34,9 +35,18 @@ def _first_line(doc: str | None) -> str:
 
 
 def _constants(node: ast.ClassDef) -> dict[str, object]:
-    """The class body's `NAME = <constant>` assignments."""
-    return {t.id: s.value.value for s in node.body if isinstance(s, ast.Assign)
-            and isinstance(s.value, ast.Constant) for t in s.targets if isinstance(t, ast.Name)}
+    """The class body's `NAME = <literal>` assignments (plain or annotated)."""
+    out = {}
+    for s in node.body:
+        targets = s.targets if isinstance(s, ast.Assign) else \
+            [s.target] if isinstance(s, ast.AnnAssign) and s.value is not None else []
+        for t in targets:
+            if isinstance(t, ast.Name):
+                try:
+                    out[t.id] = ast.literal_eval(s.value)
+                except ValueError:
+                    pass
+    return out
 
 
 def _classes(path: Path) -> list[tuple[ast.ClassDef, ast.Module, Path]]:
@@ -78,7 +88,8 @@ def _catalog(dirs: tuple[Path, ...]) -> tuple[Entry, ...]:
         what = _first_line(ast.get_docstring(node)) or _first_line(ast.get_docstring(tree))
         entries.append(Entry(name, what, f"{path.parent.parent.name}/{path.parent.name}/"
                                          f"{path.name}",
-                             bool(_inherited(node, "pretrains_teacher", by_name, False))))
+                             bool(_inherited(node, "pretrains_teacher", by_name, False)),
+                             tuple(_inherited(node, "phases", by_name, ()))))
     return tuple(sorted(entries, key=lambda e: (e.name != "supervised", e.name)))
 
 
@@ -94,8 +105,9 @@ def pretrains_teacher(name: str) -> bool:
 
 def markdown() -> str:
     """The README's method table."""
-    rows = ["| `method.name` | what it is | file |", "|---|---|---|"]
-    rows += [f"| `{e.name}` | {e.what} | `{e.file}` |" for e in catalog()]
+    rows = ["| `method.name` | what it is | phases | file |", "|---|---|---|---|"]
+    rows += [f"| `{e.name}` | {e.what} | {', '.join(e.phases)} | `{e.file}` |"
+             for e in catalog()]
     return "\n".join(rows)
 
 

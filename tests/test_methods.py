@@ -237,11 +237,24 @@ def test_the_catalog_is_the_registry_and_the_readme_table():
     from ipb.methods import method_class
     assert {e.name: e.pretrains_teacher for e in method_catalog.catalog()} == \
         {m: method_class(m).pretrains_teacher for m in list_methods()}
+    assert {e.name: e.phases for e in method_catalog.catalog()} == \
+        {m: method_class(m).phases for m in list_methods()}
     assert all(e.what and e.what[0].isupper() for e in method_catalog.catalog())
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = readme.split(method_catalog.README_BEGIN)[1].split(method_catalog.README_END)[0]
     assert block.strip() == method_catalog.markdown(), \
         "the README's method table is stale: python -m ipb.method_catalog --markdown"
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_a_method_declares_the_phases_its_epochs_use(method):
+    """`phases` names every batch its epochs need, with and without a pre-training stage."""
+    declared = create_method(method, cfg_for(method), 3).phases
+    assert declared and set(declared) <= set(PHASE_INPUTS)
+    for extra in ([], ["method.teacher_pretrain_epochs=2", "method.simclr_epochs=2",
+                       "method.gan_epochs=2"], ["method.teacher_pretrain_epochs=0"]):
+        m = create_method(method, cfg_for(method, *extra), 3)
+        assert {m.phase(e) for e in range(m.num_epochs())} <= set(declared), extra
 
 
 TINY_METHOD = '''"""Pseudo-Label (Lee, ICML-W 2013): the network's own confident argmax on U as a target."""
@@ -257,6 +270,7 @@ class PseudoLabel(Supervised):
     """Pseudo-Label (Lee 2013): confident argmax targets on the weak view of U, one network."""
     name = "pseudo_label_test"
     uses_unlabeled = True
+    phases = ("mpl",)
 
     def phase(self, epoch):
         return "mpl"

@@ -127,6 +127,8 @@ class UnlabeledPool:
 class Method:
     """Base: owns models and optimizers; subclasses implement `phase` and `train_step`."""
     name = "base"
+    # the phases (keys of PHASE_INPUTS: the batch each step needs) its epochs may be in
+    phases: tuple[str, ...] = ()
     uses_unlabeled = False
     # stage 1 is the supervised CNN's training (MPL, IPB, FixMatch, ABC): a sweep hands such a
     # method the supervised row's selected model instead (ipb.lineage.teacher_key)

@@ -35,6 +35,7 @@ EMA_WARMUP = 10        # decay = min(EMA_M, (1 + n) / (EMA_WARMUP + n))
 class FixMatch(Method):
     """FixMatch (Sohn et al., NeurIPS 2020): weak/strong consistency above a confidence cut-off."""
     name = "fixmatch"
+    phases = ("supervised", "mpl")     # the supervised CNN, then weak/strong unlabeled steps
     uses_unlabeled = True
     pretrains_teacher = True      # stage 1 = the supervised row (ipb.lineage.teacher_key)
 

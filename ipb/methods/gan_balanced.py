@@ -41,6 +41,7 @@ GRID_COLS = 8
 class GANBalanced(Method):
     """A conditional GAN tops L's minority classes up to balance, then the CNN trains on L."""
     name = "gan_balanced"
+    phases = ("gan", "supervised")
 
     def __init__(self, cfg, num_classes, device, wrap):
         super().__init__(cfg, num_classes, device, wrap)

@@ -54,6 +54,7 @@ GRAD_EVERY = 25   # MPL steps between two measurements of the MPL term's gradien
 class MPL(Method):
     """Meta Pseudo Labels with UDA, the paper's "MPL (imbalanced)": a teacher taught by its student."""
     name = "mpl"
+    phases = ("supervised", "mpl")     # teacher pre-training, then MPL steps
     uses_unlabeled = True
     pretrains_teacher = True    # stage 1 = the supervised row (ipb.lineage.teacher_key)
 

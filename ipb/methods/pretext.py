@@ -19,6 +19,7 @@ from ipb.methods.base import Method, make_optimizer, set_lr
 class PretextThenFinetune(Method):
     uses_unlabeled = True
     pretext_phase = "contrastive"
+    phases = ("contrastive", "supervised")
 
     def __init__(self, cfg, num_classes, device, wrap):
         super().__init__(cfg, num_classes, device, wrap)

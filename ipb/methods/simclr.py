@@ -46,6 +46,7 @@ class _WithHead(nn.Module):
 class SimCLR(Method):
     """SimCLR: NT-Xent pre-training on U+L, then supervised fine-tuning on L."""
     name = "simclr"
+    phases = ("contrastive", "supervised")
     uses_unlabeled = True
 
     def __init__(self, cfg, num_classes, device, wrap):

@@ -59,6 +59,7 @@ class SimTriplet(PretextThenFinetune):
     """SimTriplet (Liu et al., MICCAI 2021): SimSiam plus a triplet of neighbouring patches, then L."""
     name = "simtriplet"
     pretext_phase = "triplet"
+    phases = ("triplet", "supervised")
 
     def build_net(self, model):
         return _SimTripletNet(model, self.cfg.method.simclr_proj_dim)

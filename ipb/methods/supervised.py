@@ -14,6 +14,7 @@ from ipb.methods.base import Method, make_optimizer, register_method, set_lr
 class Supervised(Method):
     """The CNN on the labeled set alone (the paper's supervised rows; the MPL family's teacher)."""
     name = "supervised"
+    phases = ("supervised",)
 
     def __init__(self, cfg, num_classes, device, wrap):
         super().__init__(cfg, num_classes, device, wrap)
