@@ -23,7 +23,7 @@ from ipb.config import Config
 from ipb.dist import all_reduce_sum, global_sum
 from ipb.evaluation import Part, collapsed, evaluate, predict_proba, unlabeled_shares  # noqa: F401
 from ipb.methods import PHASE_INPUTS, create_method
-from ipb.methods.base import UnlabeledPool, unwrap
+from ipb.methods.base import unwrap
 from ipb.methods.stabilize import recalibrate_bn
 
 
@@ -97,8 +97,14 @@ def run_trial(cfg: Config, parts: dict[str, Part], classes: list[str], *,
         method.start_epoch(epoch)
         metrics: dict[str, float] = {"epoch": epoch}
         if phase == "mpl":
-            pool = _unlabeled_epoch(method, epoch, parts, classes, cfg, device, rng, gen,
-                                    batches, metrics, u_true, t0)
+            plan = plan_unlabeled_epoch(method, epoch, parts["unlabeled"], classes, cfg,
+                                        device, rng, gen)
+            batches.set_unlabeled_epoch(plan["order"], plan["positions"])
+            pool = plan["pool"]
+            metrics.update(plan["stats"])
+            metrics["time.balance"] = time.time() - t0
+            if plan["stats"]:
+                metrics.update(u_true)
         metrics.update(_train_steps(method, batches, phase, epoch,
                                     steps_for(phase, cfg, parts, world)))
         metrics["time.steps"] = time.time() - t0 - metrics.get("time.balance", 0.0)
@@ -129,29 +135,16 @@ def run_trial(cfg: Config, parts: dict[str, Part], classes: list[str], *,
     return out
 
 
-def _unlabeled_epoch(method, epoch: int, parts, classes, cfg: Config, device, rng, gen,
-                     batches: Batches, metrics: dict, u_true: dict, t0: float) -> UnlabeledPool:
-    """The epoch's unlabeled order (the method's: IPB balances it) handed to the batches, its
-    statistics into `metrics`; returns the pool of clean patches it was drawn from."""
-    plan = plan_unlabeled_epoch(method, epoch, parts["unlabeled"], classes, cfg, device, rng,
-                                gen)
-    batches.set_unlabeled_epoch(plan["order"], plan["positions"])
-    metrics.update(plan["stats"])
-    metrics["time.balance"] = time.time() - t0
-    if plan["stats"]:
-        metrics.update(u_true)
-    return plan["pool"]
-
-
 def _check_phases(method, n_epochs: int) -> None:
     """A method's epochs stay within the phases it declares, each a batch the engine makes."""
-    used = {method.phase(e) for e in range(n_epochs)}
-    undeclared = sorted(used - set(method.phases))
+    undeclared = sorted({method.phase(e) for e in range(n_epochs)} - set(method.phases))
+    if undeclared:
+        raise ValueError(f"method {method.name!r} runs epochs of phase(s) {undeclared} that its "
+                         f"`phases` {method.phases} does not declare; add them there")
     unknown = sorted(set(method.phases) - set(PHASE_INPUTS))
-    if undeclared or unknown:
-        raise ValueError(f"method {method.name!r}: phases {undeclared or unknown} are not "
-                         f"{'declared in its `phases`' if undeclared else 'batches the engine makes'}"
-                         f" (declared {method.phases}; the engine's: {sorted(PHASE_INPUTS)})")
+    if unknown:
+        raise ValueError(f"method {method.name!r} declares phase(s) {unknown} the engine has no "
+                         f"batch for; known: {sorted(PHASE_INPUTS)}")
 
 
 def _start(method, resume: dict | None, teacher_state: dict | None, first_final: int,

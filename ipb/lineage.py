@@ -24,8 +24,9 @@ MODEL_FILE = "student.pt"     # a finished trial's selected student (what ipb pr
 TEACHER_FILE = "teacher.pt"   # an MPL-family trial's pre-trained teacher, for later trials
 METHOD_DIR = "method"         # a method's own files (gan_balanced: sample grid, realism)
 # where the MLflow run holds them
-MODEL_ARTIFACT = f"model/{MODEL_FILE}"
-TEACHER_ARTIFACT = f"model/{TEACHER_FILE}"
+ARTIFACT_DIR = "model"
+MODEL_ARTIFACT = f"{ARTIFACT_DIR}/{MODEL_FILE}"
+TEACHER_ARTIFACT = f"{ARTIFACT_DIR}/{TEACHER_FILE}"
 
 
 def teacher_key(cfg: Config) -> str | None:

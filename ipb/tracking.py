@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ipb.config import Config, flatten, to_dict, to_yaml, trial_hash
-from ipb.lineage import MODEL_ARTIFACT, METHOD_DIR, TEACHER_ARTIFACT, TEACHER_FILE, teacher_key
+from ipb.lineage import (ARTIFACT_DIR, METHOD_DIR, MODEL_ARTIFACT, TEACHER_ARTIFACT, TEACHER_FILE,
+                         teacher_key)
 
 TAG_KEYS = ("ipb.method", "ipb.arch", "ipb.scales", "ipb.multi_label", "ipb.labeled_fraction",
             "ipb.fold", "ipb.seed", "ipb.sweep")
@@ -344,12 +345,12 @@ def log_trial_result(run_id: str, cfg: Config, out: dict[str, Any], model_file: 
         (d / "result.json").write_text(json.dumps(out, default=float, indent=1))
         for f in d.iterdir():
             c.log_artifact(run_id, str(f))
-        c.log_artifact(run_id, str(model_file), artifact_path=MODEL_ARTIFACT.rpartition("/")[0])
+        c.log_artifact(run_id, str(model_file), artifact_path=ARTIFACT_DIR)
     if (model_file.parent / METHOD_DIR).is_dir():    # Method.final_report's files
         c.log_artifacts(run_id, str(model_file.parent / METHOD_DIR), METHOD_DIR)
     teacher_file = model_file.parent / TEACHER_FILE
     if teacher_file.is_file() and teacher_key(cfg):
-        c.log_artifact(run_id, str(teacher_file), artifact_path=TEACHER_ARTIFACT.rpartition("/")[0])
+        c.log_artifact(run_id, str(teacher_file), artifact_path=ARTIFACT_DIR)
         c.set_tag(run_id, "ipb.teacher_artifact", TEACHER_ARTIFACT)
         c.set_tag(run_id, "ipb.teacher_key", teacher_key(cfg))
     m = out["metrics"]

@@ -72,7 +72,6 @@ def hungarian(counts: np.ndarray) -> np.ndarray:
 class ContrastiveClustering(PretextThenFinetune):
     """Contrastive Clustering (Li et al., AAAI 2021): instance and cluster contrast on U+L; then L."""
     name = "contrastive_clustering"
-    pretext_phase = "clustering"
     phases = ("clustering", "supervised")
 
     def __init__(self, cfg, num_classes, device, wrap):

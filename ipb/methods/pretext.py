@@ -4,7 +4,7 @@
 
 `method.simclr_epochs` pretext epochs (the pre-training budget of every self-supervised row)
 train the architecture with the pretext heads of `build_net` (DDP-wrapped) on the batches of
-`pretext_phase`; then `train.epochs` of supervised fine-tuning on L with the
+the first of `phases`; then `train.epochs` of supervised fine-tuning on L with the
 ground-truth-balanced sampler train the architecture itself, wrapped for DDP on first use.
 Used by Contrastive Clustering and SimTriplet (SimCLR predates it: ipb/methods/simclr.py).
 """
@@ -18,8 +18,7 @@ from ipb.methods.base import Method, make_optimizer, set_lr
 
 class PretextThenFinetune(Method):
     uses_unlabeled = True
-    pretext_phase = "contrastive"
-    phases = ("contrastive", "supervised")
+    phases = ("contrastive", "supervised")    # (the pretext batch, then fine-tuning on L)
 
     def __init__(self, cfg, num_classes, device, wrap):
         super().__init__(cfg, num_classes, device, wrap)
@@ -38,7 +37,7 @@ class PretextThenFinetune(Method):
         raise NotImplementedError
 
     def pretext_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        """The pretext loss of one batch of `pretext_phase`, and what to log."""
+        """The pretext loss of one batch of the pretext phase, and what to log."""
         raise NotImplementedError
 
     def after_pretext_step(self, batch: dict[str, torch.Tensor]) -> None:
@@ -49,7 +48,7 @@ class PretextThenFinetune(Method):
 
     # -- the contract ----------------------------------------------------------------------------
     def phase(self, epoch):
-        return self.pretext_phase if epoch < self.cfg.method.simclr_epochs else "supervised"
+        return self.phases[0] if epoch < self.cfg.method.simclr_epochs else "supervised"
 
     def num_epochs(self):
         return self.cfg.method.simclr_epochs + self.finetune_epochs()

@@ -58,7 +58,6 @@ class _SimTripletNet(nn.Module):
 class SimTriplet(PretextThenFinetune):
     """SimTriplet (Liu et al., MICCAI 2021): SimSiam plus a triplet of neighbouring patches, then L."""
     name = "simtriplet"
-    pretext_phase = "triplet"
     phases = ("triplet", "supervised")
 
     def build_net(self, model):
