@@ -386,9 +386,17 @@ def find_teacher(cfg: Config, classes: list[str]) -> tuple[str, dict] | None:
 
 
 def end_run(cfg: Config, run_id: str, status: str, error: str | None = None) -> None:
+    """End a run with `status` (and its error as the tag ipb.error). Two processes may end one
+    run at the same moment: a stopped sweep ends its RUNNING trials while each trial ends its
+    own. A SQLite store then refuses the second one's tag (its insert collides with the first's:
+    UNIQUE constraint failed, seen in CI); the tag exists by then, so writing it again updates."""
+    from mlflow.exceptions import MlflowException
     c = client(tracking_uri(cfg))
     if error:
-        c.set_tag(run_id, "ipb.error", error[:5000])
+        try:
+            c.set_tag(run_id, "ipb.error", error[:5000])
+        except MlflowException:
+            c.set_tag(run_id, "ipb.error", error[:5000])
     c.set_terminated(run_id, status=status)
 
 
