@@ -6,7 +6,7 @@
     ipb ingest wells/ --out table/ --labels wells/labels.csv
     ipb splits table/ --fold 0
     ipb config --profile paper train.epochs=10
-    ipb methods                  # the registered methods, one line each
+    ipb methods [--settings]     # the registered methods, one line each (their own keys)
     ipb predict RUN_ID_OR_student.pt images/ --out pred/
     ipb predict "models:/ipb-main-colonies@champion" images/ --out pred/
 
@@ -37,8 +37,9 @@ def _config(args, extra: dict | None = None):
 
 
 def cmd_methods(args) -> int:
+    from ipb.config.settings import describe
     from ipb.method_catalog import markdown, text
-    print(markdown() if args.markdown else text())
+    print(describe() if args.settings else markdown() if args.markdown else text())
     return 0
 
 
@@ -238,6 +239,8 @@ def _data_commands(sub) -> None:
 
     p = sub.add_parser("methods", help="the registered methods (method.name), one line each")
     p.add_argument("--markdown", action="store_true", help="as the README's table")
+    p.add_argument("--settings", action="store_true",
+                   help="the methods' own keys (method.<group>.*): defaults, ranges, old names")
     p.set_defaults(fn=cmd_methods)
 
     p = sub.add_parser("config", help="print the resolved configuration as YAML")

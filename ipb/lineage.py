@@ -12,9 +12,7 @@ its network, so a sweep hands it that row's selected model (`teacher_key`; found
 """
 from __future__ import annotations
 
-from dataclasses import fields
-
-from ipb.config import AugmentConfig, Config, MethodConfig, apply, config_hash, identity
+from ipb.config import AugmentConfig, Config, apply, config_hash, identity
 from ipb.method_catalog import pretrains_teacher
 
 # a trial's files (its checkpoint directory)
@@ -44,8 +42,8 @@ def teacher_key(cfg: Config) -> str | None:
         cfg = apply(cfg, {"method.name": "supervised", "train.epochs": m.teacher_pretrain_epochs,
                           "train.finetune_epochs": 0})
     # multi_label_loss=partial puts multi-label colonies in L: the teacher trains on them
-    neutral = {f"method.{f.name}": getattr(MethodConfig(), f.name)
-               for f in fields(MethodConfig) if f.name not in ("name", "multi_label_loss")}
+    neutral = {k: v for k, v in identity(Config()).items() if k.startswith("method.")
+               and k not in ("method.name", "method.multi_label_loss")}
     # the views of unlabeled patches only: the supervised CNN never sees them
     neutral.update({f"augment.{k}": getattr(AugmentConfig(), k)
                     for k in ("weak", "strong_p", "strong_brightness", "strong_contrast")})

@@ -21,7 +21,7 @@ from ipb.sweep_cli import main
 METHODS = tuple(method_names())     # every registered method, supervised first
 # variants that need their own row name (configuration_label names method and arch only)
 VARIANTS = ((" (Hungarian)", {"method.name": "contrastive_clustering",
-                              "method.cc_eval": "hungarian"}),
+                              "method.contrastive_clustering.classifier": "hungarian"}),
             (" (partial labels)", {"method.name": "supervised",
                                    "method.multi_label_loss": "partial"}))
 

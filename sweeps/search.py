@@ -20,9 +20,9 @@ def space(trial):
     """Define-by-run search space (keys are config keys; patch.scale scales both patch sides)."""
     trial.suggest_categorical("model.arch", ARCHS)
     trial.suggest_categorical("patch.scale", [0.75, 1.0, 1.25])
-    trial.suggest_float("method.threshold", 0.5, 0.95)
+    trial.suggest_float("method.mpl.threshold", 0.5, 0.95)
     trial.suggest_float("train.lr", 1e-4, 1e-2, log=True)
-    trial.suggest_float("method.student_warmup_lr_scale", 0.01, 1.0, log=True)
+    trial.suggest_float("method.mpl.student_warmup_lr_scale", 0.01, 1.0, log=True)
     trial.suggest_float("method.lambda_u", 0.1, 4.0, log=True)
     trial.suggest_categorical("model.width", [0.125, 0.25, 0.5, 1.0])
 

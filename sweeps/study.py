@@ -124,7 +124,8 @@ def related_rows(sup_epochs: int) -> list[dict]:
             {"_label": "Contrastive Clustering (fine-tuned)",
              "method.name": "contrastive_clustering", "train.epochs": sup_epochs},
             {"_label": "Contrastive Clustering (Hungarian)",
-             "method.name": "contrastive_clustering", "method.cc_eval": "hungarian"},
+             "method.name": "contrastive_clustering",
+             "method.contrastive_clustering.classifier": "hungarian"},
             {"_label": "SimTriplet", "method.name": "simtriplet", "train.epochs": sup_epochs},
             {"_label": "GAN-balanced", "method.name": "gan_balanced",
              "train.epochs": sup_epochs},
@@ -143,9 +144,9 @@ def switch_rows(base: dict, label: str, preset: str, reference: str | None) -> l
         back = ref.get(key, default[key])
         if back == value:
             continue
-        row = {**base, key: back, "_label": f"{label} without {key.split('.')[1]}={value}"}
-        if key == "method.student_init":
-            row["method.student_lr_scale"] = 1.0
+        row = {**base, key: back, "_label": f"{label} without {key.rsplit('.', 1)[1]}={value}"}
+        if key == "method.mpl.student_init":
+            row["method.mpl.student_lr_scale"] = 1.0
         rows.append(row)
     return rows
 

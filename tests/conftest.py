@@ -64,7 +64,7 @@ def tiny_sweep(ray_local, tmp_path_factory):
     table = f"file://{write_tiny_table(d / 'table')}"
     db = f"sqlite:///{d}/sweep.db"
     overrides = [*TINY, "patch.size=32", "train.epochs=1", "train.steps_per_epoch=1",
-                 "method.teacher_pretrain_epochs=0", "method.simclr_epochs=1", "split.folds=5",
+                 "method.teacher_pretrain_epochs=0", "method.pretext.epochs=1", "split.folds=5",
                  "split.labeled_fraction=0.3", "sweep.folds=[0]", f"train.storage={d}/ray"]
     confs = [{"method.name": "supervised"}, {"method.name": "ipb"}]
     printed = io.StringIO()

@@ -3,7 +3,7 @@ import pytest
 
 from ipb.cli import build_parser, main
 
-COMMANDS = ["run", "config", "synth", "segment", "ingest", "splits", "train", "report", "predict"]
+COMMANDS = ["run", "methods", "config", "synth", "segment", "ingest", "splits", "train", "report", "predict"]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)
@@ -27,6 +27,19 @@ def test_train_help_lists_every_registered_method_and_model():
     helps = {a.dest: a.help for a in train._actions}
     assert set(helps["method"].split(" (")[0].split(" | ")) == set(list_methods())
     assert set(helps["arch"].split(" | ")) == set(list_models())
+
+
+def test_methods_settings_lists_every_section_its_keys_and_old_names(capsys):
+    from dataclasses import fields
+
+    from ipb.config import Config
+    from ipb.config.settings import settings_classes
+    assert main(["methods", "--settings"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"method.{g} " in out for g in settings_classes())
+    assert set(settings_classes()) < {f.name for f in fields(Config().method)}
+    assert "threshold = 0.95  in [0, 1]  (was method.fixmatch_threshold)" in out
+    assert "preset learn: " in out and "'finetune' | 'hungarian'" in out
 
 
 def test_overrides_after_options(capsys):

@@ -2,6 +2,7 @@
 the study set and its ceiling (no Ray)."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -25,17 +26,16 @@ def parts():
 def test_preset_learn_is_robust_plus_its_own_switches():
     cfg = load_config("smoke", ["method.preset=learn"])
     for key, value in PRESETS["learn"].items():
-        section, name = key.split(".")
-        assert getattr(getattr(cfg, section), name) == value
-    assert cfg.method.student_init == "teacher" and cfg.method.student_lr_scale == 1.0
+        assert functools.reduce(getattr, key.split("."), cfg) == value
+    assert cfg.method.mpl.student_init == "teacher" and cfg.method.mpl.student_lr_scale == 1.0
     assert cfg.train.finetune_epochs == 3
     back = load_config("smoke", ["method.preset=learn", "method.preset=paper"])
-    assert back.method.sharpen_temperature == 1.0 and not back.method.h_normalize
+    assert back.method.mpl.sharpen_temperature == 1.0 and not back.method.mpl.h_normalize
 
 
 def test_sharpened_soft_targets_keep_the_order_and_the_mask():
-    m = create_method("mpl", cfg_for("mpl", "method.soft_targets=true",
-                                     "method.sharpen_temperature=0.5", "method.threshold=0.5"), 3)
+    m = create_method("mpl", cfg_for("mpl", "method.mpl.soft_targets=true",
+                                     "method.mpl.sharpen_temperature=0.5", "method.mpl.threshold=0.5"), 3)
     p = torch.tensor([[0.6, 0.3, 0.1], [0.4, 0.35, 0.25]])
     targets, weight, mask, p_out = m.student_targets(p)
     sharp = p ** 2 / (p ** 2).sum(1, keepdim=True)
@@ -56,8 +56,8 @@ def test_mpl_passes_sets_the_stage_length_in_passes_over_u(parts):
 def test_h_normalize_keeps_the_size_of_h_whatever_its_scale():
     out = {}
     for scale in (1e-4, 1.0):
-        m = create_method("mpl", cfg_for("mpl", "method.h_normalize=true",
-                                         "method.h_sign=old_minus_new"), 3)
+        m = create_method("mpl", cfg_for("mpl", "method.mpl.h_normalize=true",
+                                         "method.mpl.h_sign=old_minus_new"), 3)
         rng = np.random.default_rng(0)
         hs = [m.feedback(torch.tensor(1.0), torch.tensor(1.0 - scale * d))
               for d in rng.normal(0, 1, 200)]

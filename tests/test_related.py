@@ -68,7 +68,7 @@ def first_epoch(m, phase):
 @pytest.mark.parametrize("method", NEW)
 def test_every_parameter_gets_a_gradient_in_every_phase(method, parts):
     # threshold 1.0: FixMatch's and ABC's confidence masks are empty, the graph the same
-    cfg = cfg_for(method, "method.fixmatch_threshold=1.0")
+    cfg = cfg_for(method, "method.fixmatch.threshold=1.0")
     torch.manual_seed(0)
     m = create_method(method, cfg, len(CLASSES))
     b = batches(cfg, parts)
@@ -141,7 +141,7 @@ def test_partial_labels_train_supervised_and_mpl_teachers(method):
     ml = tiny_rows((6, 6), seed=7)
     ml["label"], ml["multi_label"] = ["A|B"] * 6 + ["B|C"] * 6, True
     parts = parts_for(ml)
-    cfg = cfg_for(method, "method.multi_label_loss=partial", "method.threshold=0.0")
+    cfg = cfg_for(method, "method.multi_label_loss=partial", "method.mpl.threshold=0.0")
     b = batches(cfg, parts)
     batch = b.batch("mpl")
     assert batch["c_l"].shape == (12, 3) and (batch["y_l"] < 0).any()
@@ -249,7 +249,7 @@ def _ddp_worker(rank: int, world: int, port: int, methods, errors) -> None:
         parts = parts_for()
         for method in methods:
             cfg = cfg_for(method, "train.steps_per_epoch=2", "train.epochs=1",
-                          "method.simclr_epochs=1", "method.teacher_pretrain_epochs=1")
+                          "method.pretext.epochs=1", "method.teacher_pretrain_epochs=1")
             out = run_trial(cfg, parts, CLASSES, wrap=lambda m: DDP(
                 m, find_unused_parameters=False), rank=rank, world=world, log=lambda s: None)
             flat = torch.cat([p.detach().flatten() for p in out["model"].parameters()])

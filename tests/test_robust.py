@@ -3,6 +3,8 @@
 Every switch is off at the paper's value; `method.preset=robust` turns on a set of them."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -33,25 +35,25 @@ def mpl_batch(cfg, parts, seed=0):
 
 
 def test_preset_robust_sets_the_switches_and_explicit_keys_win():
-    cfg = load_config("smoke", ["method.preset=robust", "method.ema=0"])
+    cfg = load_config("smoke", ["method.preset=robust", "method.mpl.ema=0"])
     for key, value in PRESETS["robust"].items():
-        if key != "method.ema":
-            assert getattr(cfg.method, key.split(".")[1]) == value
-    assert cfg.method.ema == 0.0 and cfg.method.preset == "robust"
+        if key != "method.mpl.ema":
+            assert functools.reduce(getattr, key.split("."), cfg) == value
+    assert cfg.method.mpl.ema == 0.0 and cfg.method.preset == "robust"
     back = load_config("smoke", ["method.preset=robust", "method.preset=paper"])
-    assert back.method.student_init == "random" and back.method.h_mode == "paper"
+    assert back.method.mpl.student_init == "random" and back.method.mpl.h_mode == "paper"
 
 
 def test_student_init_from_teacher():
     for init, same in (("random", False), ("teacher", True)):
-        m = create_method("ipb", cfg_for("ipb", f"method.student_init={init}"), 3)
+        m = create_method("ipb", cfg_for("ipb", f"method.mpl.student_init={init}"), 3)
         m.begin_final_stage(None)
         t, s = m.teacher.state_dict(), m.student.state_dict()
         assert all(torch.equal(t[k], s[k]) for k in t) == same
 
 
 def test_ema_is_the_evaluated_model_and_averages_the_student():
-    m = create_method("mpl", cfg_for("mpl", "method.ema=0.9"), 3)
+    m = create_method("mpl", cfg_for("mpl", "method.mpl.ema=0.9"), 3)
     assert isinstance(m.eval_model(), ModelEMA) and m.train_model() is m.student
     ema = ModelEMA(torch.nn.Linear(2, 2), 0.9)
     before = ema.module.weight.clone()
@@ -67,8 +69,8 @@ def test_clean_h_is_zero_when_the_student_step_changes_nothing(parts):
     is not 0 even when the student did not move."""
     hs = {}
     for mode in ("paper", "clean"):
-        cfg = cfg_for("mpl", f"method.h_mode={mode}", "model.dropout=0.3",
-                      "method.teacher_pretrain_epochs=0", "method.student_warmup_epochs=0")
+        cfg = cfg_for("mpl", f"method.mpl.h_mode={mode}", "model.dropout=0.3",
+                      "method.teacher_pretrain_epochs=0", "method.mpl.student_warmup_epochs=0")
         m = create_method("mpl", cfg, 3)
         for g in m.opt_s.param_groups:
             g["lr"] = 0.0
@@ -87,7 +89,7 @@ def test_mpl_target_student_is_masked_like_the_student():
              "i_u": torch.arange(6)}
     out = {}
     for target in ("teacher_strong", "student"):
-        cfg = cfg_for("mpl", f"method.mpl_target={target}", "method.threshold=1.0",
+        cfg = cfg_for("mpl", f"method.mpl.mpl_target={target}", "method.mpl.threshold=1.0",
                       "method.teacher_pretrain_epochs=0")
         m = create_method("mpl", cfg, 3)
         m.feedback = lambda old, new: 1.0          # a fixed, non-zero h
@@ -98,14 +100,14 @@ def test_mpl_target_student_is_masked_like_the_student():
 
 
 def test_h_sign_old_minus_new_reinforces_a_helpful_pseudo_label():
-    m = create_method("mpl", cfg_for("mpl", "method.h_sign=old_minus_new"), 3)
+    m = create_method("mpl", cfg_for("mpl", "method.mpl.h_sign=old_minus_new"), 3)
     assert m.feedback(torch.tensor(1.0), torch.tensor(0.8)) == pytest.approx(0.2)
 
 
 def test_teacher_lr_continue_has_no_jump_between_stages():
     for mode, expect in (("restart", [1, 1, .1, 1, 1]), ("continue", [1, 1, .1, .1, .1])):
         cfg = cfg_for("mpl", "train.lr=1.0", "train.lr_step_epoch=2",
-                      "method.teacher_pretrain_epochs=3", f"method.teacher_lr={mode}")
+                      "method.teacher_pretrain_epochs=3", f"method.mpl.teacher_lr={mode}")
         m = create_method("mpl", cfg, 3)
         seen = []
         for epoch in range(5):
@@ -116,8 +118,8 @@ def test_teacher_lr_continue_has_no_jump_between_stages():
 
 def test_student_lr_scale_after_the_warm_up():
     cfg = cfg_for("mpl", "train.lr=1.0", "train.lr_step_epoch=100", "train.epochs=3",
-                  "method.teacher_pretrain_epochs=1", "method.student_warmup_epochs=1",
-                  "method.student_warmup_lr_scale=0.5", "method.student_lr_scale=0.1")
+                  "method.teacher_pretrain_epochs=1", "method.mpl.student_warmup_epochs=1",
+                  "method.mpl.student_warmup_lr_scale=0.5", "method.mpl.student_lr_scale=0.1")
     m = create_method("mpl", cfg, 3)
     seen = []
     for epoch in range(1, 4):
@@ -127,7 +129,7 @@ def test_student_lr_scale_after_the_warm_up():
 
 
 def test_label_smoothing_on_the_student_loss():
-    m = create_method("mpl", cfg_for("mpl", "method.label_smoothing=0.2"), 3)
+    m = create_method("mpl", cfg_for("mpl", "method.mpl.label_smoothing=0.2"), 3)
     logits = torch.tensor([[4.0, 0.0, 0.0], [0.0, 3.0, 1.0]])
     y, w = torch.tensor([0, 2]), torch.ones(2)
     smooth = torch.tensor([[0.8 + 0.2 / 3, 0.2 / 3, 0.2 / 3], [0.2 / 3, 0.2 / 3, 0.8 + 0.2 / 3]])
@@ -160,8 +162,8 @@ def test_distribution_alignment_pulls_a_skewed_teacher_toward_uniform():
 def test_relative_threshold_keeps_the_paper_at_4_classes_and_scales_with_c():
     assert relative_threshold(0.65, 4) == pytest.approx(0.65)
     assert relative_threshold(0.65, 13) < 0.6 < relative_threshold(0.65, 3)
-    m = create_method("mpl", cfg_for("mpl", "method.threshold=0.65",
-                                     "method.threshold_mode=relative"), 3)
+    m = create_method("mpl", cfg_for("mpl", "method.mpl.threshold=0.65",
+                                     "method.mpl.threshold_mode=relative"), 3)
     _, _, mask, _ = m.student_targets(torch.tensor([[0.68, 0.16, 0.16], [0.70, 0.2, 0.1]]))
     assert mask.tolist() == [0.0, 1.0]          # 3 classes: 0.689
 

@@ -71,7 +71,7 @@ def test_study_rows_pair_every_row_with_its_supervised_teacher():
     assert len(ablation) == n_plain + 6 + len(PRESETS["robust"]) + len(learn_only)
     # a random student goes back to the full lr with its init (else it measures the lr)
     init = next(r for r in ablation if "without student_init" in r["_label"])
-    assert init["method.student_init"] == "random" and init["method.student_lr_scale"] == 1.0
+    assert init["method.mpl.student_init"] == "random" and init["method.mpl.student_lr_scale"] == 1.0
     # --switches: the learn preset's own switches alone, on the first 3 pairs, learn's
     # twins in --ablation's rows
     switches = mod.configurations(cfg, switches=True)[n_plain:]
@@ -99,8 +99,8 @@ def test_ablation_is_table_2():
 def test_search_space_applies():
     from optuna.trial import FixedTrial
     mod = _module("search")
-    params = {"model.arch": "ms_vgg19", "patch.scale": 1.25, "method.threshold": 0.7,
-              "train.lr": 1e-3, "method.student_warmup_lr_scale": 0.1, "method.lambda_u": 1.0,
+    params = {"model.arch": "ms_vgg19", "patch.scale": 1.25, "method.mpl.threshold": 0.7,
+              "train.lr": 1e-3, "method.mpl.student_warmup_lr_scale": 0.1, "method.lambda_u": 1.0,
               "model.width": 0.25}
     mod.space(FixedTrial(params))
     base = load_config("smoke", ["patch.size=64", "patch.ms_size=96"])
@@ -289,7 +289,7 @@ def test_optuna_search_runs_and_resumes(ray_local, tmp_path):
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
     assert all("best.val.tpr.mean" in r.data.metrics for r in children)
     params, value = out["best"]
-    assert set(params) >= {"model.arch", "patch.scale", "method.threshold"}
+    assert set(params) >= {"model.arch", "patch.scale", "method.mpl.threshold"}
     assert value == max(r.data.metrics["best.val.tpr.mean"] for r in children)
     again = run_search(cfg, _module("search").space, table, progress=False)
     assert again["study"] == out["study"] and again["parent_run_id"] == out["parent_run_id"]

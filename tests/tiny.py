@@ -39,7 +39,7 @@ def tiny_cfg(method: str, *extra: str, size: int = 32):
     from ipb.config import load_config
     return load_config("smoke", [*TINY, f"method.name={method}", f"patch.size={size}",
                                  "train.lr=0.003", "train.batch_size=12",
-                                 "train.unlabeled_batch_size=12", "method.threshold=0.0", *extra])
+                                 "train.unlabeled_batch_size=12", "method.mpl.threshold=0.0", *extra])
 
 
 CLASSES = ["A", "B", "C"]
@@ -96,5 +96,5 @@ def write_tiny_table(path, n_per_class=(24, 16, 10), n_unlabeled=20, size=32, se
 # real (minutes) budget, so a test that trains says what it runs: TINY first, its own keys after.
 TINY = ["model.width=0.125", "model.dropout=0.2", "train.batch_size=16",
         "train.unlabeled_batch_size=16", "train.steps_per_epoch=2", "train.epochs=2",
-        "train.lr=0.003", "method.teacher_pretrain_epochs=1", "method.simclr_epochs=1",
-        "method.uda_steps=10", "split.test_fraction=0.1", "sweep.max_concurrent=1"]
+        "train.lr=0.003", "method.teacher_pretrain_epochs=1", "method.pretext.epochs=1",
+        "method.mpl.uda_steps=10", "split.test_fraction=0.1", "sweep.max_concurrent=1"]

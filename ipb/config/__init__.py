@@ -7,8 +7,10 @@ built by `load_config(profile, overrides)`: profile defaults (or a YAML file), t
 each checked against the field's type; an unknown key or a bad value raises `ConfigError` naming
 the key and what is allowed. By concern:
   schema.py    the dataclasses (one per section), value RANGES, validate
-  profiles.py  PROFILES (smoke, paper, study) and method PRESETS (paper, robust, learn)
-  load.py      load_config, apply, parse_overrides: building a checked config
+  settings.py  each method's own keys (`method.<group>.*`) and presets, read from its file
+  profiles.py  PROFILES (smoke, paper, study) and PRESETS (from the methods' settings)
+  load.py      load_config, apply, parse_overrides: building a checked config (old flat
+               method keys mapped to their keys now)
   identity.py  to_dict, flatten, to_yaml, from_dict, config_hash, trial_hash: what a trial is
   paths.py     is_uri, expand_path, expand_location
 Import from `ipb.config`; the modules are how it is kept, not separate APIs.
@@ -19,13 +21,14 @@ from ipb.config.load import apply, load_config, parse_overrides
 from ipb.config.paths import expand_location, expand_path, is_uri
 from ipb.config.profiles import PRESETS, PROFILES
 from ipb.config.schema import (PAPER_CLASSES, RANGES, AugmentConfig, Config, ConfigError,
-                               DataConfig, MethodConfig, ModelConfig, PatchConfig,
+                               DataConfig, MethodCommon, MethodConfig, ModelConfig, PatchConfig,
                                SegmentationConfig, SplitConfig, SweepConfig, SynthConfig,
                                TrackingConfig, TrainConfig, validate)
+from ipb.config.settings import knob, method_settings
 
 __all__ = ["PAPER_CLASSES", "PRESETS", "PROFILES", "RANGES", "AugmentConfig", "Config",
-           "ConfigError", "DataConfig", "MethodConfig", "ModelConfig", "PatchConfig",
-           "SegmentationConfig", "SplitConfig", "SweepConfig", "SynthConfig", "TrackingConfig",
-           "TrainConfig", "apply", "config_hash", "expand_location", "expand_path", "flatten",
-           "from_dict", "identity", "is_uri", "load_config", "parse_overrides", "to_dict",
-           "to_yaml", "trial_hash", "validate"]
+           "ConfigError", "DataConfig", "MethodCommon", "MethodConfig", "ModelConfig",
+           "PatchConfig", "SegmentationConfig", "SplitConfig", "SweepConfig", "SynthConfig",
+           "TrackingConfig", "TrainConfig", "apply", "config_hash", "expand_location",
+           "expand_path", "flatten", "from_dict", "identity", "is_uri", "knob", "load_config",
+           "method_settings", "parse_overrides", "to_dict", "to_yaml", "trial_hash", "validate"]

@@ -17,6 +17,7 @@ import yaml
 
 from ipb.config.load import apply
 from ipb.config.schema import Config
+from ipb.config.settings import legacy_keys
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -61,8 +62,11 @@ _NOT_IN_TRIAL_HASH = ("profile", "tracking.", "sweep.", "train.storage", "data.c
 
 
 def identity(cfg: Config) -> dict[str, Any]:
-    """The flat config keys that decide what a trial computes (not where or how fast)."""
-    return {k: v for k, v in flatten(to_dict(cfg)).items()
+    """The flat config keys that decide what a trial computes (not where or how fast). A
+    method's own keys go by their names before method settings (`method.fixmatch.threshold`
+    as `method.fixmatch_threshold`), so a trial keeps the hash it had (ipb/config/settings.py)."""
+    old_name = {new: old for old, new in legacy_keys().items()}
+    return {old_name.get(k, k): v for k, v in flatten(to_dict(cfg)).items()
             if not any(k == p or k.startswith(p) for p in _NOT_IN_TRIAL_HASH)}
 
 
@@ -72,5 +76,6 @@ def trial_hash(cfg: Config) -> str:
 
 
 def from_dict(d: dict[str, Any]) -> Config:
-    """Inverse of `to_dict` (used to ship configs to Ray workers as plain dicts)."""
+    """Inverse of `to_dict` (used to ship configs to Ray workers as plain dicts); a dict of an
+    older ipb, with flat method keys, loads too."""
     return apply(Config(), {k: v for k, v in flatten(d).items()})

@@ -16,6 +16,7 @@ import yaml
 
 from ipb.config.profiles import PRESETS, PROFILES
 from ipb.config.schema import Config, ConfigError, validate
+from ipb.config.settings import legacy_keys
 
 
 def _allowed(tp: Any) -> str:
@@ -95,9 +96,38 @@ def _set(obj: Any, path: list[str], value: Any, full: str) -> Any:
     return replace(obj, **{name: _set(current, path[1:], value, full)})
 
 
+def _dotted(updates: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"method": {"mpl": {"ema": 0}}} -> {"method.mpl.ema": 0} (no config value is a dict)."""
+    out: dict[str, Any] = {}
+    for k, v in updates.items():
+        if isinstance(v, dict):
+            out.update(_dotted(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def current_keys(updates: dict[str, Any]) -> dict[str, Any]:
+    """Dotted updates with the flat method keys of before method settings (`method.threshold`,
+    `method.fixmatch_threshold`, ...) under their keys now (`method.mpl.threshold`, ...): old
+    YAML files, sweeps and stored trial configs still load. Both spellings of one key in one
+    update are refused."""
+    old = legacy_keys()
+    out: dict[str, Any] = {}
+    given: dict[str, str] = {}      # key now -> as it was typed
+    for k, v in _dotted(updates).items():
+        new = old.get(k, k)
+        if new in out:
+            was = k if k in old else given[new]
+            raise ConfigError(f"config keys {given[new] if was == k else k!r} and {was!r} are "
+                              f"the same setting ({was!r} is its name before method "
+                              "settings); give one")
+        out[new], given[new] = v, k
+    return out
+
+
 def _with_preset(updates: dict[str, Any]) -> dict[str, Any]:
-    nested = updates.get("method") if isinstance(updates.get("method"), dict) else {}
-    name = updates.get("method.preset", nested.get("preset"))
+    name = updates.get("method.preset")
     if name is None:
         return updates
     if name not in PRESETS:
@@ -108,7 +138,7 @@ def _with_preset(updates: dict[str, Any]) -> dict[str, Any]:
 
 def apply(cfg: Config, updates: dict[str, Any]) -> Config:
     """Apply dotted-key (or nested) updates, validating every key and value."""
-    for key, value in _with_preset(updates).items():
+    for key, value in _with_preset(current_keys(updates)).items():
         cfg = _set(cfg, key.split("."), value, key)
     return validate(cfg)
 

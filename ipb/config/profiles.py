@@ -4,9 +4,11 @@
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from ipb.config.schema import MethodConfig
+from ipb.config.schema import Config
+from ipb.config.settings import settings_classes, settings_presets
 
 # Profiles are override lists on top of the dataclass defaults (= the paper's numbers).
 PROFILES: dict[str, dict[str, Any]] = {
@@ -28,8 +30,8 @@ PROFILES: dict[str, dict[str, Any]] = {
               "train.epochs": 4, "train.batch_size": 32, "train.unlabeled_batch_size": 32,
               "train.steps_per_epoch": 50, "train.lr_step_epoch": 12, "train.num_workers": 1,
               "train.optimizer": "adam", "train.lr": 0.002,
-              "method.student_warmup_epochs": 1, "method.uda_steps": 50,
-              "method.teacher_pretrain_epochs": 15, "method.simclr_epochs": 4,
+              "method.mpl.student_warmup_epochs": 1, "method.mpl.uda_steps": 50,
+              "method.teacher_pretrain_epochs": 15, "method.pretext.epochs": 4,
               "sweep.folds": [0, 1], "sweep.max_concurrent": 2},
     # the CPU study of sweeps/study.py: a paper-sized SYNTHETIC set (17.9k colonies, the
     # paper's class mix) where labels are the bottleneck: difficulty 0.5 with
@@ -52,39 +54,22 @@ PROFILES: dict[str, dict[str, Any]] = {
               "train.steps_per_epoch": 100, "train.lr_step_epoch": 14, "train.num_workers": 1,
               "train.optimizer": "adam", "train.lr": 0.002, "train.eval_every": 1,
               "train.runner": "inline", "tracking.log_models": "champion",
-              "method.student_warmup_epochs": 1, "method.uda_steps": 100,
-              "method.teacher_pretrain_epochs": 20, "method.simclr_epochs": 8,
+              "method.mpl.student_warmup_epochs": 1, "method.mpl.uda_steps": 100,
+              "method.teacher_pretrain_epochs": 20, "method.pretext.epochs": 8,
               # all 10 folds: with 5 pairs the corrected test could only detect ~0.08 (the
               # paired differences' SD is ~0.05 at 1 % labelled), more than any row gained
               "sweep.folds": list(range(10)), "sweep.max_concurrent": 2},
 }
 
 
-# `method.preset`: a named set of method switches, applied before the other keys of the same
-# update (so `method.preset=robust method.ema=0` is the preset without the EMA). `paper` puts
-# every switch back to the paper's value. `robust` is the set sweeps/study.py found to work on
-# the development data (synthetic seed 1, validation split); see README "The study".
-_SWITCHES = ("student_init", "ema", "h_mode", "h_sign", "h_baseline_ema", "mpl_target",
-             "teacher_lr", "student_lr_scale", "label_smoothing", "bn_recalibrate",
-             "dist_align", "dist_prior", "threshold_mode", "pseudo_patches", "student_target",
-             "soft_targets", "sharpen_temperature", "mpl_passes", "h_normalize")
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {f"method.{k}": getattr(MethodConfig(), k) for k in _SWITCHES},
-    "robust": {"method.student_init": "teacher", "method.ema": 0.99, "method.h_mode": "clean",
-               "method.h_sign": "old_minus_new", "method.h_baseline_ema": 0.95,
-               "method.mpl_target": "student", "method.teacher_lr": "continue",
-               "method.student_lr_scale": 0.1, "method.label_smoothing": 0.1,
-               "method.bn_recalibrate": 8, "method.threshold_mode": "relative"},
-}
-# `learn`: robust, plus what lets the student learn what its teacher does not know,
-# each its own key (an --ablation row each): targets from the teacher's view of the whole
-# colony (mean softmax of 4 patches in its mask) rather than of the one patch the student sees,
-# soft and sharpened; the student at the full lr for 2 passes over U; h normalised; then
-# fine-tuning on L (3 epochs, as the study's "+ fine-tune" rows). Chosen from the literature
-# (Noisy Student / MPL-pytorch / FixMatch) before any study run. 4 patches and 2 passes are
-# the 2-core budget: 8 and 3 took 10 min a trial (the colony pass is ~60 % of an epoch)
-PRESETS["learn"] = {**PRESETS["robust"], "method.student_target": "colony",
-                    "method.pseudo_patches": 4, "method.soft_targets": True,
-                    "method.sharpen_temperature": 0.5, "method.student_lr_scale": 1.0,
-                    "method.mpl_passes": 2.0, "method.h_normalize": True,
-                    "train.finetune_epochs": 3}
+# `method.preset`: a named set of keys, declared by a method's settings (PRESETS beside its
+# fields, e.g. MplSettings in ipb/methods/mpl.py), applied before the other keys of the same
+# update. `paper` puts every key of the settings' SWITCHES back to its default.
+def _presets() -> dict[str, dict[str, Any]]:
+    default = Config()
+    paper = {k: functools.reduce(getattr, k.split("."), default)
+             for cls in settings_classes().values() for k in getattr(cls, "SWITCHES", ())}
+    return {"paper": paper, **settings_presets()}
+
+
+PRESETS: dict[str, dict[str, Any]] = _presets()

@@ -7,8 +7,11 @@ gives the interval a number must lie in, checked by `validate` after every updat
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, make_dataclass
 from typing import Literal
+
+from ipb.config.settings import settings_classes, settings_ranges
 
 PAPER_CLASSES = ("Debris", "Dense", "Differentiated", "Spread")
 
@@ -122,75 +125,44 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class MethodConfig:
-    """Method hyper-parameters (PAPER.md section 6); each method reads the ones it uses.
-
-    The keys after `simclr_proj_dim` are the robust switches of MPL/IPB (ipb/methods/mpl.py):
-    each is off (the paper's behaviour) by default; `preset: robust` turns on the set that the
-    study (sweeps/study.py) found to work -- a row of its own, never "the paper's IPB".
-    """
+class MethodCommon:
+    """The keys every method family shares (PAPER.md section 6). A method's own keys are its
+    settings section `method.<group>` (ipb/config/settings.py): `ipb methods --settings`
+    lists them."""
     name: str = "ipb"                 # any name in ipb.methods registry
-    preset: Literal["paper", "robust", "learn"] = "paper"
-    threshold: float = 0.65
-    temperature: float = 1.0          # UDA softmax temperature on the weak view
-    lambda_u: float = 1.0
-    uda_steps: int = 1000
-    student_mask: bool = True
-    soft_targets: bool = False
-    h_sign: Literal["new_minus_old", "old_minus_new"] = "new_minus_old"
-    h_baseline_ema: float = 0.0
-    student_warmup_epochs: int = 10
-    student_warmup_lr_scale: float = 0.1
+    # a named set of keys that a method's settings declare (mpl: paper, robust, learn)
+    preset: str = "paper"
+    lambda_u: float = 1.0             # weight of the unlabeled loss (MPL's UDA term, FixMatch's)
     multi_label: bool = False
     teacher_pretrain_epochs: int = 0  # supervised teacher epochs before MPL/IPB starts
     # the pre-trained teacher MPL starts from: its best validation epoch (= the supervised
     # row's selected model, so a sweep reuses that run's weights) or its last epoch
     teacher_select: Literal["val", "last"] = "val"
-    simclr_temperature: float = 0.5
-    simclr_epochs: int = 100
-    simclr_proj_dim: int = 64
-    # -- robust switches (off = the paper) ----------------------------------------------------
-    student_init: Literal["random", "teacher"] = "random"
-    ema: float = 0.0                  # >0: evaluate an EMA of the student with this decay
-    h_mode: Literal["paper", "clean"] = "paper"   # clean: x_l-only eval forwards around the step
-    mpl_target: Literal["teacher_strong", "student"] = "teacher_strong"
-    teacher_lr: Literal["restart", "continue"] = "restart"   # schedule at the MPL stage start
-    student_lr_scale: float = 1.0     # the student's lr factor after its warm-up (0.1: a student
-                                      # started from the teacher is fine-tuned, not re-trained)
-    label_smoothing: float = 0.0      # on the student's pseudo-label loss
-    bn_recalibrate: int = 0           # >0: re-estimate the student's BN on this many clean U batches
-    dist_align: Literal["off", "uniform", "prior"] = "off"
-    dist_prior: tuple[float, ...] = ()   # class order of the table; used by dist_align=prior
-    threshold_mode: Literal["fixed", "relative", "flexmatch"] = "fixed"
-    # the teacher's class of an unlabeled colony, at each epoch's start (IPB's balancing pass):
-    # from pseudo_patches patches inside its mask (1 = the paper's one patch); student_target
-    # = colony: the student learns that class (and its confidence masks) for every patch of the
-    # colony that epoch, instead of the teacher's guess on the one patch in the batch
+    # the teacher's class of an unlabeled colony, at each epoch's start (IPB's balancing pass,
+    # MPL's colony targets, FixMatch + IPB): from pseudo_patches patches inside its mask (1 =
+    # the paper's one patch)
     pseudo_patches: int = 1
-    student_target: Literal["batch", "colony"] = "batch"
-    # a student that can move (preset learn): soft targets sharpened as p^(1/T) (1 = off; the mask
-    # is still the unsharpened confidence); the MPL stage as passes over U (0 = train.epochs x
+    # the unlabeled stage ("mpl" phase) as passes over U: 0 = train.epochs x
     # train.steps_per_epoch steps; > 0 sets the steps per epoch so the stage sees U this many
-    # times, as kekmodel/MPL-pytorch and USB state their budgets); h divided by a running RMS
-    # (after the baseline), so the MPL term's size does not vanish with the student's lr
-    sharpen_temperature: float = 1.0
+    # times, as kekmodel/MPL-pytorch and USB state their budgets
     mpl_passes: float = 0.0
-    h_normalize: bool = False
-    # -- the related methods and their switches (each read by the code named) ----------------
     # partial: a labeled fraction of the multi-label colonies joins L, `A|B` = "A or B, none of
     # the others" (ipb/methods/partial.py); ignore: they only ever join U (the paper)
     multi_label_loss: Literal["ignore", "partial"] = "ignore"
-    fixmatch_threshold: float = 0.95  # fixmatch, abc: confidence cut-off (USB's p_cutoff)
-    # contrastive_clustering: the row's result is the encoder fine-tuned on L, or the cluster
-    # head mapped to classes by Hungarian matching on L (no fine-tuning)
-    cc_eval: Literal["finetune", "hungarian"] = "finetune"
-    gan_epochs: int = 0               # gan_balanced's GAN stage; 0 = train.epochs
     # ipb predict on time series (ipb/temporal.py): class changes allowed along a colony track,
     # "From>To" with * for any class (staying is always allowed; a class named in no rule may
     # change freely), and the probability per frame of an allowed change
     temporal_transitions: tuple[str, ...] = ("Dense>Spread", "Dense>Differentiated",
                                              "Spread>Differentiated", "*>Debris")
     temporal_change: float = 0.05
+
+
+# `method.<group>` for every method file's settings class, after the common keys
+MethodConfig = make_dataclass(
+    "MethodConfig", [(g, cls, field(default_factory=cls)) for g, cls in settings_classes().items()],
+    bases=(MethodCommon,), frozen=True)
+MethodConfig.__module__ = __name__
+MethodConfig.__doc__ = "Method hyper-parameters: the common keys, then one section per method."
 
 
 @dataclass(frozen=True)
@@ -289,16 +261,8 @@ RANGES: dict[str, str] = {
     "augment.brightness": "[0, inf)", "augment.contrast": "[0, inf)",
     "augment.strong_brightness": "[0, inf)", "augment.strong_contrast": "[0, inf)",
     "model.width": "(0, inf)", "model.dropout": "[0, 1)",
-    "method.threshold": "[0, 1]", "method.temperature": "(0, inf)",
-    "method.lambda_u": "[0, inf)", "method.uda_steps": "[0, inf)",
-    "method.h_baseline_ema": "[0, 1)", "method.student_warmup_epochs": "[0, inf)",
-    "method.student_warmup_lr_scale": "(0, inf)", "method.teacher_pretrain_epochs": "[0, inf)",
-    "method.simclr_temperature": "(0, inf)", "method.simclr_epochs": "[0, inf)",
-    "method.simclr_proj_dim": "[1, inf)", "method.ema": "[0, 1)",
-    "method.label_smoothing": "[0, 1)", "method.bn_recalibrate": "[0, inf)",
-    "method.pseudo_patches": "[1, inf)", "method.sharpen_temperature": "(0, inf)",
-    "method.mpl_passes": "[0, inf)", "method.student_lr_scale": "(0, inf)",
-    "method.fixmatch_threshold": "[0, 1]", "method.gan_epochs": "[0, inf)",
+    "method.lambda_u": "[0, inf)", "method.teacher_pretrain_epochs": "[0, inf)",
+    "method.pseudo_patches": "[1, inf)", "method.mpl_passes": "[0, inf)",
     "method.temporal_change": "(0, 1)",
     "train.epochs": "[1, inf)", "train.batch_size": "[1, inf)",
     "train.unlabeled_batch_size": "[1, inf)", "train.lr": "(0, inf)",
@@ -309,6 +273,7 @@ RANGES: dict[str, str] = {
     "train.finetune_epochs": "[0, inf)", "train.max_failures": "[-1, inf)",
     "train.fold": "[0, inf)",
     "sweep.max_concurrent": "[1, inf)", "sweep.num_samples": "[1, inf)", "sweep.limit": "[0, inf)",
+    **settings_ranges(),     # each method's own keys, declared beside them
 }
 
 
@@ -321,8 +286,7 @@ def _in_range(value: float, spec: str) -> bool:
 def validate(cfg: Config) -> Config:
     """`cfg` when every value in RANGES lies in its interval; else ConfigError naming the key."""
     for key, spec in RANGES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
+        value = functools.reduce(getattr, key.split("."), cfg)
         if not _in_range(float(value), spec):
             raise ConfigError(f"config key {key!r}: {value!r} is out of range; allowed {spec}")
     return cfg

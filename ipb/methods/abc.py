@@ -10,7 +10,7 @@ extra head on the shared embedding with Bernoulli masks that multiply the loss (
 the same graph under DDP), so it costs FixMatch plus a linear layer on 2 CPU cores.
 
 FixMatch's step (ipb/methods/fixmatch.py) plus a second head `aux` on the same embedding, as in
-USB's semilearn/imb_algorithms/abc (abc_p_cutoff = method.fixmatch_threshold, abc_loss_ratio):
+USB's semilearn/imb_algorithms/abc (abc_p_cutoff = method.fixmatch.threshold, abc_loss_ratio):
   labeled    CE(aux(x_l), y) * Bernoulli(q_min / q_y), q = the class mix of the labeled batches
   unlabeled  CE(aux(x_us), y') * [max softmax aux(x_uw) >= cut-off] * Bernoulli(k_y'),
              k = 1 - t (1 - n_min / n), y' = argmax aux(x_uw), n = L's class counts,
@@ -82,7 +82,7 @@ class ABC(FixMatch):
             stage = self.cfg.method.teacher_pretrain_epochs
             t = min(1.0, max(0.0, (epoch - stage) / max(1, self.cfg.train.epochs)))
             keep = 1 - t * (1 - n_dist)
-            mask = (conf >= self.cfg.method.fixmatch_threshold).float() * \
+            mask = (conf >= self.cfg.method.fixmatch.threshold).float() * \
                 torch.bernoulli(keep[pseudo])
         unlab = (mask * F.cross_entropy(aux[n_l + n_u:], pseudo, reduction="none")).mean()
         loss = lab + unlab

@@ -221,7 +221,7 @@ class Method:
 
     def recalibrates_bn(self) -> int:
         """Batches of clean unlabeled patches to re-estimate eval_model()'s BatchNorm
-        statistics on before each evaluation (0 = off; MPL's method.bn_recalibrate)."""
+        statistics on before each evaluation (0 = off; MPL's method.mpl.bn_recalibrate)."""
         return 0
 
     def pseudo_model(self) -> nn.Module | None:

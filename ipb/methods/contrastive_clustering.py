@@ -1,11 +1,12 @@
 """Contrastive Clustering (Li et al., AAAI 2021), the paper's Table 5 row, evaluated two ways.
 
     ipb train --method contrastive_clustering --arch vgg19 --fold 0                       # fine-tuned
-    ipb train --method contrastive_clustering --arch vgg19 --fold 0 method.cc_eval=hungarian
+    ipb train --method contrastive_clustering --arch vgg19 --fold 0 \
+        method.contrastive_clustering.classifier=hungarian
 
-Clustering epochs (`method.simclr_epochs`, the pre-training budget of every self-supervised row)
+Clustering epochs (`method.pretext.epochs`, the pre-training budget of every self-supervised row)
 take two strong views of U+L patches through two heads on the embedding:
-  instance head  2-layer MLP -> `method.simclr_proj_dim`; NT-Xent over the 2B views at
+  instance head  2-layer MLP -> `method.pretext.proj_dim`; NT-Xent over the 2B views at
                  INSTANCE_T (0.5, the reference code's)
   cluster head   the architecture's classifier head (dropout off) -> softmax over K = C
                  clusters; NT-Xent between the 2K cluster columns of the two views at
@@ -14,13 +15,16 @@ take two strong views of U+L patches through two heads on the embedding:
 Each step also assigns the labeled batch to clusters (eval mode, no gradient); before each
 evaluation the cluster x class counts of the epoch, summed over workers, are matched one to one
 by the Hungarian algorithm, and the cluster head with its rows permuted accordingly IS a
-classifier: the architecture with that head, evaluated on val (and, with cc_eval=hungarian, on
-test as the row's result). cc_eval=finetune (default) then fine-tunes that network on L for
+classifier: the architecture with that head, evaluated on val (and, with classifier=hungarian, on
+test as the row's result). classifier=finetune (default) then fine-tunes that network on L for
 `train.epochs` as SimCLR is, starting from the selected clustering epoch. Two sweep rows report
 both. The entropy term pushes clusters toward equal sizes: on the paper's 56 %-Spread mix this
 is one reason Contrastive Clustering scores so low in its Table 5.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
 
 import math
 
@@ -29,11 +33,22 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from ipb.config.settings import knob, method_settings
 from ipb.dist import all_reduce_sum
 from ipb.methods.base import register_method, unwrap
 from ipb.methods.heads import fresh_head, in_graph, last_linear, projector, with_head
 from ipb.methods.pretext import PretextThenFinetune
 from ipb.methods.simclr import nt_xent
+
+
+@method_settings("contrastive_clustering")
+@dataclass(frozen=True)
+class CCSettings:
+    """Contrastive Clustering's keys."""
+    # the row's result: the encoder fine-tuned on L, or the cluster head mapped to classes by
+    # Hungarian matching on L (no fine-tuning)
+    classifier: Literal["finetune", "hungarian"] = knob("finetune", legacy="cc_eval")
+
 
 INSTANCE_T = 0.5
 CLUSTER_T = 1.0
@@ -80,10 +95,11 @@ class ContrastiveClustering(PretextThenFinetune):
         self.view: nn.Module | None = None     # the Hungarian classifier, rebuilt when stale
 
     def build_net(self, model):
-        return _CCNet(model, self.cfg.method.simclr_proj_dim)
+        return _CCNet(model, self.cfg.method.pretext.proj_dim)
 
     def finetune_epochs(self):
-        return self.cfg.train.epochs if self.cfg.method.cc_eval == "finetune" else 0
+        finetune = self.cfg.method.contrastive_clustering.classifier == "finetune"
+        return self.cfg.train.epochs if finetune else 0
 
     def start_epoch(self, epoch):
         super().start_epoch(epoch)

@@ -10,7 +10,7 @@ Stage 2, one step as USB runs it (semilearn/algorithms/fixmatch, its defaults):
   logits of cat(x_l, x_uw, x_us) in one forward (USB's use_cat)
   supervised loss on x_l (cross-entropy; the partial-label loss with multi_label_loss=partial)
   pseudo-label = argmax softmax(x_uw) (hard labels, so USB's T=0.5 plays no part),
-  mask = max softmax >= `method.fixmatch_threshold` (USB's p_cutoff 0.95)
+  mask = max softmax >= `method.fixmatch.threshold` (USB's p_cutoff 0.95)
   loss = supervised + `method.lambda_u` (USB's ulb_loss_ratio 1.0) * mean(mask * CE(x_us, label))
 An EMA of the network is evaluated and saved (USB evaluates its ema_model, ema_m 0.999), its
 decay warmed up as min(EMA_M, (1 + n) / (10 + n)) over the n steps of stage 2: a plain 0.999
@@ -21,14 +21,24 @@ the unlabeled patches per step that MPL and IPB get).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
+from ipb.config.settings import knob, method_settings
 from ipb.methods.base import Method, make_optimizer, register_method, set_lr, unwrap
 from ipb.methods.stabilize import ModelEMA
 
 EMA_M = 0.999          # USB's ema_m
 EMA_WARMUP = 10        # decay = min(EMA_M, (1 + n) / (EMA_WARMUP + n))
+
+
+@method_settings("fixmatch")
+@dataclass(frozen=True)
+class FixMatchSettings:
+    """FixMatch's keys (also ABC's and FixMatch + IPB's)."""
+    threshold: float = knob(0.95, "[0, 1]", legacy="fixmatch_threshold")   # USB's p_cutoff
 
 
 @register_method
@@ -86,7 +96,7 @@ class FixMatch(Method):
         sup = self.labeled_loss(logits[:n_l], batch)
         p = torch.softmax(logits[n_l:n_l + n_u].detach(), dim=1)
         conf, pseudo = p.max(dim=1)
-        mask = (conf >= m.fixmatch_threshold).float()
+        mask = (conf >= m.fixmatch.threshold).float()
         # mean of mask * loss (not a masked mean): an empty mask still backprops zeros (DDP)
         unsup = (mask * F.cross_entropy(logits[n_l + n_u:], pseudo, reduction="none")).mean()
         extra, logs = self.extra_loss(out, batch, epoch, n_l, n_u)

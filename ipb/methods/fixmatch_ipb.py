@@ -3,7 +3,7 @@
     ipb train --method fixmatch_ipb --arch small_cnn --fold 0
 
 Issue 18 asked for this row if IPB's MPL term could not be made to help: on the study set it
-was made to matter (method.h_normalize: 34 % of the teacher's gradient norm) and taking it out
+was made to matter (method.mpl.h_normalize: 34 % of the teacher's gradient norm) and taking it out
 left IPB (learn) level or better (README, "What each switch of the learn preset does"). So the
 paper's mechanism, the pseudo-class balanced unlabeled epoch, is measured here on a student
 that needs no teacher: FixMatch's step unchanged (ipb/methods/fixmatch.py), and at the start of

@@ -1,13 +1,13 @@
 """GAN minority balancing (Witmer & Bhanu, Sensors 22:206, 2022): generated minority patches
 top the labeled set up to balance, then the supervised CNN trains on real + generated.
 
-    ipb train --method gan_balanced --arch vgg19 --fold 0 [method.gan_epochs=N]
+    ipb train --method gan_balanced --arch vgg19 --fold 0 [method.gan_balanced.epochs=N]
 
-GAN epochs (`method.gan_epochs`, 0 = `train.epochs`): a small conditional DCGAN
+GAN epochs (`method.gan_balanced.epochs`, 0 = `train.epochs`): a small conditional DCGAN
 (ipb/methods/gan_nets.py) on the labeled batches (the training view, as the classifier sees
 them), hinge losses and Adam with a two-time-scale learning rate (LR_G, LR_D, BETAS: SNGAN's).
 It needs steps: on the smoke data its patches still looked alike for all classes at ~500
-steps and became diverse by ~1,500 (train.steps_per_epoch x gan_epochs).
+steps and became diverse by ~1,500 (train.steps_per_epoch x method.gan_balanced.epochs).
 Then, once: with n_c labeled colonies of class c, max(n) - n_c patches of class c are generated
 (at most POOL_CAP) -- L is balanced. The classifier epochs (`train.epochs`) are the supervised
 CNN's, except that a labeled sample of class c in a batch is replaced, with probability
@@ -20,6 +20,8 @@ small CNN trained to tell held-in real from generated patches, its held-out accu
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import io
 import json
 
@@ -27,8 +29,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ipb.config.settings import knob, method_settings
 from ipb.methods.base import Method, make_optimizer, register_method, set_lr, unwrap
 from ipb.methods.gan_nets import G_CH, Z_DIM, Discriminator, Generator, probe_accuracy
+
+
+@method_settings("gan_balanced")
+@dataclass(frozen=True)
+class GANSettings:
+    """GAN balancing's keys."""
+    epochs: int = knob(0, "[0, inf)", legacy="gan_epochs")   # the GAN stage; 0 = train.epochs
 
 LR_G, LR_D, BETAS = 1e-4, 4e-4, (0.0, 0.9)
 POOL_CAP = 5000                    # generated patches per class at most
@@ -62,7 +72,7 @@ class GANBalanced(Method):
         self.summary: dict = {}      # what final_report turns into metrics and artifacts
 
     def gan_epochs(self) -> int:
-        return self.cfg.method.gan_epochs or self.cfg.train.epochs
+        return self.cfg.method.gan_balanced.epochs or self.cfg.train.epochs
 
     def phase(self, epoch):
         return "gan" if epoch < self.gan_epochs() else "supervised"

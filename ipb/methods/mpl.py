@@ -13,7 +13,7 @@ one step in the reference code's order made explicit:
  7 teacher step on supervised + UDA + MPL losses.
 Every rank runs the same graph even when its confidence mask is empty (DDP needs that).
 
-Robust switches (config `method.*`, paper behaviour by default; ipb/methods/stabilize.py):
+Robust switches (config `method.mpl.*`, paper behaviour by default; ipb/methods/stabilize.py):
  student_init=teacher  the student starts from the pre-trained teacher, not random weights
  ema>0                 an EMA of the student is evaluated and saved
  h_mode=clean          h from the SAME eval-mode forward on x_l alone before and after the step
@@ -37,17 +37,86 @@ are known (synthetic data: never trained on, only counted).
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ipb.config.settings import knob, method_settings
 from ipb.methods.base import Method, make_optimizer, register_method, set_lr, unwrap
 from ipb.methods.diagnostics import grad_share, snapshot, target_accuracy
 from ipb.methods.stabilize import DistAlign, FlexThreshold, ModelEMA, relative_threshold
 
 GRAD_EVERY = 25   # MPL steps between two measurements of the MPL term's gradient share
+
+
+@method_settings("mpl")
+@dataclass(frozen=True)
+class MplSettings:
+    """MPL's and IPB's own keys: the paper's, then the robust switches (off = the paper)."""
+    threshold: float = knob(0.65, "[0, 1]")    # UDA's confidence mask on the weak view
+    temperature: float = knob(1.0, "(0, inf)")   # UDA softmax temperature on the weak view
+    uda_steps: int = knob(1000, "[0, inf)")     # the UDA weight's linear ramp
+    student_mask: bool = knob(True)
+    soft_targets: bool = knob(False)
+    h_sign: Literal["new_minus_old", "old_minus_new"] = knob("new_minus_old")
+    h_baseline_ema: float = knob(0.0, "[0, 1)")
+    student_warmup_epochs: int = knob(10, "[0, inf)")
+    student_warmup_lr_scale: float = knob(0.1, "(0, inf)")
+    # -- robust switches (off = the paper; the module docstring says what each does) ----------
+    student_init: Literal["random", "teacher"] = knob("random")
+    ema: float = knob(0.0, "[0, 1)")           # >0: evaluate an EMA of the student with this decay
+    h_mode: Literal["paper", "clean"] = knob("paper")
+    mpl_target: Literal["teacher_strong", "student"] = knob("teacher_strong")
+    teacher_lr: Literal["restart", "continue"] = knob("restart")   # at the MPL stage's start
+    student_lr_scale: float = knob(1.0, "(0, inf)")   # the student's lr factor after warm-up
+    label_smoothing: float = knob(0.0, "[0, 1)")      # on the student's pseudo-label loss
+    bn_recalibrate: int = knob(0, "[0, inf)")   # >0: the student's BN on this many clean U batches
+    dist_align: Literal["off", "uniform", "prior"] = knob("off")
+    dist_prior: tuple[float, ...] = knob(())    # class order of the table; dist_align=prior
+    threshold_mode: Literal["fixed", "relative", "flexmatch"] = knob("fixed")
+    # colony: the student learns the teacher's colony-level class (method.pseudo_patches) for
+    # every patch of the colony that epoch, not the teacher's guess on the one patch it sees
+    student_target: Literal["batch", "colony"] = knob("batch")
+    # a student that can move (preset learn): soft targets sharpened as p^(1/T) (1 = off; the
+    # mask is still the unsharpened confidence); h over a running RMS (after the baseline), so
+    # the MPL term's size does not vanish with the student's lr
+    sharpen_temperature: float = knob(1.0, "(0, inf)")
+    h_normalize: bool = knob(False)
+
+    # `method.preset`: a named set of switches, applied before the other keys of the same
+    # update (so `method.preset=robust method.mpl.ema=0` is the preset without the EMA).
+    # `paper` puts every one of SWITCHES back to its default. `robust` is the set
+    # sweeps/study.py found to work on the development data (synthetic seed 1, validation
+    # split); see README "The study"
+    SWITCHES: ClassVar[tuple] = tuple(f"method.mpl.{k}" for k in (
+        "student_init", "ema", "h_mode", "h_sign", "h_baseline_ema", "mpl_target", "teacher_lr",
+        "student_lr_scale", "label_smoothing", "bn_recalibrate", "dist_align",
+        "dist_prior", "threshold_mode")) + ("method.pseudo_patches",) + tuple(
+        f"method.mpl.{k}" for k in ("student_target", "soft_targets", "sharpen_temperature")) \
+        + ("method.mpl_passes", "method.mpl.h_normalize")
+    ROBUST: ClassVar[dict] = {
+        "method.mpl.student_init": "teacher", "method.mpl.ema": 0.99,
+        "method.mpl.h_mode": "clean", "method.mpl.h_sign": "old_minus_new",
+        "method.mpl.h_baseline_ema": 0.95, "method.mpl.mpl_target": "student",
+        "method.mpl.teacher_lr": "continue", "method.mpl.student_lr_scale": 0.1,
+        "method.mpl.label_smoothing": 0.1, "method.mpl.bn_recalibrate": 8,
+        "method.mpl.threshold_mode": "relative"}
+    # `learn`: robust, plus what lets the student learn what its teacher does not know, each
+    # its own key (an --ablation row each): targets from the teacher's view of the whole
+    # colony (mean softmax of 4 patches in its mask) rather than of the one patch the student
+    # sees, soft and sharpened; the student at the full lr for 2 passes over U; h normalised;
+    # then fine-tuning on L (3 epochs, as the study's "+ fine-tune" rows). Chosen from the
+    # literature (Noisy Student / MPL-pytorch / FixMatch) before any study run. 4 patches and
+    # 2 passes are the 2-core budget: 8 and 3 took 10 min a trial (the colony pass is ~60 % of
+    # an epoch)
+    PRESETS: ClassVar[dict] = {"robust": ROBUST, "learn": {
+        **ROBUST, "method.mpl.student_target": "colony", "method.pseudo_patches": 4,
+        "method.mpl.soft_targets": True, "method.mpl.sharpen_temperature": 0.5,
+        "method.mpl.student_lr_scale": 1.0, "method.mpl_passes": 2.0,
+        "method.mpl.h_normalize": True, "train.finetune_epochs": 3}}
 
 
 @register_method
@@ -60,7 +129,7 @@ class MPL(Method):
 
     def __init__(self, cfg, num_classes, device, wrap):
         super().__init__(cfg, num_classes, device, wrap)
-        m = cfg.method
+        m = cfg.method.mpl
         self.teacher = self.new_model()
         self.student = self.new_model()
         self.opt_t = make_optimizer(cfg, self.teacher.parameters())
@@ -74,7 +143,7 @@ class MPL(Method):
         if m.dist_align != "off":
             prior = m.dist_prior if m.dist_align == "prior" else (1.0,) * num_classes
             if len(prior) != num_classes:
-                raise ValueError(f"method.dist_prior has {len(prior)} values for "
+                raise ValueError(f"method.mpl.dist_prior has {len(prior)} values for "
                                  f"{num_classes} classes (give one per class, table order)")
             self.align = DistAlign(torch.tensor(prior))
         self.flex: FlexThreshold | None = None     # sized at the first unlabeled epoch
@@ -89,8 +158,8 @@ class MPL(Method):
         return self.cfg.method.teacher_pretrain_epochs + self.cfg.train.epochs
 
     def start_epoch(self, epoch):
-        m = self.cfg.method
-        mpl_epoch = epoch - m.teacher_pretrain_epochs
+        m = self.cfg.method.mpl
+        mpl_epoch = epoch - self.cfg.method.teacher_pretrain_epochs
         # restart: each stage runs its own schedule from its epoch 0 (the teacher's lr jumps
         # back up at stage 2); continue: the teacher's pre-training schedule goes on
         t_epoch = mpl_epoch if mpl_epoch >= 0 and m.teacher_lr == "restart" else epoch
@@ -106,14 +175,14 @@ class MPL(Method):
         # a fresh teacher optimizer: the same start whether the teacher was pre-trained here
         # or loaded from the supervised run
         self.opt_t = make_optimizer(self.cfg, self.teacher.parameters())
-        if self.cfg.method.student_init == "teacher":
+        if self.cfg.method.mpl.student_init == "teacher":
             unwrap(self.student).load_state_dict(unwrap(self.teacher).state_dict())
         self.student_start = snapshot(self.student)   # diagnostics: how far it moves
         if self.ema is not None:
             self.ema.reset(self.student)
 
     def unlabeled_epoch(self, epoch, pool):
-        m = self.cfg.method
+        m = self.cfg.method.mpl
         if m.threshold_mode == "flexmatch" and (
                 self.flex is None or len(self.flex.selected) != len(pool)):
             self.flex = FlexThreshold(len(pool), self.num_classes, m.threshold)
@@ -144,7 +213,7 @@ class MPL(Method):
                         align: bool = True):
         """(targets, per-sample weight, mask, p) for the student from the teacher's weak-view
         softmax p (distribution-aligned when switched on)."""
-        m = self.cfg.method
+        m = self.cfg.method.mpl
         if self.align is not None and align:
             p_uw = self.align(p_uw)
         conf, hard = p_uw.max(dim=1)
@@ -165,7 +234,7 @@ class MPL(Method):
         """The MPL signal h; its sign is disputed (MPL issue 602 / MPL-pytorch issue 6).
         h_normalize: divided by the running RMS of h (after the baseline): with a student
         started from the teacher at a small lr, the raw |h| is ~1e-4 and the MPL term nothing."""
-        m = self.cfg.method
+        m = self.cfg.method.mpl
         diff = (s_loss_l_new - s_loss_l_old).item()
         h = diff if m.h_sign == "new_minus_old" else -diff
         if m.h_baseline_ema > 0:
@@ -189,8 +258,8 @@ class MPL(Method):
         return self.labeled_nll(logits, batch)
 
     def _student_loss(self, s_us, targets, weight) -> torch.Tensor:
-        ls = self.cfg.method.label_smoothing
-        if self.cfg.method.soft_targets:
+        ls = self.cfg.method.mpl.label_smoothing
+        if self.cfg.method.mpl.soft_targets:
             soft = targets * (1 - ls) + ls / self.num_classes
             per = -(soft * F.log_softmax(s_us, dim=1)).sum(dim=1)
         else:
@@ -201,7 +270,7 @@ class MPL(Method):
     def _student_step(self, batch, targets, weight):
         """Steps 4-5: the student's loss on the strong view against the teacher's targets, its
         step, and its labeled loss before and after that step: (loss, before, after)."""
-        clean = self.cfg.method.h_mode == "clean"
+        clean = self.cfg.method.mpl.h_mode == "clean"
         x_l, x_us = batch["x_l"], batch["x_us"]
         n_l = len(x_l)
         # 4: student; paper: one train-mode forward on cat(x_l, x_us), its x_l part is the
@@ -229,7 +298,7 @@ class MPL(Method):
         return s_loss, s_loss_l_old, s_loss_l_new
 
     def _mpl_step(self, batch):
-        m = self.cfg.method
+        m = self.cfg.method.mpl
         x_l, x_uw, x_us = batch["x_l"], batch["x_uw"], batch["x_us"]
         n_l, n_u = len(x_l), len(x_uw)
         self.teacher.train()
@@ -247,7 +316,7 @@ class MPL(Method):
             # the colony's class from the epoch's teacher pass, for whichever patch is drawn
             q = self.colony_q[batch["i_u"]].to(p_uw.device)
             targets, weight, mask, _ = self.student_targets(q, None, align=False)
-        lambda_u = m.lambda_u * min(1.0, (self.mpl_steps + 1) / max(1, m.uda_steps))
+        lambda_u = self.cfg.method.lambda_u * min(1.0, (self.mpl_steps + 1) / max(1, m.uda_steps))
         s_loss, s_loss_l_old, s_loss_l_new = self._student_step(batch, targets, weight)
         # 6: MPL feedback on the teacher
         h_raw = abs((s_loss_l_new - s_loss_l_old).item())
@@ -287,7 +356,7 @@ class MPL(Method):
         return self.teacher
 
     def recalibrates_bn(self) -> int:
-        return self.cfg.method.bn_recalibrate
+        return self.cfg.method.mpl.bn_recalibrate
 
     def modules(self):
         out: dict[str, Any] = {"teacher": self.teacher, "student": self.student,
@@ -298,9 +367,9 @@ class MPL(Method):
         return out
 
     def load_state_dict(self, state):
-        if "flex" in state and self.cfg.method.threshold_mode == "flexmatch":
+        if "flex" in state and self.cfg.method.mpl.threshold_mode == "flexmatch":
             self.flex = FlexThreshold(len(state["flex"]["selected"]), self.num_classes,
-                                      self.cfg.method.threshold)
+                                      self.cfg.method.mpl.threshold)
         super().load_state_dict(state)
 
     def extra_state(self):

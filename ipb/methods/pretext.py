@@ -2,7 +2,7 @@
 
     python -c "from ipb.methods.pretext import PretextThenFinetune; help(PretextThenFinetune)"
 
-`method.simclr_epochs` pretext epochs (the pre-training budget of every self-supervised row)
+`method.pretext.epochs` pretext epochs (the pre-training budget of every self-supervised row)
 train the architecture with the pretext heads of `build_net` (DDP-wrapped) on the batches of
 the first of `phases`; then `train.epochs` of supervised fine-tuning on L with the
 ground-truth-balanced sampler train the architecture itself, wrapped for DDP on first use.
@@ -10,10 +10,21 @@ Used by Contrastive Clustering and SimTriplet (SimCLR predates it: ipb/methods/s
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from ipb.config.settings import knob, method_settings
 from ipb.methods.base import Method, make_optimizer, set_lr
+
+
+@method_settings("pretext")
+@dataclass(frozen=True)
+class PretextSettings:
+    """The self-supervised rows' pre-training (SimCLR, Contrastive Clustering, SimTriplet)."""
+    epochs: int = knob(100, "[0, inf)", legacy="simclr_epochs")   # the pretext budget
+    proj_dim: int = knob(64, "[1, inf)", legacy="simclr_proj_dim")   # the projection head's width
 
 
 class PretextThenFinetune(Method):
@@ -48,14 +59,14 @@ class PretextThenFinetune(Method):
 
     # -- the contract ----------------------------------------------------------------------------
     def phase(self, epoch):
-        return self.phases[0] if epoch < self.cfg.method.simclr_epochs else "supervised"
+        return self.phases[0] if epoch < self.cfg.method.pretext.epochs else "supervised"
 
     def num_epochs(self):
-        return self.cfg.method.simclr_epochs + self.finetune_epochs()
+        return self.cfg.method.pretext.epochs + self.finetune_epochs()
 
     def start_epoch(self, epoch):
         set_lr(self.opt_c, epoch, self.cfg)
-        set_lr(self.opt, max(epoch - self.cfg.method.simclr_epochs, 0), self.cfg)
+        set_lr(self.opt, max(epoch - self.cfg.method.pretext.epochs, 0), self.cfg)
 
     def train_step(self, batch, epoch):
         if self.phase(epoch) == "supervised":

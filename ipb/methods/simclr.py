@@ -2,19 +2,29 @@
 
     ipb train --method simclr --arch vgg19 --fold 0
 
-Contrastive epochs (`method.simclr_epochs`) take two strong views of every patch, project the
-model's embedding through a 2-layer head and minimise NT-Xent at `method.simclr_temperature`
+Contrastive epochs (`method.pretext.epochs`) take two strong views of every patch, project the
+model's embedding through a 2-layer head and minimise NT-Xent at `method.simclr.temperature`
 (0.5, as in the paper); then `train.epochs` of supervised fine-tuning on the labeled set with
 the ground-truth-balanced sampler. Negatives are the worker's own batch (no cross-worker
 gather): with DDP the effective batch for the loss is the per-worker batch.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ipb.config.settings import knob, method_settings
 from ipb.methods.base import Method, make_optimizer, register_method, set_lr
+
+
+@method_settings("simclr")
+@dataclass(frozen=True)
+class SimCLRSettings:
+    """SimCLR's keys (its budget and head: `method.pretext.*`)."""
+    temperature: float = knob(0.5, "(0, inf)", legacy="simclr_temperature")   # NT-Xent's, the paper's
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -55,17 +65,17 @@ class SimCLR(Method):
         m = cfg.model
         base = create_model(m.arch, num_classes=num_classes, width=m.width,
                             dropout=m.dropout).to(device)
-        self.contrastive = wrap(_WithHead(base, cfg.method.simclr_proj_dim).to(device))
+        self.contrastive = wrap(_WithHead(base, cfg.method.pretext.proj_dim).to(device))
         self.model = base            # fine-tuning wraps the same weights separately
         self.model_ddp = None
         self.opt_c = make_optimizer(cfg, self.contrastive.parameters())
         self.opt = make_optimizer(cfg, base.parameters())
 
     def phase(self, epoch):
-        return "contrastive" if epoch < self.cfg.method.simclr_epochs else "supervised"
+        return "contrastive" if epoch < self.cfg.method.pretext.epochs else "supervised"
 
     def start_epoch(self, epoch):
-        ft_epoch = epoch - self.cfg.method.simclr_epochs
+        ft_epoch = epoch - self.cfg.method.pretext.epochs
         set_lr(self.opt_c, epoch, self.cfg)
         set_lr(self.opt, max(ft_epoch, 0), self.cfg)
 
@@ -80,7 +90,7 @@ class SimCLR(Method):
             n = len(batch["x_1"])
             with self.autocast():
                 z = self.contrastive(torch.cat([batch["x_1"], batch["x_2"]]))
-            loss = nt_xent(z[:n], z[n:], self.cfg.method.simclr_temperature)
+            loss = nt_xent(z[:n], z[n:], self.cfg.method.simclr.temperature)
             self.opt_c.zero_grad(set_to_none=True)
             loss.backward()
             self.opt_c.step()
@@ -98,4 +108,4 @@ class SimCLR(Method):
         return {"contrastive": self.contrastive, "opt_c": self.opt_c, "opt": self.opt}
 
     def num_epochs(self):
-        return self.cfg.method.simclr_epochs + self.cfg.train.epochs
+        return self.cfg.method.pretext.epochs + self.cfg.train.epochs

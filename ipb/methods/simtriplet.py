@@ -2,10 +2,10 @@
 
     ipb train --method simtriplet --arch vgg19 --fold 0
 
-Pre-training epochs (`method.simclr_epochs`, as every self-supervised row) take, per U+L
+Pre-training epochs (`method.pretext.epochs`, as every self-supervised row) take, per U+L
 colony, two strong views x_1, x_2 of one patch and a strong view x_n of a NEIGHBOURING patch of
 the same colony (half to one patch side away, inside its crop: the engine's `triplet` batch).
-Through a projector z (2-layer MLP with BN -> `method.simclr_proj_dim`) and a bottleneck
+Through a projector z (2-layer MLP with BN -> `method.pretext.proj_dim`) and a bottleneck
 predictor p, with D(p, z) = -cos(p, stop-gradient(z)):
   SimSiam    (D(p_1, z_2) + D(p_2, z_1)) / 2                the two views of one patch
   neighbour  (D(p_1, z_n) + D(p_n, z_1)) / 2                SimTriplet's cross-patch positive
@@ -61,7 +61,7 @@ class SimTriplet(PretextThenFinetune):
     phases = ("triplet", "supervised")
 
     def build_net(self, model):
-        return _SimTripletNet(model, self.cfg.method.simclr_proj_dim)
+        return _SimTripletNet(model, self.cfg.method.pretext.proj_dim)
 
     def pretext_loss(self, batch):
         n = len(batch["x_1"])

@@ -2,14 +2,14 @@
 
     python -c "from ipb.methods.stabilize import relative_threshold; print(relative_threshold(0.65, 13))"
 
-- `ModelEMA` (method.ema): an exponential moving average of the student, evaluated in its
+- `ModelEMA` (method.mpl.ema): an exponential moving average of the student, evaluated in its
   place; buffers (BN running statistics) are averaged too, so they fit the averaged weights.
-- `recalibrate_bn` (method.bn_recalibrate): BN running statistics re-estimated on clean
+- `recalibrate_bn` (method.mpl.bn_recalibrate): BN running statistics re-estimated on clean
   unlabeled patches before evaluation (the strong view the student trains on is not what it
   is tested on), averaged over workers.
-- `DistAlign` (method.dist_align): the teacher's soft targets re-weighted toward a target class
+- `DistAlign` (method.mpl.dist_align): the teacher's soft targets re-weighted toward a target class
   distribution (ReMixMatch's distribution alignment), by the running mean of its predictions.
-- `relative_threshold`, `FlexThreshold` (method.threshold_mode): confidence thresholds that
+- `relative_threshold`, `FlexThreshold` (method.mpl.threshold_mode): confidence thresholds that
   work for any number of classes; the paper's fixed 0.65 admits almost nothing when a weak
   teacher spreads its softmax over 13 classes (shared/notes/science-facts.md).
 Plain torch; collectives through ipb.dist (no-ops in one process).
@@ -35,7 +35,7 @@ class ModelEMA(nn.Module):
     def __init__(self, model: nn.Module, decay: float):
         super().__init__()
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"method.ema must be in (0, 1) when on, got {decay}")
+            raise ValueError(f"method.mpl.ema must be in (0, 1) when on, got {decay}")
         self.decay = decay
         self.module = copy.deepcopy(_bare(model))
         self.module.requires_grad_(False)
