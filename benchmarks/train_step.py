@@ -1,4 +1,4 @@
-"""python benchmarks/train_step.py [--arch vgg19] [--width 0.25] [--size 64] [--rounds 5] [--steps 10] [--unlabeled 2000] [--archs small_cnn:1.0:48,vgg19:0.125:64]
+"""python benchmarks/train_step.py [--arch vgg19] [--width 0.25] [--size 64] [--rounds 5] [--steps 10] [--unlabeled 2000] [--archs small_cnn:1.0:48,vgg19:0.125:64] [--compile]
 
 One MPL step (32 labeled + 32 unlabeled, weak and strong views) on CPU with ONE thread
 (torch.set_num_threads(1)), same architecture, same initial weights, same precomputed batch:
@@ -17,9 +17,10 @@ per colony, the balanced draw. One epoch of IPB = this pass + len(U) / 32 steps 
 epoch), so share = balance / (balance + ceil(len(U)/32) * our step time). The real epoch also
 cuts and augments batches, so this share is an upper bound.
 Then one MPL step per architecture of --archs (the CPU-study small_cnn next to VGG19 at the
-widths CPU studies used), one thread each, in NCHW and with train.channels_last (interleaved).
+widths CPU studies used), one thread each, in NCHW and with train.channels_last (interleaved);
+with --compile also with train.compile (torch.compile of each network's forward).
 Last line: `mpl step ratio <r>, ipb balancing share <s>, <arch> <ms> ms, channels_last <arch>
-x<NCHW / NHWC>, ...`.
+x<NCHW / NHWC>[, compile <arch> x<eager / compiled>], ...`.
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ class PlainMPL:
         self.step = 0
 
     def train_step(self, b):
-        a = self.cfg.method
+        a = self.cfg.method.mpl
         images_l, targets, images_uw, images_us = b["x_l"], b["y_l"], b["x_uw"], b["x_us"]
         bs = images_l.shape[0]
         self.teacher.train()
@@ -78,7 +79,7 @@ class PlainMPL:
         mask = max_probs.ge(a.threshold).float()
         t_loss_u = torch.mean(
             -(soft_pseudo_label * torch.log_softmax(t_logits_us, dim=-1)).sum(dim=-1) * mask)
-        weight_u = a.lambda_u * min(1., (self.step + 1) / a.uda_steps)
+        weight_u = self.cfg.method.lambda_u * min(1., (self.step + 1) / a.uda_steps)
         t_loss_uda = t_loss_l + weight_u * t_loss_u
 
         s_logits = self.student(torch.cat((images_l, images_us)))[0]
@@ -139,6 +140,9 @@ def main() -> None:
     ap.add_argument("--unlabeled", type=int, default=2000, help="colonies in U for the pass")
     ap.add_argument("--archs", default="small_cnn:1.0:48,vgg19:0.125:64,vgg19:0.25:64",
                     help="arch:width:patch list timed for one MPL step ('' skips)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time each arch with train.compile (torch.compile of the forward; "
+                         "~5 s of compiling small_cnn, ~65 s vgg19 width 0.25 on 2 cores)")
     args = ap.parse_args()
 
     torch.set_num_threads(1)
@@ -211,7 +215,8 @@ def main() -> None:
           f"{t_steps:.1f}s; balancing share {share:.3f}; load average {os.getloadavg()[0]:.2f}")
     arch_steps = arch_step_times(args) if args.archs else {}
     print(f"mpl step ratio {ratio:.3f}, ipb balancing share {share:.3f}" + "".join(
-        f", {k} x{v:.2f}" if k.startswith("channels_last") else f", {k} {v * 1000:.0f} ms"
+        f", {k} x{v:.2f}" if k.startswith(("channels_last", "compile")) else
+        f", {k} {v * 1000:.0f} ms"
         for k, v in arch_steps.items()))
 
 
@@ -224,13 +229,15 @@ def arch_step_times(args) -> dict[str, float]:
     num_classes = len(PAPER_CLASSES)
     for spec in args.archs.split(","):
         arch, width, size = spec.split(":")
-        runs = {}
-        for fmt in ("nchw", "nhwc"):
+        runs, first = {}, {}
+        fmts = ("nchw", "nhwc", "compiled") if args.compile else ("nchw", "nhwc")
+        for fmt in fmts:
             cfg = load_config("paper", {"train.use_gpu": False, "model.arch": arch,
                                         "model.width": float(width), "patch.size": int(size),
                                         "patch.ms_size": int(size), "method.name": "mpl",
                                         "method.teacher_pretrain_epochs": 0,
-                                        "train.channels_last": fmt == "nhwc"})
+                                        "train.channels_last": fmt == "nhwc",
+                                        "train.compile": fmt == "compiled"})
             torch.manual_seed(0)
             m = create_method("mpl", cfg, num_classes)
             assert m.phase(0) == "mpl"
@@ -238,22 +245,31 @@ def arch_step_times(args) -> dict[str, float]:
             memory = torch.channels_last if fmt == "nhwc" else torch.contiguous_format
             batch = {k: v.contiguous(memory_format=memory) if v.dim() == 4 else v
                      for k, v in make_batch(cfg, num_classes, int(size)).items()}
+            first[fmt] = timed(lambda: m.train_step(batch, 0))    # compiling, when compiled
             for _ in range(args.warmup):
                 m.train_step(batch, 0)
             runs[fmt] = (m, batch, [])
         for r in range(args.rounds):
-            for fmt in (("nchw", "nhwc") if r % 2 == 0 else ("nhwc", "nchw")):
+            for fmt in (fmts if r % 2 == 0 else fmts[::-1]):
                 m, batch, times = runs[fmt]
                 times += [timed(lambda: m.train_step(batch, 0)) for _ in range(args.steps)]
         t, t_cl = (statistics.median(runs[f][2]) for f in ("nchw", "nhwc"))
         key = f"{arch}@{width}x{size}px"
         out[key], out[f"channels_last {key}"] = t, t / t_cl
+        if args.compile:
+            t_c = statistics.median(runs["compiled"][2])
+            out[f"compile {key}"] = t / t_c
+            print(f"architecture {arch} width {width} patch {size}px: train.compile MPL step "
+                  f"{t_c * 1000:.1f} ms (x{t / t_c:.2f} of NCHW eager) after a first step of "
+                  f"{first['compiled']:.1f} s (compiling; inductor's disk cache makes a second "
+                  f"process faster); pays for itself after "
+                  f"{first['compiled'] / max(t - t_c, 1e-9):.0f} steps", flush=True)
         n = sum(p.numel() for p in runs["nchw"][0].student.parameters())
         print(f"architecture {arch} width {width} patch {size}px: {n / 1e3:.0f} k parameters, "
               f"MPL step {t * 1000:.1f} ms NCHW, {t_cl * 1000:.1f} ms channels_last (x{t / t_cl:.2f}; "
               f"medians of {len(runs['nchw'][2])}, interleaved), supervised-equivalent "
               f"throughput {cfg.train.batch_size / t:.0f} labeled patches/s", flush=True)
-    steps = {k: v for k, v in out.items() if not k.startswith("channels_last")}
+    steps = {k: v for k, v in out.items() if not k.startswith(("channels_last", "compile"))}
     first = next(iter(steps.values()), None)
     if first:
         print("step time relative to " + next(iter(steps)) + ": " + ", ".join(

@@ -349,3 +349,21 @@ def test_a_new_method_is_one_file(tmp_path):
     r = subprocess.run([sys.executable, "-c", NEW_METHOD_CHECK, str(root / "sweeps")],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "new method ok" in r.stdout, r.stderr[-3000:]
+
+
+def test_a_compiled_forward_trains_like_eager(parts):
+    """train.compile (nn.Module.compile in Method.new_model): the MPL trial, its grad-share
+    diagnostic (a graph backpropagated twice) included, keeps its weights' names and is the
+    same run up to float rounding, as train.channels_last is."""
+    out = {}
+    for compiled in ("false", "true"):
+        cfg = tiny_cfg("mpl", "train.steps_per_epoch=2", "train.epochs=1",
+                       "method.teacher_pretrain_epochs=1", f"train.compile={compiled}")
+        torch.manual_seed(0)
+        out[compiled] = run_trial(cfg, parts, CLASSES, log=lambda s: None)
+    eager, compiled = (out[k]["model"].state_dict() for k in ("false", "true"))
+    assert eager.keys() == compiled.keys()
+    assert any(not torch.equal(eager[k], compiled[k]) for k in eager)    # it did compile
+    a, b = ([h.get("train.loss", h.get("train.teacher_sup")) for h in out[k]["history"]]
+            for k in ("false", "true"))
+    assert np.allclose(a, b, rtol=1e-3, atol=1e-4), (a, b)

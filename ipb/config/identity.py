@@ -57,7 +57,7 @@ def config_hash(cfg: Config | dict, *extra: Any) -> str:
 _NOT_IN_TRIAL_HASH = ("profile", "tracking.", "sweep.", "train.storage", "data.cache_dir",
                       "data.ingest_workers", "train.num_workers", "train.cpus_per_worker",
                       "train.max_failures", "split.allow_weak_val", "train.channels_last",
-                      "train.eval_channels_last",
+                      "train.eval_channels_last", "train.compile",
                       "data.label_map")
 
 

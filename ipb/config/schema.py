@@ -187,6 +187,13 @@ class TrainConfig:
     # the no-grad passes (evaluation, the teacher's colony pass) on an NHWC copy on CPU: x1.46
     # small_cnn, x1.67 vgg19 (benchmarks/eval_pass.py); off: the model as it trains (not hashed)
     eval_channels_last: bool = True
+    # torch.compile each network's forward made by Method.new_model (nn.Module.compile; the
+    # same weights and state_dict keys). One CPU thread, per MPL step: small_cnn x1.20 after
+    # 5.6 s of compiling, vgg19 width 0.25 x1.24 after 65 s (benchmarks/train_step.py
+    # --compile): worth it past a few hundred steps. Not bit-identical to eager (weights differ
+    # by ~6e-7 after 5 steps, float rounding as with channels_last), so off by default and, like
+    # channels_last, not in the trial hash
+    compile: bool = False
     select_on: Literal["val", "test"] = "val"
     eval_every: int = 1
     finetune_epochs: int = 0          # optional fine-tune of the selected student on L

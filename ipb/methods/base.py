@@ -77,6 +77,21 @@ def nhwc_input(x: torch.Tensor, nhwc: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if nhwc and x.dim() == 4 else x
 
 
+def compile_forward(model: nn.Module) -> nn.Module:
+    """`model` with its forward compiled in place (train.compile): the module, its weights and
+    its state_dict keys stay what they were, so checkpoints and unwrap() do not change."""
+    # MPL's grad-share diagnostic backpropagates one graph twice (retain_graph=True), which
+    # compiled backwards with donated buffers refuse (torch's own error names this switch)
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+    functorch_config.donated_buffer = False
+    # dropout from eager's random stream: the same masks as an eager run of the same seed
+    # (inductor's own generator draws others: a different run, not a rounding difference)
+    inductor_config.fallback_random = True
+    model.compile()
+    return model
+
+
 def make_optimizer(cfg: Config, params, lr_scale: float = 1.0) -> torch.optim.Optimizer:
     t = cfg.train
     if t.optimizer == "adam":
@@ -148,6 +163,8 @@ class Method:
                              dropout=m.dropout).to(self.device)
         if self.cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if self.cfg.train.compile:
+            compile_forward(model)
         return self.wrap(model)
 
     def autocast(self):
