@@ -41,11 +41,14 @@ def teacher_key(cfg: Config) -> str | None:
             return None
         cfg = apply(cfg, {"method.name": "supervised", "train.epochs": m.teacher_pretrain_epochs,
                           "train.finetune_epochs": 0})
-    # multi_label_loss=partial puts multi-label colonies in L: the teacher trains on them
+    # every method key at its default but these (multi_label_loss=partial puts multi-label
+    # colonies in L: the teacher trains on them)
+    keep = ("method.name", "method.multi_label_loss")
     neutral = {k: v for k, v in identity(Config()).items() if k.startswith("method.")
-               and k not in ("method.name", "method.multi_label_loss")}
+               and k not in keep}
     # the views of unlabeled patches only: the supervised CNN never sees them
     neutral.update({f"augment.{k}": getattr(AugmentConfig(), k)
                     for k in ("weak", "strong_p", "strong_brightness", "strong_contrast")})
-    flat = {**identity(cfg), **neutral}
+    flat = {**{k: v for k, v in identity(cfg).items()
+               if not k.startswith("method.") or k in keep}, **neutral}
     return "teacher-" + config_hash(flat, cfg.train.fold, cfg.train.seed)

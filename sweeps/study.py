@@ -11,7 +11,7 @@ one Tune trial and one MLflow child run each, under one parent run in experiment
   supervised                 the CNN on L; it is also the teacher every MPL-family row and
                              FixMatch/ABC start from (same split, seed and budget: reused)
   supervised (50% labeled)   the same at 50 % (first 3 pairs): the headroom the fraction leaves
-  IPB (robust)               method.preset=robust: the stable reference (ipb/config/profiles.py PRESETS)
+  IPB (robust)               method.preset=robust: the stable reference (MplSettings.PRESETS, ipb/methods/mpl.py)
   IPB (learn)                method.preset=learn: robust + a student that can move (colony-level
                              sharpened targets, full lr, 2 passes over U, normalised h, fine-tune)
   MPL (learn)                the same switches without the pseudo-class balancing

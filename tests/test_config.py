@@ -124,14 +124,50 @@ def test_every_numeric_method_setting_has_a_range_and_every_old_key_maps():
 
 
 @pytest.mark.parametrize("body, words", [
-    ("    threshold: float = knob(0.5, '[0, 1]')\n    x: float = knob(torch.pi)\n",
+    ("@dataclass(frozen=True)\nclass Bad:\n    x: float = knob(torch.pi)\n",
      ["bad_settings.py", "may use only", "torch"]),
-    ("    eval: str = knob('a')\n", ["bad_settings.py", "eval", "rename it"]),
+    ("@dataclass(frozen=True)\nclass Bad:\n    eval: str = knob('a')\n",
+     ["bad_settings.py", "eval", "rename it"]),
+    ("class Bad:\n    x: float = knob(1.0)\n", ["bad_settings.py", "frozen"]),
+    ("@dataclass\nclass Bad:\n    x: float = knob(1.0)\n", ["bad_settings.py", "frozen"]),
+    ("@dataclass(frozen=True)\nclass Bad:\n    x: tuple = knob([1, 2])\n",
+     ["bad_settings.py:6", "immutable"]),
+    ("@dataclass(frozen=True)\nclass Bad:\n    x: float\n    y: float = knob(1.0)\n",
+     ["bad_settings.py:6", "Bad.x", "default"]),
 ])
 def test_a_settings_class_the_config_cannot_read_is_named(tmp_path, body, words):
     from ipb.config import settings
-    (tmp_path / "bad_settings.py").write_text(
-        "import torch\n\n\n@method_settings('bad')\n@dataclass(frozen=True)\nclass Bad:\n" + body)
+    (tmp_path / "bad_settings.py").write_text("import torch\n\n\n@method_settings('bad')\n" + body)
     with pytest.raises(settings.SettingsError) as e:
         settings.discover(tmp_path)
     assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_a_settings_class_may_use_the_decorator_through_its_module(tmp_path):
+    from ipb.config import settings
+    (tmp_path / "ok.py").write_text(
+        "from ipb.config import settings\n\n\n@settings.method_settings('ok')\n"
+        "@dataclass(frozen=True)\nclass Ok:\n    x: float = knob(1.0, '[0, 2]')\n")
+    found = settings.discover(tmp_path)
+    assert list(found) == ["ok"] and found["ok"]().x == 1.0
+
+
+def test_a_group_or_old_key_shadowing_a_common_key_and_a_second_paper_preset_are_refused(
+        monkeypatch):
+    from dataclasses import dataclass
+
+    from ipb.config import profiles, schema
+
+    @dataclass(frozen=True)
+    class Shadow:
+        x: float = 1.0
+    monkeypatch.setattr(schema, "settings_classes", lambda: {"lambda_u": Shadow})
+    with pytest.raises(ConfigError, match="'lambda_u' is a common method key"):
+        schema._method_sections()
+    monkeypatch.setattr(schema, "settings_classes", lambda: {"x": Shadow})
+    monkeypatch.setattr(schema, "legacy_keys", lambda: {"method.name": "method.x.x"})
+    with pytest.raises(ConfigError, match="common key method.name"):
+        schema._method_sections()
+    monkeypatch.setattr(profiles, "settings_presets", lambda: {"paper": {}})
+    with pytest.raises(ConfigError, match="preset 'paper'"):
+        profiles._presets()

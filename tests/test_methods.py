@@ -327,6 +327,16 @@ with pytest.raises(ConfigError, match="method.pseudo_label_test.threshold"):
     tiny_cfg("pseudo_label_test", "method.pseudo_label_test.threshold=2")
 out = run_trial(cfg, tiny_parts(), ["A", "B", "C"], log=lambda s: None)
 assert 0.0 <= out["metrics"]["test.tpr.mean"] <= 1.0
+# the other trials keep their hashes and teachers; the old `method.threshold` is still MPL's
+import json
+from ipb.config import load_config, trial_hash
+from ipb.lineage import teacher_key
+ipb = load_config("smoke", ["method.name=ipb", "method.preset=learn"])
+assert [trial_hash(load_config("smoke")), trial_hash(ipb), teacher_key(ipb)] == \
+    json.loads(sys.argv[2])
+off = load_config("smoke", ["method.pseudo_label_test.weight=2", "method.threshold=0.5"])
+assert trial_hash(off) != trial_hash(load_config("smoke", ["method.threshold=0.5"]))
+assert off.method.mpl.threshold == 0.5 and off.method.pseudo_label_test.threshold == 0.95
 print("new method ok")
 '''
 
@@ -336,7 +346,8 @@ def test_a_new_method_is_one_file(tmp_path):
     with its own settings beside it, and the method is listed by `ipb methods`, named in `ipb
     train --help`, a row of sweeps/baselines.py, configured as `method.pseudo_label_test.*`
     (ranges checked) and trained end to end by the engine, with nothing else edited (the
-    registry's own tests then cover it)."""
+    registry's own tests then cover it); every other trial keeps its hash and teacher."""
+    import json
     import shutil
     import subprocess
     import sys
@@ -346,7 +357,11 @@ def test_a_new_method_is_one_file(tmp_path):
                     ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "ipb" / "methods" / "pseudo_label_test.py").write_text(TINY_METHOD)
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{root / 'tests'}"}
-    r = subprocess.run([sys.executable, "-c", NEW_METHOD_CHECK, str(root / "sweeps")],
+    from ipb.config import load_config, trial_hash
+    from ipb.lineage import teacher_key
+    ipb = load_config("smoke", ["method.name=ipb", "method.preset=learn"])
+    before = json.dumps([trial_hash(load_config("smoke")), trial_hash(ipb), teacher_key(ipb)])
+    r = subprocess.run([sys.executable, "-c", NEW_METHOD_CHECK, str(root / "sweeps"), before],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "new method ok" in r.stdout, r.stderr[-3000:]
 

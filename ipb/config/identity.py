@@ -17,7 +17,7 @@ import yaml
 
 from ipb.config.load import apply
 from ipb.config.schema import Config
-from ipb.config.settings import legacy_keys
+from ipb.config.settings import legacy_keys, new_keys
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -63,11 +63,20 @@ _NOT_IN_TRIAL_HASH = ("profile", "tracking.", "sweep.", "train.storage", "data.c
 
 def identity(cfg: Config) -> dict[str, Any]:
     """The flat config keys that decide what a trial computes (not where or how fast). A
-    method's own keys go by their names before method settings (`method.fixmatch.threshold`
-    as `method.fixmatch_threshold`), so a trial keeps the hash it had (ipb/config/settings.py)."""
+    method's keys of before method settings go by their old names (`method.fixmatch.threshold`
+    as `method.fixmatch_threshold`), so a trial keeps the hash it had; a newer method's keys
+    count for its own trials and wherever they are off their defaults, so adding a method
+    changes no other trial's hash (ipb/config/settings.py)."""
     old_name = {new: old for old, new in legacy_keys().items()}
-    return {old_name.get(k, k): v for k, v in flatten(to_dict(cfg)).items()
-            if not any(k == p or k.startswith(p) for p in _NOT_IN_TRIAL_HASH)}
+    newer = new_keys()
+    out = {}
+    for k, v in flatten(to_dict(cfg)).items():
+        if any(k == p or k.startswith(p) for p in _NOT_IN_TRIAL_HASH):
+            continue
+        if k in newer and newer[k][0] != cfg.method.name and v == newer[k][1]:
+            continue
+        out[old_name.get(k, k)] = v
+    return out
 
 
 def trial_hash(cfg: Config) -> str:

@@ -133,7 +133,7 @@ def _with_preset(updates: dict[str, Any]) -> dict[str, Any]:
     if name not in PRESETS:
         raise ConfigError(f"config key 'method.preset': bad value {name!r}; allowed: "
                           f"{' | '.join(map(repr, PRESETS))}")
-    return {**PRESETS[name], **updates}
+    return {**current_keys(PRESETS[name]), **updates}
 
 
 def apply(cfg: Config, updates: dict[str, Any]) -> Config:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from ipb.config.schema import Config
+from ipb.config.schema import Config, ConfigError
 from ipb.config.settings import settings_classes, settings_presets
 
 # Profiles are override lists on top of the dataclass defaults (= the paper's numbers).
@@ -69,7 +69,11 @@ def _presets() -> dict[str, dict[str, Any]]:
     default = Config()
     paper = {k: functools.reduce(getattr, k.split("."), default)
              for cls in settings_classes().values() for k in getattr(cls, "SWITCHES", ())}
-    return {"paper": paper, **settings_presets()}
+    declared = settings_presets()
+    if "paper" in declared:
+        raise ConfigError("a method's settings declare preset 'paper', the built-in one that "
+                          "puts every SWITCHES key back to its default; name it otherwise")
+    return {"paper": paper, **declared}
 
 
 PRESETS: dict[str, dict[str, Any]] = _presets()

@@ -8,10 +8,10 @@ gives the interval a number must lie in, checked by `validate` after every updat
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field, make_dataclass
-from typing import Literal
+from dataclasses import dataclass, field, fields, make_dataclass
+from typing import Any, Literal
 
-from ipb.config.settings import settings_classes, settings_ranges
+from ipb.config.settings import legacy_keys, settings_classes, settings_ranges
 
 PAPER_CLASSES = ("Debris", "Dense", "Differentiated", "Spread")
 
@@ -157,10 +157,22 @@ class MethodCommon:
     temporal_change: float = 0.05
 
 
-# `method.<group>` for every method file's settings class, after the common keys
+def _method_sections() -> list[tuple[str, type, Any]]:
+    """`method.<group>` for every method file's settings class; a group or old key that a
+    common key already names is refused (it would shadow `method.name`, `method.lambda_u`...)."""
+    common = {f.name for f in fields(MethodCommon)}
+    for g in settings_classes():
+        if g in common:
+            raise ConfigError(f"settings group {g!r} is a common method key; name it otherwise")
+    for old in legacy_keys():
+        if old.split(".", 1)[1] in common:
+            raise ConfigError(f"an old key of a method's settings is the common key {old}")
+    return [(g, cls, field(default_factory=cls)) for g, cls in settings_classes().items()]
+
+
+# the common keys, then `method.<group>` for every method file's settings class
 MethodConfig = make_dataclass(
-    "MethodConfig", [(g, cls, field(default_factory=cls)) for g, cls in settings_classes().items()],
-    bases=(MethodCommon,), frozen=True)
+    "MethodConfig", _method_sections(), bases=(MethodCommon,), frozen=True)
 MethodConfig.__module__ = __name__
 MethodConfig.__doc__ = "Method hyper-parameters: the common keys, then one section per method."
 

@@ -13,7 +13,9 @@ class object. Settings read by several methods (`lambda_u`, `pseudo_patches`, `m
 
 Before method settings, every key was flat (`method.threshold`, `method.fixmatch_threshold`):
 `knob(..., legacy=)` names a field's old key, configs that use it still load, and the trial hash
-is computed on the old names, so finished trials are still found (ipb/config/identity.py).
+is computed on the old names, so finished trials are still found (ipb/config/identity.py). A
+new method's keys have no old name; they enter a trial's hash only when the trial runs that
+method or sets them off their defaults, so adding a method changes no finished trial's hash.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import builtins
 import functools
 import sys
 import typing
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -35,10 +37,13 @@ class SettingsError(ValueError):
     """A method file's settings class that the config layer cannot read."""
 
 
-def knob(default: Any, range: str | None = None, *, legacy: str | None = None) -> Any:
-    """A settings field: its default, its allowed interval ("[0, 1]", "(0, inf)": checked
-    after every config update) and, for a key that existed before method settings, its old
-    flat name under `method.` when that differs from the field's."""
+def knob(default: Any, range: str | None = None, *, legacy: str | bool = False) -> Any:
+    """A settings field: its default (immutable: a number, string, bool or tuple), its allowed
+    interval ("[0, 1]", "(0, inf)": checked after every config update) and, only for the keys
+    that existed before method settings, `legacy`: their flat key's name under `method.`
+    (True: the field's own name). A new method's keys have none."""
+    if isinstance(default, (list, dict, set)):
+        raise SettingsError(f"knob default {default!r}: give an immutable value (a tuple)")
     return field(default=default, metadata={"range": range, "legacy": legacy})
 
 
@@ -55,9 +60,15 @@ def method_settings(group: str):
     return declare
 
 
+def _is_ours(d: ast.expr) -> bool:
+    """`@method_settings(...)` or `@<module>.method_settings(...)`."""
+    return isinstance(d, ast.Call) and DECORATOR in (getattr(d.func, "id", None),
+                                                       getattr(d.func, "attr", None))
+
+
 def _decorated_group(node: ast.ClassDef) -> str | None:
     for d in node.decorator_list:
-        if isinstance(d, ast.Call) and getattr(d.func, "id", None) == DECORATOR:
+        if _is_ours(d):
             if len(d.args) != 1 or not isinstance(d.args[0], ast.Constant) or \
                     not isinstance(d.args[0].value, str):
                 raise SettingsError(f"line {node.lineno}: {DECORATOR}(...) takes the group "
@@ -68,22 +79,31 @@ def _decorated_group(node: ast.ClassDef) -> str | None:
 
 def _compile(node: ast.ClassDef, path: Path) -> type:
     """The class alone, from its source, in a namespace of dataclass/knob/Literal/ClassVar."""
+    where = f"{path}:{node.lineno}: settings class {node.name}"
+    node = ast.ClassDef(**{**node.__dict__, "decorator_list": [
+        d for d in node.decorator_list if not _is_ours(d)]})
     scope = {"__builtins__": builtins, "__name__": __name__, "dataclass": dataclass,
-             "knob": knob, "Literal": Literal, "ClassVar": ClassVar,
-             DECORATOR: lambda group: (lambda cls: cls)}
+             "knob": knob, "Literal": Literal, "ClassVar": ClassVar}
     code = compile(ast.Module(body=[node], type_ignores=[]), str(path), "exec",
                    dont_inherit=True)    # not this module's `annotations` future: real types
     try:
         exec(code, scope)
     except NameError as e:
-        raise SettingsError(f"{path}:{node.lineno}: settings class {node.name} may use only "
-                            f"builtins, dataclass, knob, Literal and ClassVar ({e})") from None
+        raise SettingsError(f"{where} may use only builtins, dataclass, knob, Literal and "
+                            f"ClassVar ({e})") from None
+    except (TypeError, ValueError, SettingsError) as e:     # no default, a mutable one, ...
+        raise SettingsError(f"{where}: {e}") from None
     cls = scope[node.name]
+    if not is_dataclass(cls) or not cls.__dataclass_params__.frozen:
+        raise SettingsError(f"{where} must be a @dataclass(frozen=True): configs are frozen")
     cls.__qualname__ = cls.__name__
+    bare = [f.name for f in fields(cls) if f.default is MISSING]
+    if bare:
+        raise SettingsError(f"{where}.{bare[0]} has no default: write it as knob(default)")
     taken = [f.name for f in fields(cls) if f.name in TUNE_RESERVED]
     if taken:
-        raise SettingsError(f"{path}:{node.lineno}: {node.name}.{taken[0]}: a Ray Tune search "
-                            "space reads a mapping with this key as its own syntax; rename it")
+        raise SettingsError(f"{where}.{taken[0]}: a Ray Tune search space reads a mapping with "
+                            "this key as its own syntax; rename it")
     return cls
 
 
@@ -125,9 +145,27 @@ def settings_ranges() -> dict[str, str]:
 
 
 def legacy_keys() -> dict[str, str]:
-    """{old flat key: its key now}, e.g. "method.fixmatch_threshold": "method.fixmatch.threshold"."""
-    return {f"method.{f.metadata.get('legacy') or f.name}": f"method.{g}.{f.name}"
-            for g, cls in settings_classes().items() for f in fields(cls)}
+    """{old flat key: its key now}, e.g. "method.fixmatch_threshold": "method.fixmatch.threshold",
+    for the keys that existed before method settings (`knob(legacy=...)`)."""
+    out: dict[str, str] = {}
+    for g, cls in settings_classes().items():
+        for f in fields(cls):
+            old = f.metadata.get("legacy")
+            if old:
+                key = f"method.{f.name if old is True else old}"
+                if key in out:
+                    raise SettingsError(f"old key {key} is claimed by {out[key]} and "
+                                        f"method.{g}.{f.name}")
+                out[key] = f"method.{g}.{f.name}"
+    return out
+
+
+def new_keys() -> dict[str, tuple[str, Any]]:
+    """{"method.<group>.<key>": (group, default)} of the keys with no old name (ipb.config's
+    identity: they enter a trial's hash only for the method of that name or off their default,
+    so adding a method leaves every finished trial's hash as it was)."""
+    return {f"method.{g}.{f.name}": (g, f.default) for g, cls in settings_classes().items()
+            for f in fields(cls) if not f.metadata.get("legacy")}
 
 
 def settings_presets() -> dict[str, dict[str, Any]]:
@@ -147,11 +185,11 @@ def describe() -> str:
     for g, cls in settings_classes().items():
         lines.append(f"method.{g}  ({cls.__name__}: {(cls.__doc__ or '').strip().splitlines()[0]})")
         for f in fields(cls):
-            default = f.default if f.default is not MISSING else f.default_factory()
+            default, old = f.default, f.metadata.get("legacy")
             allowed = f.metadata.get("range") or (" | ".join(map(repr, typing.get_args(f.type)))
                                                   if typing.get_origin(f.type) is Literal else "")
             lines.append(f"  {f.name} = {default!r}" + (f"  in {allowed}" if allowed else "")
-                         + f"  (was method.{f.metadata.get('legacy') or f.name})")
+                         + (f"  (was method.{f.name if old is True else old})" if old else ""))
         for name, keys in getattr(cls, "PRESETS", {}).items():
             lines.append(f"  preset {name}: " + ", ".join(f"{k}={v!r}" for k, v in keys.items()))
     return "\n".join(lines)

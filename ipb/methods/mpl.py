@@ -55,36 +55,37 @@ GRAD_EVERY = 25   # MPL steps between two measurements of the MPL term's gradien
 @method_settings("mpl")
 @dataclass(frozen=True)
 class MplSettings:
-    """MPL's and IPB's own keys: the paper's, then the robust switches (off = the paper)."""
-    threshold: float = knob(0.65, "[0, 1]")    # UDA's confidence mask on the weak view
-    temperature: float = knob(1.0, "(0, inf)")   # UDA softmax temperature on the weak view
-    uda_steps: int = knob(1000, "[0, inf)")     # the UDA weight's linear ramp
-    student_mask: bool = knob(True)
-    soft_targets: bool = knob(False)
-    h_sign: Literal["new_minus_old", "old_minus_new"] = knob("new_minus_old")
-    h_baseline_ema: float = knob(0.0, "[0, 1)")
-    student_warmup_epochs: int = knob(10, "[0, inf)")
-    student_warmup_lr_scale: float = knob(0.1, "(0, inf)")
+    """MPL's and IPB's own keys: the paper's, then the robust switches (off = the paper).
+    Each was `method.<name>` before method settings (legacy=True)."""
+    threshold: float = knob(0.65, "[0, 1]", legacy=True)   # UDA's confidence mask, weak view
+    temperature: float = knob(1.0, "(0, inf)", legacy=True)   # UDA's softmax T, weak view
+    uda_steps: int = knob(1000, "[0, inf)", legacy=True)     # the UDA weight's linear ramp
+    student_mask: bool = knob(True, legacy=True)
+    soft_targets: bool = knob(False, legacy=True)
+    h_sign: Literal["new_minus_old", "old_minus_new"] = knob("new_minus_old", legacy=True)
+    h_baseline_ema: float = knob(0.0, "[0, 1)", legacy=True)
+    student_warmup_epochs: int = knob(10, "[0, inf)", legacy=True)
+    student_warmup_lr_scale: float = knob(0.1, "(0, inf)", legacy=True)
     # -- robust switches (off = the paper; the module docstring says what each does) ----------
-    student_init: Literal["random", "teacher"] = knob("random")
-    ema: float = knob(0.0, "[0, 1)")           # >0: evaluate an EMA of the student with this decay
-    h_mode: Literal["paper", "clean"] = knob("paper")
-    mpl_target: Literal["teacher_strong", "student"] = knob("teacher_strong")
-    teacher_lr: Literal["restart", "continue"] = knob("restart")   # at the MPL stage's start
-    student_lr_scale: float = knob(1.0, "(0, inf)")   # the student's lr factor after warm-up
-    label_smoothing: float = knob(0.0, "[0, 1)")      # on the student's pseudo-label loss
-    bn_recalibrate: int = knob(0, "[0, inf)")   # >0: the student's BN on this many clean U batches
-    dist_align: Literal["off", "uniform", "prior"] = knob("off")
-    dist_prior: tuple[float, ...] = knob(())    # class order of the table; dist_align=prior
-    threshold_mode: Literal["fixed", "relative", "flexmatch"] = knob("fixed")
+    student_init: Literal["random", "teacher"] = knob("random", legacy=True)
+    ema: float = knob(0.0, "[0, 1)", legacy=True)    # >0: the student's EMA of this decay
+    h_mode: Literal["paper", "clean"] = knob("paper", legacy=True)
+    mpl_target: Literal["teacher_strong", "student"] = knob("teacher_strong", legacy=True)
+    teacher_lr: Literal["restart", "continue"] = knob("restart", legacy=True)   # at stage 2
+    student_lr_scale: float = knob(1.0, "(0, inf)", legacy=True)   # the student's lr after warm-up
+    label_smoothing: float = knob(0.0, "[0, 1)", legacy=True)      # of the pseudo-label loss
+    bn_recalibrate: int = knob(0, "[0, inf)", legacy=True)   # >0: student BN on N clean U batches
+    dist_align: Literal["off", "uniform", "prior"] = knob("off", legacy=True)
+    dist_prior: tuple[float, ...] = knob((), legacy=True)   # table's class order; dist_align=prior
+    threshold_mode: Literal["fixed", "relative", "flexmatch"] = knob("fixed", legacy=True)
     # colony: the student learns the teacher's colony-level class (method.pseudo_patches) for
     # every patch of the colony that epoch, not the teacher's guess on the one patch it sees
-    student_target: Literal["batch", "colony"] = knob("batch")
+    student_target: Literal["batch", "colony"] = knob("batch", legacy=True)
     # a student that can move (preset learn): soft targets sharpened as p^(1/T) (1 = off; the
     # mask is still the unsharpened confidence); h over a running RMS (after the baseline), so
     # the MPL term's size does not vanish with the student's lr
-    sharpen_temperature: float = knob(1.0, "(0, inf)")
-    h_normalize: bool = knob(False)
+    sharpen_temperature: float = knob(1.0, "(0, inf)", legacy=True)
+    h_normalize: bool = knob(False, legacy=True)
 
     # `method.preset`: a named set of switches, applied before the other keys of the same
     # update (so `method.preset=robust method.mpl.ema=0` is the preset without the EMA).
