@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ipb.config import Config, apply, config_hash, from_dict, to_dict, trial_hash
+from ipb.config import Config, apply, config_hash, from_dict, identity, to_dict, trial_hash
 from ipb.sweep import Sweep, configuration_label, driver_pinned, run_sweep, trial_resources, \
     tune_run_config, tune_trial_tags
 
@@ -64,6 +64,13 @@ def search_driver(config: dict[str, Any]) -> None:
         tune.report({"objective": sum(scores) / len(scores), "folds_done": k + 1})
 
 
+def study_name(base: Config) -> str:
+    """The Optuna study of a search over `base`: named by what its trials compute (the trial
+    hash's keys), so a re-run with other workers, storage, tracking or `train.compile`, or after
+    a new method was added, continues the same study."""
+    return "search-" + config_hash(identity(base))[:10]
+
+
 def run_search(base: Config, space: Callable, table: Path | str, *,
                progress: bool = True) -> dict[str, Any]:
     """OptunaSearch (define-by-run `space`), ConcurrencyLimiter and ASHA over `table`; the
@@ -78,8 +85,7 @@ def run_search(base: Config, space: Callable, table: Path | str, *,
     from ipb.runtime import study_storage
 
     experiment = base.tracking.experiment or "ipb-search"
-    study = "search-" + config_hash({k: v for k, v in to_dict(base).items()
-                                     if k not in ("tracking", "sweep")})[:10]
+    study = study_name(base)
     storage, where = study_storage(base)
     n_done = sum(t.state.is_finished() for t in optuna.load_study(
         study_name=study, storage=storage).trials) if study in [

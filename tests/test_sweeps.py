@@ -96,6 +96,20 @@ def test_ablation_is_table_2():
         assert want in labels
 
 
+def test_a_search_keeps_its_optuna_study_when_only_the_running_changes():
+    """The study is named by what the trials compute: more workers, another tracking server,
+    train.compile or a new method's keys at their defaults continue it; a learning rate or an
+    old key's value starts another."""
+    from ipb.search import study_name
+    base = load_config("smoke")
+    same = ["train.num_workers=2", "tracking.uri=sqlite:///x.db", "train.compile=true",
+            "data.cache_dir=/tmp/elsewhere", "sweep.num_samples=50"]
+    assert study_name(load_config("smoke", same)) == study_name(base)
+    assert study_name(load_config("smoke", ["train.lr=0.01"])) != study_name(base)
+    assert study_name(load_config("smoke", ["method.threshold=0.5"])) == \
+        study_name(load_config("smoke", ["method.mpl.threshold=0.5"])) != study_name(base)
+
+
 def test_search_space_applies():
     from optuna.trial import FixedTrial
     mod = _module("search")

@@ -153,3 +153,16 @@ def test_a_sweep_decodes_its_table_once_per_node(ray_local, table):
     while alive() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not alive(), "the node banks outlived the sweep"
+
+
+def test_a_compiled_mpl_trial_runs_on_two_ddp_workers(ray_local, tmp_path, table):
+    """train.compile under DDP (each worker compiles its networks' forward, then wraps them),
+    through the MPL step and its grad-share diagnostic (a graph backpropagated twice)."""
+    from ipb.tracking import client, tracking_uri
+    cfg = _cfg(tmp_path, table, "mpl", "model.arch=small_cnn", "train.compile=true",
+               "train.epochs=1", "method.teacher_pretrain_epochs=1")
+    out = _run(cfg)
+    run = client(tracking_uri(cfg)).get_run(out["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["train.compile"] == "True"
+    assert 0.0 <= run.data.metrics["test.tpr.mean"] <= 1.0 and "train.mpl_grad_share" in \
+        run.data.metrics
