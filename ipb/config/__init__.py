@@ -9,15 +9,14 @@ the key and what is allowed. By concern:
   schema.py    the dataclasses (one per section), value RANGES, validate
   settings.py  each method's own keys (`method.<group>.*`) and presets, read from its file
   profiles.py  PROFILES (smoke, paper, study) and PRESETS (from the methods' settings)
-  load.py      load_config, apply, parse_overrides: building a checked config (old flat
-               method keys mapped to their keys now)
-  identity.py  to_dict, flatten, to_yaml, from_dict, config_hash, trial_hash: what a trial is
+  load.py      load_config, apply, parse_overrides, flatten: building a checked config (old
+               flat method keys mapped to their keys now)
+  identity.py  to_dict, to_yaml, from_dict, config_hash, trial_hash: what a trial is
   paths.py     is_uri, expand_path, expand_location
 Import from `ipb.config`; the modules are how it is kept, not separate APIs.
 """
-from ipb.config.identity import (config_hash, flatten, from_dict, identity, to_dict, to_yaml,
-                                 trial_hash)
-from ipb.config.load import apply, load_config, parse_overrides
+from ipb.config.identity import config_hash, from_dict, identity, to_dict, to_yaml, trial_hash
+from ipb.config.load import apply, flatten, load_config, parse_overrides
 from ipb.config.paths import expand_location, expand_path, is_uri
 from ipb.config.profiles import PRESETS, PROFILES
 from ipb.config.schema import (PAPER_CLASSES, RANGES, AugmentConfig, Config, ConfigError,

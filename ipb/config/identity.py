@@ -15,25 +15,13 @@ from typing import Any
 
 import yaml
 
-from ipb.config.load import apply
+from ipb.config.load import apply, flatten
 from ipb.config.schema import Config
 from ipb.config.settings import legacy_keys, new_keys
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> {"train.epochs": 3, ...} (MLflow params, trial hashes)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def to_yaml(cfg: Config) -> str:
@@ -87,4 +75,4 @@ def trial_hash(cfg: Config) -> str:
 def from_dict(d: dict[str, Any]) -> Config:
     """Inverse of `to_dict` (used to ship configs to Ray workers as plain dicts); a dict of an
     older ipb, with flat method keys, loads too."""
-    return apply(Config(), {k: v for k, v in flatten(d).items()})
+    return apply(Config(), d)

@@ -96,14 +96,16 @@ def _set(obj: Any, path: list[str], value: Any, full: str) -> Any:
     return replace(obj, **{name: _set(current, path[1:], value, full)})
 
 
-def _dotted(updates: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"method": {"mpl": {"ema": 0}}} -> {"method.mpl.ema": 0} (no config value is a dict)."""
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"train.epochs": 3, ...} (updates, MLflow params, trial hashes; no config
+    value is a dict)."""
     out: dict[str, Any] = {}
-    for k, v in updates.items():
+    for k, v in d.items():
+        key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_dotted(v, f"{prefix}{k}."))
+            out.update(flatten(v, key + "."))
         else:
-            out[f"{prefix}{k}"] = v
+            out[key] = v
     return out
 
 
@@ -115,7 +117,7 @@ def current_keys(updates: dict[str, Any]) -> dict[str, Any]:
     old = legacy_keys()
     out: dict[str, Any] = {}
     given: dict[str, str] = {}      # key now -> as it was typed
-    for k, v in _dotted(updates).items():
+    for k, v in flatten(updates).items():
         new = old.get(k, k)
         if new in out:
             was = k if k in old else given[new]

@@ -200,7 +200,7 @@ class TrainConfig:
     # small_cnn, x1.67 vgg19 (benchmarks/eval_pass.py); off: the model as it trains (not hashed)
     eval_channels_last: bool = True
     # torch.compile each network's forward made by Method.new_model (nn.Module.compile; the
-    # same weights and state_dict keys). One CPU thread, per MPL step: small_cnn x1.20 after
+    # same weights and state_dict keys). One CPU thread, per MPL step: small_cnn x1.18 after
     # 5.6 s of compiling, vgg19 width 0.25 x1.24 after 65 s (benchmarks/train_step.py
     # --compile): worth it past a few hundred steps. Not bit-identical to eager (weights differ
     # by ~6e-7 after 5 steps, float rounding as with channels_last), so off by default and, like

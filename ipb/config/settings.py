@@ -144,15 +144,20 @@ def settings_ranges() -> dict[str, str]:
             if f.metadata.get("range")}
 
 
+def _old_key(f) -> str | None:
+    """A settings field's flat key of before method settings, or None for a newer key."""
+    old = f.metadata.get("legacy")
+    return f"method.{f.name if old is True else old}" if old else None
+
+
 def legacy_keys() -> dict[str, str]:
     """{old flat key: its key now}, e.g. "method.fixmatch_threshold": "method.fixmatch.threshold",
     for the keys that existed before method settings (`knob(legacy=...)`)."""
     out: dict[str, str] = {}
     for g, cls in settings_classes().items():
         for f in fields(cls):
-            old = f.metadata.get("legacy")
-            if old:
-                key = f"method.{f.name if old is True else old}"
+            key = _old_key(f)
+            if key:
                 if key in out:
                     raise SettingsError(f"old key {key} is claimed by {out[key]} and "
                                         f"method.{g}.{f.name}")
@@ -165,7 +170,7 @@ def new_keys() -> dict[str, tuple[str, Any]]:
     identity: they enter a trial's hash only for the method of that name or off their default,
     so adding a method leaves every finished trial's hash as it was)."""
     return {f"method.{g}.{f.name}": (g, f.default) for g, cls in settings_classes().items()
-            for f in fields(cls) if not f.metadata.get("legacy")}
+            for f in fields(cls) if not _old_key(f)}
 
 
 def settings_presets() -> dict[str, dict[str, Any]]:
@@ -185,11 +190,11 @@ def describe() -> str:
     for g, cls in settings_classes().items():
         lines.append(f"method.{g}  ({cls.__name__}: {(cls.__doc__ or '').strip().splitlines()[0]})")
         for f in fields(cls):
-            default, old = f.default, f.metadata.get("legacy")
+            default, old = f.default, _old_key(f)
             allowed = f.metadata.get("range") or (" | ".join(map(repr, typing.get_args(f.type)))
                                                   if typing.get_origin(f.type) is Literal else "")
             lines.append(f"  {f.name} = {default!r}" + (f"  in {allowed}" if allowed else "")
-                         + (f"  (was method.{f.name if old is True else old})" if old else ""))
+                         + (f"  (was {old})" if old else ""))
         for name, keys in getattr(cls, "PRESETS", {}).items():
             lines.append(f"  preset {name}: " + ", ".join(f"{k}={v!r}" for k, v in keys.items()))
     return "\n".join(lines)
