@@ -357,21 +357,21 @@ def main(argv: list[str] | None = None) -> int:
             args.images += rest
         elif rest:
             ap.error(f"unrecognized arguments: {' '.join(rest)}")
+    from ipb import stop
     from ipb.config import ConfigError
-    from ipb.console import sigterm_as_ctrl_c, stop_exit_code
     # every command, not only those that start Ray (init_ray installs it again after ray.init,
     # whose own handler would otherwise dump a stack): SIGTERM stops predict, segment, synth,
     # report and splits in one line with exit code 143, as Ctrl-C does with 130
-    sigterm_as_ctrl_c()
+    stop.install(command=True)
     try:
         return args.fn(args) or 0
     except KeyboardInterrupt:
         # Ctrl-C or SIGTERM: one line; a run it had open is KILLED, and the commands that
         # resume (train, ingest, sweeps) say so
-        how = "SIGTERM" if stop_exit_code() == 143 else "Ctrl-C"
+        how = "SIGTERM" if stop.exit_code() == 143 else "Ctrl-C"
         again = "; the same command resumes" if args.command in RESUMES else ""
         print(f"ipb {args.command}: stopped ({how}){again}", file=sys.stderr, flush=True)
-        return stop_exit_code()
+        return stop.exit_code()
     except (ConfigError, FileNotFoundError) as e:
         print(f"ipb {args.command}: error: {e}", file=sys.stderr)
         return 2

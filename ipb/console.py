@@ -10,7 +10,6 @@ it the UI may open on the GenAI traces page, which an ipb experiment never has).
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -25,39 +24,6 @@ def plain_logs_when_redirected() -> None:
     if not sys.stdout.isatty():
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
-
-
-_STOP = {"signal": signal.SIGINT}     # what stopped the command (its exit code: 128 + it)
-
-
-def sigterm_as_ctrl_c() -> None:
-    """SIGTERM (`kill`, a scheduler, `ray job stop`, a container stop) takes Ctrl-C's path: a
-    KeyboardInterrupt (Tune's own SIGINT handler in a sweep), the runs ended KILLED, one line
-    and exit code 143, instead of Ray's C++ handler dumping its stack. Installed after Ray
-    starts (ray.init installs that handler)."""
-    _STOP["signal"] = signal.SIGINT
-
-    def on_term(signum, frame):
-        _STOP["signal"] = signal.SIGTERM
-        # Ctrl-C's Python handler (Tune's in a sweep, else KeyboardInterrupt), called here:
-        # re-sending SIGINT was lost where SIGINT is ignored (`nohup ipb train ... &` from a
-        # script, some schedulers), and such a process went on training after `kill`
-        handler = signal.getsignal(signal.SIGINT)
-        if callable(handler):
-            handler(signal.SIGINT, frame)
-        elif handler is None:             # installed from C: deliver the signal itself
-            os.kill(os.getpid(), signal.SIGINT)
-        else:                             # SIG_IGN / SIG_DFL
-            raise KeyboardInterrupt
-    try:
-        signal.signal(signal.SIGTERM, on_term)
-    except ValueError:         # not the main thread (e.g. a test's worker thread)
-        pass
-
-
-def stop_exit_code() -> int:
-    """130 after Ctrl-C, 143 after SIGTERM (the shell's convention)."""
-    return 128 + int(_STOP["signal"])
 
 
 def quiet_sigterm_exit() -> None:

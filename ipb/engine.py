@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ipb import stop
 from ipb.batches import (Batches, bn_batches, clean_pool, plan_unlabeled_epoch, steps_for,
                          true_fractions)
 from ipb.config import Config
@@ -190,6 +191,7 @@ def _train_steps(method, batches: Batches, phase: str, epoch: int, n_steps: int
     """The epoch's steps; the mean of every number `train_step` returned."""
     sums: dict[str, float] = {}
     for _ in range(n_steps):
+        stop.check()      # a Ctrl-C / SIGTERM whose KeyboardInterrupt was lost in an extension
         for k, v in method.train_step(batches.batch(phase), epoch).items():
             sums[k] = sums.get(k, 0.0) + v
     return {k: v / n_steps for k, v in sums.items()}

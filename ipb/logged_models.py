@@ -28,6 +28,7 @@ import mlflow.pytorch
 import numpy as np
 import torch
 
+from ipb import stop
 from ipb.tracking import global_uri, quiet_artifact_bars
 
 ALIAS = "champion"
@@ -100,7 +101,8 @@ def _active(uri: str, run_id: str):
     with global_uri(uri), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*input example was not provided",
                                 category=UserWarning)
-        with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+        # a stop waits for the model's writes (ipb/stop.py)
+        with stop.deferred(), mlflow.start_run(run_id=run_id, log_system_metrics=False):
             yield
 
 
@@ -178,6 +180,7 @@ def champion_run(client, experiment_id: str, parent_run_id: str):
     return best, float(np.mean([r.data.metrics[SCORE] for r in by[label]]))
 
 
+@stop.deferred()        # a stop waits for the registry's writes (ipb/stop.py)
 def register_champion(uri: str, experiment: str, parent_run_id: str) -> dict[str, Any] | None:
     """Register the sweep's best-by-validation `colonies` model (a new version unless that run
     already has one) and point alias `champion` at it; the parent run gets tags ipb.champion.*."""

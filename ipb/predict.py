@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ipb import stop
 from ipb.config import Config, expand_path
 from ipb.predict_files import (COLONY_FIELDS, output_names, prepare_out, short_groups,
                                synthetic_line, write_interchange, write_outputs)
@@ -192,6 +193,7 @@ def _results(pred: _Predictor, inputs, progress: bool):
                    dynamic_ncols=True)
     try:
         for n, (src, name, rel) in enumerate(inputs, start=1):
+            stop.check()        # a stop lost inside an image codec (ipb/stop.py)
             t0 = time.time()
             try:
                 if isinstance(src, Path) and not src.is_file():

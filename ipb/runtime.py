@@ -77,8 +77,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, quiet: boo
         quiet_worker_count_warning()
     import threading
     if threading.current_thread() is threading.main_thread():
-        from ipb.console import sigterm_as_ctrl_c
-        sigterm_as_ctrl_c()      # after ray.init, whose C++ handler dumps a stack on SIGTERM
+        from ipb import stop
+        stop.install()      # after ray.init, whose C++ handler dumps a stack on SIGTERM
     return ray
 
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ipb import stop
 from ipb.config import Config, apply, config_hash, from_dict, identity, to_dict, trial_hash
 from ipb.sweep import Sweep, configuration_label, driver_pinned, run_sweep, trial_resources, \
     tune_run_config, tune_trial_tags
@@ -106,18 +107,19 @@ def run_search(base: Config, space: Callable, table: Path | str, *,
             OptunaSearch(space=space, metric="objective", mode="max", study_name=study,
                          storage=storage, sampler=sampler),
             max_concurrent=base.sweep.max_concurrent)
-        tune.Tuner(
-            tune.with_resources(search_driver, trial_resources(base, driver_pinned())),
-            param_space={"base": to_dict(s.cfg), "data": s.data, "parent_run_id": s.parent,
-                         "experiment": experiment, "tags": s.tags},
-            tune_config=tune.TuneConfig(
-                search_alg=searcher, num_samples=remaining,
-                scheduler=ASHAScheduler(time_attr="folds_done", metric="objective",
-                                        mode="max", max_t=len(base.sweep.folds),
-                                        grace_period=1, reduction_factor=2)),
-            run_config=tune_run_config(f"{study}-{int(time.time())}", base,
-                                       s.callbacks(remaining)),
-        ).fit()
+        with stop.tune_handlers_undone():
+            tune.Tuner(
+                tune.with_resources(search_driver, trial_resources(base, driver_pinned())),
+                param_space={"base": to_dict(s.cfg), "data": s.data, "parent_run_id": s.parent,
+                             "experiment": experiment, "tags": s.tags},
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher, num_samples=remaining,
+                    scheduler=ASHAScheduler(time_attr="folds_done", metric="objective",
+                                            mode="max", max_t=len(base.sweep.folds),
+                                            grace_period=1, reduction_factor=2)),
+                run_config=tune_run_config(f"{study}-{int(time.time())}", base,
+                                           s.callbacks(remaining)),
+            ).fit()
 
     out = run_sweep("search", base, table, study, body, experiment=experiment,
                     progress=progress, space={

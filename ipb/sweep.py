@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ipb import stop
 from ipb.config import Config, apply, config_hash, from_dict, to_dict, trial_hash
 
 
@@ -323,16 +324,17 @@ def run_grid(kind: str, base: Config, configurations: list[dict[str, Any]],
         if not todo:
             return
         t0 = time.time()
-        results = tune.Tuner(
-            tune.with_resources(trial_driver, trial_resources(base, driver_pinned())),
-            param_space={"trial": tune.grid_search([t.spec() for t in todo]),
-                         "data": s.data, "parent_run_id": s.parent, "sweep": kind,
-                         "experiment": experiment, "tags": s.tags},
-            tune_config=tune.TuneConfig(max_concurrent_trials=base.sweep.max_concurrent,
-                                        trial_dirname_creator=lambda t: t.trial_id),
-            run_config=tune_run_config(f"{kind}-{sweep_hash[:8]}-{int(t0)}", base,
-                                       s.callbacks(len(todo))),
-        ).fit()
+        with stop.tune_handlers_undone():
+            results = tune.Tuner(
+                tune.with_resources(trial_driver, trial_resources(base, driver_pinned())),
+                param_space={"trial": tune.grid_search([t.spec() for t in todo]),
+                             "data": s.data, "parent_run_id": s.parent, "sweep": kind,
+                             "experiment": experiment, "tags": s.tags},
+                tune_config=tune.TuneConfig(max_concurrent_trials=base.sweep.max_concurrent,
+                                            trial_dirname_creator=lambda t: t.trial_id),
+                run_config=tune_run_config(f"{kind}-{sweep_hash[:8]}-{int(t0)}", base,
+                                           s.callbacks(len(todo))),
+            ).fit()
         counts = outcome(s, experiment, todo, results)
         s.log(f"{counts['finished']} trials finished, {counts['failed']} failed, "
               f"{counts['interrupted']} interrupted in {time.time() - t0:.0f}s")

@@ -66,9 +66,9 @@ def stoppable(fn: Callable[..., int]) -> Callable[..., int]:
         try:
             return fn(*a, **kw)
         except KeyboardInterrupt as e:
-            from ipb.console import stop_exit_code
+            from ipb import stop
             print(f"ipb: {e or 'interrupted'}", file=sys.stderr, flush=True)
-            return stop_exit_code()
+            return stop.exit_code()
     return wrapper
 
 
@@ -77,14 +77,15 @@ def start_command(cfg: Config) -> None:
     (not after Ray and minutes of retries), a watcher kills what the script starts if it is
     killed itself (ipb/reaper.py), logs stay plain when redirected, and SIGTERM stops the
     sweep as Ctrl-C does."""
-    from ipb.console import plain_logs_when_redirected, sigterm_as_ctrl_c
+    from ipb import stop
+    from ipb.console import plain_logs_when_redirected
     from ipb.preflight import check_tracking_uri
     from ipb.reaper import start
     from ipb.tracking import tracking_uri
     plain_logs_when_redirected()
     check_tracking_uri(tracking_uri(cfg))
     start()
-    sigterm_as_ctrl_c()
+    stop.install(command=True)
 
 
 def config_summary(what: str, cfg: Config, rows: list[dict] | None = None,

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ipb import stop
 from ipb.config import Config, flatten, to_dict, to_yaml, trial_hash
 from ipb.lineage import (ARTIFACT_DIR, METHOD_DIR, MODEL_ARTIFACT, TEACHER_ARTIFACT, TEACHER_FILE,
                          teacher_key)
@@ -43,10 +44,29 @@ def quiet_artifact_bars() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+class _Deferring:
+    """An MlflowClient whose every call ends before a stop (Ctrl-C, SIGTERM) is raised: one
+    raised inside a SQLite write left the database locked for the rest of the process
+    (ipb/stop.py)."""
+
+    def __init__(self, c):
+        self._client = c
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            with stop.deferred():
+                return attr(*args, **kwargs)
+        return call
+
+
 def client(uri: str | None = None):
     quiet_artifact_bars()
     from mlflow.tracking import MlflowClient
-    return MlflowClient(tracking_uri=uri or tracking_uri())
+    return _Deferring(MlflowClient(tracking_uri=uri or tracking_uri()))
 
 
 def search(uri: str, experiment: str, flt: str = "", newest_first: bool = False) -> list:
@@ -279,6 +299,7 @@ def system_metrics(uri: str, run_id: str, resume: bool = False, interval: float 
             self.published = True
             return super().publish_metrics(metrics)
 
+        @stop.deferred()       # its last write, as every other (ipb/stop.py)
         def finish(self):
             super().finish()
             if not self.published:

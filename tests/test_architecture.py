@@ -14,9 +14,12 @@ IPB = Path(__file__).resolve().parents[1] / "ipb"
 # the plain numpy/torch core: no Ray, no MLflow, nothing of the layers above it
 CORE = ("ipb.config", "ipb.data", "ipb.models", "ipb.methods", "ipb.dist", "ipb.metrics",
         "ipb.evaluation", "ipb.batches", "ipb.engine")
+# a leaf every layer may use: the command's stop, checked in long loops (ipb/stop.py)
+STOP = ("ipb.stop",)
 ALLOWED = {   # layer -> the ipb modules it may import (prefixes)
+    "ipb.stop": (),
     "ipb.config": ("ipb.config",),
-    "ipb.data": ("ipb.config", "ipb.data"),
+    "ipb.data": ("ipb.config", "ipb.data", *STOP),
     "ipb.models": ("ipb.models",),
     "ipb.methods": ("ipb.config", "ipb.models", "ipb.dist", "ipb.methods"),
     "ipb.metrics": (),
@@ -24,7 +27,7 @@ ALLOWED = {   # layer -> the ipb modules it may import (prefixes)
     "ipb.evaluation": ("ipb.config", "ipb.data", "ipb.dist", "ipb.methods", "ipb.metrics"),
     "ipb.batches": ("ipb.config", "ipb.data", "ipb.dist", "ipb.evaluation", "ipb.methods",
                     "ipb.models"),
-    "ipb.engine": CORE,
+    "ipb.engine": CORE + STOP,
 }
 RAY_ALLOWED = ("ipb.data.ingest",)     # Ray Data reads the raw images (DESIGN.md)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -270,8 +271,11 @@ def test_finished_trials_in_ray_storage_are_logged_again_in_a_new_tracking_store
               for r in old.search_runs([old.get_experiment_by_name("ipb-test").experiment_id])
               if "ipb.trial_hash" in r.data.tags}
     db = f"sqlite:///{tmp_path}/second.db"
+    handler = signal.getsignal(signal.SIGINT)
     out = run_grid("test", apply(s["cfg"], {"tracking.uri": db}), s["confs"], s["table"],
                    progress=False)
+    # Tune's fit left its own handler: the next Ctrl-C went to a finished Tune run
+    assert signal.getsignal(signal.SIGINT) is handler
     c = tracking.client(db)
     runs = [r for r in c.search_runs([c.get_experiment_by_name("ipb-test").experiment_id])
             if "ipb.trial_hash" in r.data.tags]
@@ -294,7 +298,9 @@ def test_optuna_search_runs_and_resumes(ray_local, tmp_path):
                                 "split.labeled_fraction=0.3", "sweep.folds=[0]",
                                 "sweep.num_samples=2", f"train.storage={tmp_path}/ray",
                                 f"tracking.uri=sqlite:///{tmp_path}/search.db"])
+    handler = signal.getsignal(signal.SIGINT)
     out = run_search(cfg, _module("search").space, table, progress=False)
+    assert signal.getsignal(signal.SIGINT) is handler      # Tune's fit left its own
     assert (tmp_path / "ray" / "optuna.db").is_file()
     c = tracking.client(tracking.tracking_uri(cfg))
     exp = c.get_experiment_by_name("ipb-search").experiment_id

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
+from ipb import stop
 from ipb.config import SegmentationConfig
 from ipb.data.entropy import local_entropy
 
@@ -370,6 +371,7 @@ def segment_files(images: list[str], out: str | Path, cfg: SegmentationConfig) -
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for path in images:
+        stop.check()        # a stop lost inside an image codec (ipb/stop.py)
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"image {path} does not exist")
@@ -395,5 +397,4 @@ def segment_files(images: list[str], out: str | Path, cfg: SegmentationConfig) -
 
 __all__ = ["Segmentation", "to_gray", "to_uint8", "pixel_params", "reference_segment",
            "segment", "detect_well", "colony_mask", "entropy_image", "otsu_threshold",
-           "mask_iou",
-           "segment_files"]
+           "mask_iou", "segment_files"]

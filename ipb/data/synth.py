@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 import tifffile
 
+from ipb import stop
 from ipb.config import SynthConfig
 from ipb.data.synth_render import CLASS_PARAMS, allocate_labels, label_probs, render_well
 from ipb.data.table import write_json_atomic
@@ -124,6 +125,7 @@ def synthesize(out_dir, cfg: SynthConfig, progress: bool = True, workers: int = 
     results = pool.map(_write_well, *zip(*jobs)) if pool else (_write_well(*j) for j in jobs)
     try:
         for w, (r, ir, sn) in enumerate(results):
+            stop.check()    # a SIGTERM lost inside tifffile's codec (ipb/stop.py)
             rows += r
             image_rows += ir
             seen += sn
@@ -172,6 +174,7 @@ def write_class_folders(out_dir, cfg: SynthConfig, n_per_class: int | None = Non
     n_labeled_wells = len(chunks) - n_unlabeled_wells
     counter, seen, n_unlabeled = 0, [], 0
     for w, (rng, classes) in enumerate(zip(_well_rngs(cfg, len(chunks), salt=1), chunks)):
+        stop.check()
         img, _, cols = render_well(cfg, rng, 1, classes)[0]
         for c in cols:
             if w >= n_labeled_wells:

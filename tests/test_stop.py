@@ -1,0 +1,155 @@
+"""pytest tests/test_stop.py -- a command's stop (ipb/stop.py): deferred over MLflow writes, raised
+again where an extension swallowed it. In this process, no Ray; the handlers are restored."""
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from ipb import stop
+
+
+@pytest.fixture
+def command():
+    """This process as an ipb command for the test: its SIGINT / SIGTERM handlers and the stop's
+    state are put back afterwards (pytest's own Ctrl-C keeps working)."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    state = dict(stop._STOP)
+    signal.signal(signal.SIGINT, signal.default_int_handler)     # as a command starts
+    stop.install(command=True)
+    yield
+    for s, h in handlers.items():
+        signal.signal(s, h)
+    stop._STOP.clear()
+    stop._STOP.update(state)
+
+
+def test_a_stop_during_a_deferred_block_is_raised_when_it_ends(command):
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with stop.deferred():
+            signal.raise_signal(signal.SIGTERM)
+            done.append("the write finished")
+    assert done == ["the write finished"]
+    assert stop.exit_code() == 143
+
+
+def test_a_second_signal_stops_at_once_and_nested_blocks_raise_at_the_outer_end(command):
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with stop.deferred():
+            with stop.deferred():
+                signal.raise_signal(signal.SIGINT)
+                done.append("inner")
+            done.append("outer")       # still deferred: the outer write is under way
+            signal.raise_signal(signal.SIGINT)   # pressed again: no more waiting
+            done.append("never")
+    assert done == ["inner", "outer"]
+    assert stop.exit_code() == 130
+
+
+def test_a_block_that_raises_keeps_its_error_and_the_stop_waits_for_check(command):
+    with pytest.raises(ValueError):
+        with stop.deferred():
+            signal.raise_signal(signal.SIGTERM)
+            raise ValueError("the write failed")
+    with pytest.raises(KeyboardInterrupt):
+        stop.check()
+
+
+def test_check_raises_a_stop_an_extension_swallowed(command):
+    stop.check()                       # nothing requested: nothing raised
+    try:                               # e.g. imagecodecs' Cython _readable_input
+        signal.raise_signal(signal.SIGTERM)
+    except KeyboardInterrupt:
+        pass
+    with pytest.raises(KeyboardInterrupt):
+        stop.check()
+
+
+def test_outside_a_command_nothing_is_recorded_or_deferred():
+    """A notebook that starts Ray through ipb (init_ray installs the SIGTERM handler only):
+    its Ctrl-C is raised at once and leaves nothing behind for a later check()."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    state = dict(stop._STOP)
+    stop._STOP.update(command=False, pending=False, raised=False)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    stop.install()
+    try:
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with pytest.raises(KeyboardInterrupt):
+            with stop.deferred():
+                signal.raise_signal(signal.SIGTERM)
+                pytest.fail("not deferred outside a command")
+        stop.check()
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+        stop._STOP.update(state)
+
+
+def test_tune_handlers_are_undone_after_a_fit(command):
+    """Ray Tune's fit leaves its SIGINT handler installed after a run that was not stopped
+    (found when these tests ran after the sweep tests: Ctrl-C went to a finished Tune run)."""
+    def tune_handler(signum, frame):
+        pass
+    with stop.tune_handlers_undone():
+        signal.signal(signal.SIGINT, tune_handler)
+        signal.signal(signal.SIGUSR1, tune_handler)
+    assert signal.getsignal(signal.SIGINT) is stop._on_int
+    assert signal.getsignal(signal.SIGUSR1) is not tune_handler
+
+
+def test_synth_stops_at_the_next_well_when_a_codec_swallowed_the_stop(command, tmp_path,
+                                                                      monkeypatch):
+    """The CI failure: SIGTERM landed inside tifffile's zlib codec (imagecodecs), which dropped
+    the KeyboardInterrupt, and `ipb synth` wrote all 400 wells and exited 0."""
+    from ipb.config import SynthConfig
+    from ipb.data import synth
+    write = synth._write_well
+    calls = []
+
+    def swallowing(*args):
+        calls.append(args[2])
+        if len(calls) == 2:
+            try:
+                signal.raise_signal(signal.SIGTERM)
+            except KeyboardInterrupt:
+                pass
+        return write(*args)
+    monkeypatch.setattr(synth, "_write_well", swallowing)
+    with pytest.raises(KeyboardInterrupt):
+        synth.synthesize(tmp_path / "s", SynthConfig(wells=20, size=256), progress=False)
+    assert calls == [0, 1]
+
+
+def test_a_sqlite_write_interrupted_by_a_stop_finishes_and_leaves_the_store_unlocked(
+        command, tmp_path, monkeypatch):
+    """The CI failure: SIGTERM inside log_batch's transaction left the SQLite store locked; the
+    run's KILLED status then failed after 20 s ("database is locked") and the command exited 1
+    with a traceback. Now the write ends first, and the next write goes through."""
+    from mlflow.entities import Metric
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from ipb import tracking
+    uri = f"sqlite:///{tmp_path}/m.db"
+    c = tracking.client(uri)
+    run = c.create_run(c.create_experiment("stop"))
+    run_id = run.info.run_id
+    inner = SqlAlchemyStore._update_latest_metrics_if_necessary
+
+    def mid_transaction(self, *args, **kwargs):      # where CI's SIGTERM landed
+        signal.raise_signal(signal.SIGTERM)
+        return inner(self, *args, **kwargs)
+    monkeypatch.setattr(SqlAlchemyStore, "_update_latest_metrics_if_necessary", mid_transaction)
+    with pytest.raises(KeyboardInterrupt):
+        c.log_batch(run_id, metrics=[Metric("train.loss", 1.0, 0, 1)])
+    monkeypatch.undo()
+    other = tracking.client(uri)       # another connection, as the system-metrics thread's
+    import time
+    t0 = time.time()
+    other.set_terminated(run_id, status="KILLED")
+    assert time.time() - t0 < 5, "the store stayed locked"
+    got = other.get_run(run_id)
+    assert got.info.status == "KILLED"
+    assert got.data.metrics["train.loss"] == 1.0
