@@ -358,20 +358,29 @@ def main(argv: list[str] | None = None) -> int:
         elif rest:
             ap.error(f"unrecognized arguments: {' '.join(rest)}")
     from ipb import stop
-    from ipb.config import ConfigError
     # every command, not only those that start Ray (init_ray installs it again after ray.init,
     # whose own handler would otherwise dump a stack): SIGTERM stops predict, segment, synth,
     # report and splits in one line with exit code 143, as Ctrl-C does with 130
-    stop.install(command=True)
-    try:
-        return args.fn(args) or 0
-    except KeyboardInterrupt:
-        # Ctrl-C or SIGTERM: one line; a run it had open is KILLED, and the commands that
-        # resume (train, ingest, sweeps) say so
+    with stop.command():
+        return _run(args)
+
+
+def _run(args) -> int:
+    """The command, its stop in one line, and the errors that already say what to do."""
+    from ipb import stop
+    from ipb.config import ConfigError
+
+    def stopped() -> int:   # one line; a run it had open is KILLED; what resumes says so
         how = "SIGTERM" if stop.exit_code() == 143 else "Ctrl-C"
         again = "; the same command resumes" if args.command in RESUMES else ""
         print(f"ipb {args.command}: stopped ({how}){again}", file=sys.stderr, flush=True)
         return stop.exit_code()
+    try:
+        code = args.fn(args) or 0
+        # a stop lost after the last check (inside an extension, at the end): never exit 0
+        return stopped() if stop.swallowed() else code
+    except KeyboardInterrupt:
+        return stopped()
     except (ConfigError, FileNotFoundError) as e:
         print(f"ipb {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -101,8 +101,7 @@ def _active(uri: str, run_id: str):
     with global_uri(uri), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*input example was not provided",
                                 category=UserWarning)
-        # a stop waits for the model's writes (ipb/stop.py)
-        with stop.deferred(), mlflow.start_run(run_id=run_id, log_system_metrics=False):
+        with mlflow.start_run(run_id=run_id, log_system_metrics=False):
             yield
 
 
@@ -122,6 +121,7 @@ def _code(dst: Path) -> str:
     return str(dst / "ipb")
 
 
+@stop.deferred()        # its writes end before a stop (ipb/stop.py)
 def log_student(uri: str, run_id: str, model_file: Path) -> dict[str, str]:
     """Log the `student` (pytorch) and `colonies` (pyfunc) models of a trial's student.pt;
     {"student": model URI, "colonies": model URI}, also set as run tags ipb.model.*."""

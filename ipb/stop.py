@@ -14,8 +14,9 @@ comes. Measured, that went wrong in two places, and this module is the answer to
   `ipb synth` wrote all 400 wells and exited 0 after SIGTERM, 3 stops in 150): the stop is
   recorded, and long loops (a synthetic well, a training step, an image to segment or
   predict) call `check()`, which raises a stop whose KeyboardInterrupt was lost.
-The bookkeeping is the command's only (`install(command=True)`, from `ipb` and the sweep
-scripts): a notebook that starts Ray through ipb keeps its own Ctrl-C.
+The bookkeeping is the command's only (`with command():`, around `ipb`'s and the sweep
+scripts' main): a notebook that starts Ray through ipb, or runs a command in-process, keeps its
+own Ctrl-C, and nothing of a command's stop outlives the command.
 """
 from __future__ import annotations
 
@@ -69,10 +70,10 @@ def _on_term(signum, frame) -> None:
 
 
 def install(command: bool = False) -> None:
-    """SIGTERM as Ctrl-C, in the main thread; `command`: this process is an ipb command (its
-    stops are recorded, deferred over MLflow writes and raised again by `check()`). Installed
-    again after ray.init, whose own SIGTERM handler dumps a stack. A SIGINT that is ignored
-    stays ignored; one that Tune or a notebook handles is left to them."""
+    """SIGTERM as Ctrl-C, in the main thread; `command`: this process runs an ipb command now
+    (its stops are recorded, deferred over MLflow writes and raised again by `check()`; see
+    `command()`). Installed again after ray.init, whose own SIGTERM handler dumps a stack. A
+    SIGINT that is ignored stays ignored; one that Tune or a notebook handles is left to them."""
     if not _main_thread():      # e.g. a test's worker thread
         return
     if command:
@@ -82,6 +83,31 @@ def install(command: bool = False) -> None:
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             signal.signal(signal.SIGINT, _on_int)
     signal.signal(signal.SIGTERM, _on_term)
+
+
+@contextlib.contextmanager
+def command():
+    """The body of an ipb command: the stop's handlers and bookkeeping for its duration; the
+    handlers from before are put back and the stop forgotten at its end (a test or a notebook
+    that runs `ipb.cli.main` in-process and goes on was stopped later by a stale stop)."""
+    if not _main_thread():
+        yield
+        return
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    install(command=True)
+    try:
+        yield
+    finally:
+        _STOP.update(command=False, pending=False, raised=False, deferred=0)
+        for s, handler in before.items():
+            if handler is not None:       # None: installed from C, which Python cannot put back
+                signal.signal(s, handler)
+
+
+def swallowed() -> bool:
+    """Whether the command's stop was requested and never reached it (the command is ending
+    normally): a stop lost after the last `check()`, e.g. while decoding the last image."""
+    return _STOP["pending"] and _STOP["command"]
 
 
 @contextlib.contextmanager
@@ -106,20 +132,31 @@ def exit_code() -> int:
     return 128 + int(_STOP["signal"])
 
 
+def _due() -> bool:
+    """A stop requested, not raised yet, and no write under way."""
+    return _STOP["pending"] and not _STOP["raised"] and not _STOP["deferred"]
+
+
 @contextlib.contextmanager
 def deferred():
     """A stop that comes inside the block is raised when the block ends (a KeyboardInterrupt
-    inside an MLflow SQLite write left its transaction open and the database locked)."""
+    inside an MLflow SQLite write left its transaction open and the database locked). When the
+    block raises meanwhile, the stop is raised from that error at once: the command ends
+    stopped, and no later cleanup (the run's FAILED status) is cut by it."""
     if not _main_thread():
         yield
         return
     _STOP["deferred"] += 1
     try:
         yield
-    finally:
+    except BaseException as e:
         _STOP["deferred"] -= 1
-    # not reached when the block raised: that exception goes on, the stop stays pending
-    if _STOP["pending"] and not _STOP["raised"] and not _STOP["deferred"]:
+        if _due() and not isinstance(e, KeyboardInterrupt):
+            _STOP["raised"] = True
+            raise KeyboardInterrupt from e
+        raise
+    _STOP["deferred"] -= 1
+    if _due():
         _STOP["raised"] = True
         raise KeyboardInterrupt
 

@@ -59,25 +59,28 @@ def config_from_args(args) -> Config:
 
 
 def stoppable(fn: Callable[..., int]) -> Callable[..., int]:
-    """A sweep script's main: a stop (Ctrl-C, SIGTERM) is one line and exit code 130 / 143,
-    not a traceback, and never exit 0."""
+    """A sweep script's main: SIGTERM stops it as Ctrl-C does (ipb/stop.py); a stop is one
+    line and exit code 130 / 143, not a traceback, and never exit 0."""
     @functools.wraps(fn)
     def wrapper(*a, **kw) -> int:
-        try:
-            return fn(*a, **kw)
-        except KeyboardInterrupt as e:
-            from ipb import stop
+        from ipb import stop
+        with stop.command():
+            try:
+                code = fn(*a, **kw)
+                if not stop.swallowed():
+                    return code
+                e = "stopped"          # after the last check: lost inside an extension
+            except KeyboardInterrupt as stopped:
+                e = stopped
             print(f"ipb: {e or 'interrupted'}", file=sys.stderr, flush=True)
             return stop.exit_code()
     return wrapper
 
 
 def start_command(cfg: Config) -> None:
-    """What every sweep script does first: an unreachable MLflow server fails here in seconds
-    (not after Ray and minutes of retries), a watcher kills what the script starts if it is
-    killed itself (ipb/reaper.py), logs stay plain when redirected, and SIGTERM stops the
-    sweep as Ctrl-C does."""
-    from ipb import stop
+    """What every sweep script does first (inside `stoppable`): an unreachable MLflow server
+    fails here in seconds (not after Ray and minutes of retries), a watcher kills what the
+    script starts if it is killed itself (ipb/reaper.py), logs stay plain when redirected."""
     from ipb.console import plain_logs_when_redirected
     from ipb.preflight import check_tracking_uri
     from ipb.reaper import start
@@ -85,7 +88,6 @@ def start_command(cfg: Config) -> None:
     plain_logs_when_redirected()
     check_tracking_uri(tracking_uri(cfg))
     start()
-    stop.install(command=True)
 
 
 def config_summary(what: str, cfg: Config, rows: list[dict] | None = None,

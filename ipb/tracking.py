@@ -53,6 +53,8 @@ class _Deferring:
         self._client = c
 
     def __getattr__(self, name: str):
+        if name.startswith("__") or name == "_client":     # copy, pickle: not the client's
+            raise AttributeError(name)
         attr = getattr(self._client, name)
         if not callable(attr):
             return attr
@@ -233,6 +235,7 @@ def trial_run(cfg: Config, experiment: str, statuses: tuple[str, ...],
     return None
 
 
+@stop.deferred()    # all of its writes, or none cut in two (ipb/stop.py)
 def start_trial_run(cfg: Config, split, manifest: dict, *, name: str,
                     parent_run_id: str | None = None, sweep: str = "",
                     experiment: str | None = None, table: str = "",
@@ -406,6 +409,7 @@ def find_teacher(cfg: Config, classes: list[str]) -> tuple[str, dict] | None:
     return run.info.run_id, saved["state_dict"]
 
 
+@stop.deferred()    # all of its writes, or none cut in two (ipb/stop.py)
 def end_run(cfg: Config, run_id: str, status: str, error: str | None = None) -> None:
     """End a run with `status` (and its error as the tag ipb.error). Two processes may end one
     run at the same moment: a stopped sweep ends its RUNNING trials while each trial ends its
@@ -431,6 +435,7 @@ def log_params(c, run_id: str, params: dict[str, str]) -> None:
         c.log_batch(run_id, params=items[i:i + 100])
 
 
+@stop.deferred()    # all of its writes, or none cut in two (ipb/stop.py)
 def sweep_parent_run(cfg: Config, experiment: str, kind: str, sweep_hash: str,
                      table: str | Path, tags: dict[str, str] | None = None,
                      params: dict[str, str] | None = None) -> str:
