@@ -75,14 +75,23 @@ def test_a_command_forgets_its_stop_and_puts_the_handlers_back(tmp_path, monkeyp
         except KeyboardInterrupt:
             pass
         return out
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    pytests = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    # as a command starts (earlier tests in this process may have left another handler, which
+    # a command leaves alone: in the full suite it took the SIGTERM and main returned 0)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    handlers = {s: signal.getsignal(s) for s in pytests}
     monkeypatch.setattr(synth, "synthesize", swallowing)
-    assert main(["synth", "--out", str(tmp_path / "a"), "--wells", "2", "--size", "256"]) == 143
-    assert {s: signal.getsignal(s) for s in handlers} == handlers
-    assert not stop.swallowed()
-    monkeypatch.undo()
-    stop.check()
-    synth.synthesize(tmp_path / "b", SynthConfig(wells=2, size=256), progress=False)
+    try:
+        assert main(["synth", "--out", str(tmp_path / "a"), "--wells", "2", "--size",
+                     "256"]) == 143
+        assert {s: signal.getsignal(s) for s in handlers} == handlers
+        assert not stop.swallowed()
+        monkeypatch.undo()
+        stop.check()
+        synth.synthesize(tmp_path / "b", SynthConfig(wells=2, size=256), progress=False)
+    finally:
+        for s, h in pytests.items():
+            signal.signal(s, h)
 
 
 def test_check_raises_a_stop_an_extension_swallowed(command):
