@@ -256,13 +256,15 @@ def main(argv=None) -> int:
         print("gpu check: no CUDA device here; running on the CPU at the given budget",
               flush=True)
     from ipb.runtime import init_ray
+    from ipb.train import fit_interruptible
     init_ray(num_cpus=None)
     t0 = time.time()
-    result = TorchTrainer(
+    # as `ipb train` does: in the main thread Train's fit leaves its own SIGINT handler behind
+    result = fit_interruptible(TorchTrainer(
         bench_loop, train_loop_config={**vars(a), "use_gpu": cuda},
         scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=cuda),
         run_config=ray.train.RunConfig(name=f"gpu-check-{int(t0)}",
-                                       storage_path=str(Path.home() / "ray_results"))).fit()
+                                       storage_path=str(Path.home() / "ray_results"))))
     if result.error:
         raise result.error
     with result.checkpoint.as_directory() as d:

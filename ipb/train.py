@@ -120,7 +120,7 @@ def prepare_parts(cfg: Config, data: dict[str, Any]):
             data["manifest"])
 
 
-def _fit_interruptible(trainer):
+def fit_interruptible(trainer):
     """trainer.fit(), stoppable by Ctrl-C and SIGTERM. In the main thread Ray Train V2's fit
     installs its own SIGINT handler, which aborts the run and leaves the process to exit 1
     without a word (and our SIGTERM takes the SIGINT path); in a helper thread it does not,
@@ -281,7 +281,7 @@ def _session(cfg: Config, loop_config: dict[str, Any], name: str, callbacks):
     if cfg.train.runner == "inline":       # one worker in this process (ipb/inline.py)
         from ipb.inline import run_inline
         return run_inline(loop_config)
-    result = _fit_interruptible(_trainer(cfg, loop_config, name, callbacks))
+    result = fit_interruptible(_trainer(cfg, loop_config, name, callbacks))
     if result.error:
         raise result.error
     return result.checkpoint.as_directory(), result.checkpoint.path
