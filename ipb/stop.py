@@ -36,6 +36,23 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _raise(cause: BaseException | None = None) -> None:
+    _STOP["raised"] = True
+    raise KeyboardInterrupt from cause
+
+
+@contextlib.contextmanager
+def _handlers_kept(*signals: int):
+    """The handlers of `signals` (in the main thread) put back when the block ends."""
+    kept = {s: signal.getsignal(s) for s in signals} if _main_thread() else {}
+    try:
+        yield
+    finally:
+        for s, handler in kept.items():
+            if handler is not None:       # None: installed from C, which Python cannot put back
+                signal.signal(s, handler)
+
+
 def _stop() -> None:
     """The stop: now, or when the MLflow write under way ends; a second signal stops at once
     (a write that hangs, e.g. on an unreachable tracking server, is not waited for twice)."""
@@ -44,8 +61,7 @@ def _stop() -> None:
         _STOP["pending"] = True
         if _STOP["deferred"] and not again:
             return
-    _STOP["raised"] = True
-    raise KeyboardInterrupt
+    _raise()
 
 
 def _on_int(signum, frame) -> None:
@@ -93,15 +109,12 @@ def command():
     if not _main_thread():
         yield
         return
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    install(command=True)
-    try:
-        yield
-    finally:
-        _STOP.update(command=False, pending=False, raised=False, deferred=0)
-        for s, handler in before.items():
-            if handler is not None:       # None: installed from C, which Python cannot put back
-                signal.signal(s, handler)
+    with _handlers_kept(signal.SIGINT, signal.SIGTERM):
+        install(command=True)
+        try:
+            yield
+        finally:
+            _STOP.update(command=False, pending=False, raised=False, deferred=0)
 
 
 def swallowed() -> bool:
@@ -117,14 +130,8 @@ def tune_handlers_undone():
     that was not stopped, so the next Ctrl-C or SIGTERM (during the sweep's report, or in the
     next sweep of `ipb run`) went to the finished run's handler, which printed "ending Ray Tune
     run" and stopped nothing."""
-    kept = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGUSR1)} \
-        if _main_thread() else {}
-    try:
+    with _handlers_kept(signal.SIGINT, signal.SIGUSR1):
         yield
-    finally:
-        for s, handler in kept.items():
-            if handler is not None:       # None: installed from C, which Python cannot put back
-                signal.signal(s, handler)
 
 
 def exit_code() -> int:
@@ -152,13 +159,11 @@ def deferred():
     except BaseException as e:
         _STOP["deferred"] -= 1
         if _due() and not isinstance(e, KeyboardInterrupt):
-            _STOP["raised"] = True
-            raise KeyboardInterrupt from e
+            _raise(e)
         raise
     _STOP["deferred"] -= 1
     if _due():
-        _STOP["raised"] = True
-        raise KeyboardInterrupt
+        _raise()
 
 
 def check() -> None:
@@ -166,5 +171,4 @@ def check() -> None:
     KeyboardInterrupt deferred, or lost inside an extension that swallowed it). Never call it
     in cleanup code (a `finally`, an `except`): the stop may be on its way out already."""
     if _STOP["pending"] and not _STOP["deferred"] and _main_thread():
-        _STOP["raised"] = True
-        raise KeyboardInterrupt
+        _raise()
