@@ -10,9 +10,9 @@ a few repeats each, on:
 - N synthetic wells from ipb.data.synth.render_well with their ground-truth instance masks.
 Mask IoU = sum of intersections / sum of unions over all images. Against synthetic ground truth:
 colony recall (a ground-truth colony is found when one predicted object covers >= 50% of it)
-and mask IoU. Our entropy is a numba kernel: it is compiled (or loaded from numba's cache) once
-before any timing, and the one-off compile time is printed first, measured in a fresh process
-with an empty cache. The speedup is from wall time; the CPU time of the timing thread is printed
+and mask IoU. Our entropy and component kernels are numba: they are compiled (or loaded from
+numba's cache) once before any timing, and the one-off compile time is printed first, measured
+in a fresh process with an empty cache. The speedup is from wall time; the CPU time of the timing thread is printed
 as a cross-check that other jobs on a shared machine hardly move.
 Last line: `segmentation speedup <x>x, mask IoU <iou>`.
 """
@@ -31,8 +31,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ipb.config import SegmentationConfig, SynthConfig
-from ipb.data.entropy import warm_up
-from ipb.data.segment import reference_segment, segment
+from ipb.data.segment import reference_segment, segment, warm_up
 
 
 def _default_real() -> Path:
@@ -52,8 +51,8 @@ def best_time(fn, repeats: int):
 
 
 def fresh_compile_seconds() -> float:
-    """Time to JIT-compile the entropy kernel in a new process with an empty numba cache."""
-    code = ("import numba, skimage.morphology; from ipb.data.entropy import warm_up; "
+    """Time to JIT-compile the numba kernels in a new process with an empty numba cache."""
+    code = ("import numba, skimage.morphology; from ipb.data.segment import warm_up; "
             "print(warm_up())")
     with tempfile.TemporaryDirectory() as cache:
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -114,7 +113,7 @@ def main() -> None:
     cv2.setNumThreads(1)
     cfg = SegmentationConfig()
     first = warm_up()
-    print(f"numba entropy kernel: one-off compile {fresh_compile_seconds():.2f} s (new process, "
+    print(f"numba kernels: one-off compile {fresh_compile_seconds():.2f} s (new process, "
           f"empty cache); first call here {first:.2f} s (compile or cache load); "
           "both excluded from the timings below")
     images = []

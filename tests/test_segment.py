@@ -17,9 +17,11 @@ from skimage.filters import rank, threshold_otsu
 from skimage.morphology import disk
 
 from ipb.config import SegmentationConfig, SynthConfig
+from ipb.data import components
 from ipb.data.entropy import local_entropy
 from ipb.data.segment import (_fill_holes, mask_iou, otsu_threshold, reference_segment, segment,
                               to_gray, to_uint8)
+from ipb.data.split import _nearest_piece
 
 CFG = SegmentationConfig()
 
@@ -90,6 +92,63 @@ def test_numba_entropy_equals_skimage_at_borders_and_odd_shapes():
         local_entropy(img.astype(np.uint16), 3)
     with pytest.raises(ValueError, match="radius"):
         local_entropy(img, 0)
+
+
+def test_local_entropy_on_flat_stretches_equals_skimage():
+    """The kernel skips the updates of windows on one grey level (a well's black outside):
+    flat blocks of every size and place, against skimage, borders included."""
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        h, w = (int(v) for v in rng.integers(1, 140, 2))
+        img = (rng.integers(0, 4, (h, w)) * int(rng.integers(1, 60))).astype(np.uint8)
+        y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
+        img[y:y + int(rng.integers(0, 120)), x:x + int(rng.integers(0, 120))] = rng.integers(256)
+        img[:, :int(rng.integers(0, w))] = 0 if rng.random() < 0.5 else img[:, :0].size % 256
+        r = int(rng.integers(1, 6))
+        assert np.abs(local_entropy(img, r) - rank.entropy(img, disk(r))).max() < 1e-5
+    flat = np.zeros((50, 300), np.uint8)                 # all flat, then one pixel off
+    assert np.abs(local_entropy(flat, 3)).max() < 1e-6      # fixed point: ~5e-12, as before
+    flat[25, 150] = 1
+    assert np.abs(local_entropy(flat, 3) - rank.entropy(flat, disk(3))).max() < 1e-5
+
+
+def test_component_areas_and_relabel_equal_numpy_and_scipy():
+    rng = np.random.default_rng(5)
+    m = (rng.random((97, 131)) > 0.6).astype(np.uint8)
+    n, lab = cv2.connectedComponents(m, connectivity=8, ltype=cv2.CV_32S)
+    area = components.areas(lab, n)
+    assert (area == np.bincount(lab.ravel(), minlength=n)).all()
+    keep = np.flatnonzero(area >= 3)
+    keep = keep[keep > 0]
+    lut = np.zeros(n, np.int32)
+    lut[keep] = np.arange(1, keep.size + 1)
+    labels, box = components.relabel(lab, lut)
+    assert labels.dtype == np.int32 and (labels == lut[lab]).all()
+    for i, sl in enumerate(ndi.find_objects(labels), start=1):
+        assert tuple(box[i]) == (sl[0].start, sl[1].start, sl[0].stop, sl[1].stop)
+    with pytest.raises(TypeError, match="int32"):
+        components.areas(lab.astype(np.int64), n)
+
+
+def test_nearest_piece_in_windows_equals_the_whole_box_transform():
+    """Gap pixels get the piece ndi's feature transform of the whole box gives them, also when
+    the nearest piece is far outside the first window (the window must grow) or ties."""
+    rng = np.random.default_rng(11)
+    for t in range(60):
+        h, w = (int(v) for v in rng.integers(20, 160, 2))
+        pieces = np.zeros((h, w), np.int32)
+        for k in range(1, int(rng.integers(2, 6))):
+            y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
+            pieces[y:y + int(rng.integers(1, 30)), x:x + int(rng.integers(1, 30))] = k
+        if not pieces.any():
+            continue
+        gap = (pieces == 0) & (rng.random((h, w)) < (0.002 if t % 2 else 0.05))
+        if t % 3 == 0:                                   # a thick band: far from every piece
+            gap[h // 2:h // 2 + 3, :] = pieces[h // 2:h // 2 + 3, :] == 0
+        if not gap.any():
+            continue
+        _, (iy, ix) = ndi.distance_transform_edt(pieces == 0, return_indices=True)
+        assert (_nearest_piece(pieces, gap) == pieces[iy[gap], ix[gap]]).all()
 
 
 def test_local_entropy_all_grey_levels_used():

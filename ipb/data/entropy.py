@@ -9,9 +9,11 @@ bin counts c_v is H = log2 n - S / n with S = sum_v c_v log2 c_v, and S changes 
 (c + 1) log2 (c + 1) - c log2 c when a bin goes from c to c + 1, so it is kept up to date from a
 table. The table holds c log2 c in fixed point (2**-32): S is then an exact integer sum, with no
 drift along a row, and within 2**-33 bits of the real value. Border windows count only the
-pixels inside the image, like skimage's.
+pixels inside the image, like skimage's. Stretches of CHUNK columns whose windows all lie on one
+grey level (a whole well's black outside, about half of such an image) skip their updates,
+which cancel exactly: 74 -> 32 ms on a 1887^2 whole-well image, a tile unchanged.
 
-Measured on a 1958^2 tile, radius 3, one thread: ~0.08 s against ~2 s for skimage and ~0.33 s
+Measured on a 1958^2 tile, radius 3, one thread: ~0.05 s against ~2 s for skimage and ~0.33 s
 for the earlier numpy equality-counting version; max difference to skimage ~2e-7 bits (float32
 output). The first call of a process compiles the kernel (~1-2 s) or loads it from numba's
 cache in __pycache__ (cache=True; a read-only install compiles in every process): call
@@ -26,6 +28,7 @@ import numpy as np
 from numba import njit, uint64
 
 _FIXED = 2.0 ** 32       # fixed-point scale of the c log2 c table
+CHUNK = 32               # columns per flat-or-not decision of the sliding kernel
 
 
 @lru_cache(maxsize=8)
@@ -76,6 +79,38 @@ def _slide(img, half, step, log2n, inv, out, y, x0, x1, hist, S, n):
 
 
 @njit(cache=True, nogil=True)
+def _flat_chunks(img, r, xa, xb):
+    """flat[y, k]: every window of chunk k (x from xa + k * CHUNK) in row y lies on one grey
+    level, so each entering pixel equals the pixel it replaces."""
+    H, W = img.shape
+    nk = (xb - xa + CHUNK - 1) // CHUNK
+    lo = np.empty((H, nk), np.uint8)
+    hi = np.empty((H, nk), np.uint8)
+    for y in range(H):                       # per image row: min and max over each chunk's span
+        for k in range(nk):
+            x0 = max(xa + k * CHUNK - r - 1, 0)
+            x1 = min(xa + (k + 1) * CHUNK + r, W)
+            a = img[y, x0]
+            b = a
+            for x in range(x0 + 1, x1):
+                v = img[y, x]
+                a = min(a, v)
+                b = max(b, v)
+            lo[y, k] = a
+            hi[y, k] = b
+    flat = np.zeros((H, nk), np.bool_)
+    for y in range(H):
+        for k in range(nk):
+            a = lo[y, k]
+            b = hi[y, k]
+            for yy in range(max(0, y - r), min(H - 1, y + r) + 1):
+                a = min(a, lo[yy, k])
+                b = max(b, hi[yy, k])
+            flat[y, k] = a == b
+    return flat
+
+
+@njit(cache=True, nogil=True)
 def _entropy_kernel(img, half, step, log2n, inv, out):
     H, W = img.shape
     r = half.size // 2
@@ -85,6 +120,7 @@ def _entropy_kernel(img, half, step, log2n, inv, out):
     leave = np.zeros(2 * r + 1, np.int64)     # ... and of its leaving pixel
     xa = min(r + 1, W)                        # from xa to xb every footprint pixel is inside
     xb = max(W - r, xa)
+    still = _flat_chunks(img, r, xa, xb)
     for y in range(H):
         hist[:] = 0
         # the window at x = -r - 1 is empty; slide in from there
@@ -97,18 +133,27 @@ def _entropy_kernel(img, half, step, log2n, inv, out):
             m += 1
         lg = log2n[n]
         iv = inv[n]
-        for x in range(xa, xb):
-            # unsigned indices: numba then skips its negative-index wraparound (~15% faster)
-            for j in range(m):
-                a = flat[uint64(x + enter[j])]
-                c = hist[a]
-                S += step[c]
-                hist[a] = c + 1
-                b = flat[uint64(x + leave[j])]
-                c = hist[b] - 1
-                S -= step[c]
-                hist[b] = c
-            out[y, x] = lg - S * iv
+        for k in range(still.shape[1]):
+            x0 = xa + k * CHUNK
+            x1 = min(x0 + CHUNK, xb)
+            if still[y, k]:
+                # a flat stretch (the black outside of a well): nothing changes, and the
+                # updates' repeated read-after-write of one bin made it ~1.6x slower than texture
+                for x in range(x0, x1):
+                    out[y, x] = lg - S * iv
+                continue
+            for x in range(x0, x1):
+                # unsigned indices: numba then skips its negative-index wraparound (~15% faster)
+                for j in range(m):
+                    a = flat[uint64(x + enter[j])]
+                    c = hist[a]
+                    S += step[c]
+                    hist[a] = c + 1
+                    b = flat[uint64(x + leave[j])]
+                    c = hist[b] - 1
+                    S -= step[c]
+                    hist[b] = c
+                out[y, x] = lg - S * iv
         _slide(img, half, step, log2n, inv, out, y, xb, W, hist, S, n)
 
 

@@ -8,8 +8,8 @@ min-max normalises the entropy image and opens it as a grey image before Otsu. R
 are given in um in the config and converted with `pixel_size_um`.
 
 `reference_segment` is the plain scikit-image pipeline (the benchmark's reference);
-`segment` is ours: the same mask from an exact numba entropy (ipb.data.entropy) and OpenCV
-morphology/labelling, plus what real images need: a well mask for whole-well images (black
+`segment` is ours: the same mask from an exact numba entropy (ipb.data.entropy), OpenCV
+morphology/labelling and numba component bookkeeping (ipb.data.components), plus what real images need: a well mask for whole-well images (black
 outside a circular well) and a watershed cut of merged colonies.
 
 Grey levels: rank entropy works on 8 bits. 8-bit input is used as is. 16-bit input is shifted
@@ -33,12 +33,13 @@ from scipy import ndimage as ndi
 
 from ipb import stop
 from ipb.config import SegmentationConfig
+from ipb.data import components, entropy
 from ipb.data.entropy import local_entropy
+from ipb.data.split import split_object
 
 WELL_DARK_FRACTION = 0.05   # 'auto': a dark surround this large (of the image) means a whole well
 WELL_RIM_UM = 8.0           # the well interior is eroded this far past the black/grey edge
 SPLIT_SOLIDITY = 0.95       # objects less convex than this are checked for merged colonies
-SPLIT_RATIO = 0.5           # markers: parts of the distance map above this fraction of its max
 
 
 @dataclass
@@ -197,11 +198,11 @@ def detect_well(g8: np.ndarray, cfg: SegmentationConfig) -> np.ndarray | None:
         yy, xx = np.ogrid[:H, :W]
         outside = (yy - (H - 1) / 2) ** 2 + (xx - (W - 1) / 2) ** 2 > (min(H, W) / 2) ** 2
     inside = _fill_holes(np.logical_not(outside).view(np.uint8))
-    # labels + bincount: OpenCV's per-pixel stats cost ~3x the labelling itself
+    # labels + areas: OpenCV's per-pixel stats cost ~3x the labelling itself
     n, lab = cv2.connectedComponents(inside, connectivity=4, ltype=cv2.CV_32S)
     if n <= 1:
         return np.zeros((H, W), bool)
-    keep = 1 + int(np.argmax(np.bincount(lab.ravel(), minlength=n)[1:]))
+    keep = 1 + int(np.argmax(components.areas(lab, n)[1:]))
     inside = np.equal(lab, keep).view(np.uint8)
     rim = pixel_params(cfg)["rim"]
     inside = cv2.erode(inside, _disk(rim), borderType=cv2.BORDER_CONSTANT, borderValue=0)
@@ -243,45 +244,6 @@ def colony_mask(g8: np.ndarray, cfg: SegmentationConfig, well: np.ndarray | None
     return _fill_holes(m)
 
 
-def _split_object(obj: np.ndarray, min_area: int) -> np.ndarray | None:
-    """Watershed on the distance map of one object (uint8 crop); pieces (int32) or None.
-    Markers are the parts of the distance map above SPLIT_RATIO of its maximum: two colonies
-    joined by a neck thinner than that fraction of their radius get two markers."""
-    dist = cv2.distanceTransform(obj, cv2.DIST_L2, 5)
-    seeds = np.greater(dist, SPLIT_RATIO * dist.max()).view(np.uint8)
-    n, markers = cv2.connectedComponents(seeds, connectivity=8)
-    if n - 1 < 2:
-        return None
-    relief = cv2.cvtColor((255 - 255 * (dist / max(dist.max(), 1e-6))).astype(np.uint8),
-                          cv2.COLOR_GRAY2BGR)
-    outside = obj == 0
-    inside = ~outside
-    while n - 1 >= 2:
-        m = markers.copy()
-        m[outside] = n                        # the outside floods nothing
-        cv2.watershed(relief, m)
-        m[(m == n) | outside] = 0
-        # watershed lines (-1) inside the object join a neighbouring piece
-        np.maximum(m, 0, out=m)
-        m = np.where((m == 0) & inside, cv2.dilate(m.astype(np.float32), np.ones((3, 3))), m)
-        pieces = m.astype(np.int32)
-        gap = inside & (pieces == 0)
-        if gap.any():
-            # pixels still unassigned (a wide line) go to the nearest piece: left alone they
-            # kept the object's id outside its piece's box
-            _, (iy, ix) = ndi.distance_transform_edt(pieces == 0, return_indices=True)
-            pieces[gap] = pieces[iy[gap], ix[gap]]
-        areas = np.bincount(pieces.ravel(), minlength=n)[1:n]
-        if areas.min() >= min_area:
-            return pieces
-        # a piece too small to be a colony: drop its marker and cut again
-        drop = 1 + int(np.argmin(areas))
-        markers[markers == drop] = 0
-        markers[markers > drop] -= 1
-        n -= 1
-    return None
-
-
 def segment(image: np.ndarray, cfg: SegmentationConfig | None = None) -> Segmentation:
     """Colony mask, instances and padded boxes of one grey/RGB image (8/16-bit or float)."""
     cfg = cfg or SegmentationConfig()
@@ -297,16 +259,15 @@ def segment(image: np.ndarray, cfg: SegmentationConfig | None = None) -> Segment
     # labels, then areas and boxes of the kept objects only: OpenCV's stats of all (mostly
     # tiny) components cost ~3x the labelling
     n, lab = cv2.connectedComponents(m, connectivity=8, ltype=cv2.CV_32S)
-    area_of = np.bincount(lab.ravel(), minlength=n)
+    area_of = components.areas(lab, n)
     keep = np.flatnonzero(area_of >= p["min_area"])
     keep = keep[keep > 0]
     lut = np.zeros(n, np.int32)
     lut[keep] = np.arange(1, keep.size + 1, dtype=np.int32)
-    labels = lut[lab]
+    labels, box = components.relabel(lab, lut)
     next_id, n_split, n_pieces = keep.size + 1, 0, 0
-    boxes = {i: (sl[1].start, sl[0].start, sl[1].stop - sl[1].start, sl[0].stop - sl[0].start,
-                 int(area_of[old]))
-             for i, (old, sl) in enumerate(zip(keep, ndi.find_objects(labels, keep.size)), start=1)}
+    boxes = {i: (int(x0), int(y0), int(x1 - x0), int(y1 - y0), int(area_of[old]))
+             for i, (old, (y0, x0, y1, x1)) in enumerate(zip(keep, box[1:]), start=1)}
     if cfg.split_touching:
         for new_id in range(1, keep.size + 1):
             x, y, w, h, area = boxes[new_id]
@@ -316,7 +277,7 @@ def segment(image: np.ndarray, cfg: SegmentationConfig | None = None) -> Segment
                 hull = cv2.contourArea(cv2.convexHull(np.concatenate(cnts)))
                 if hull <= 0 or area / hull >= SPLIT_SOLIDITY:
                     continue
-            pieces = _split_object(obj, p["min_area"])
+            pieces = split_object(obj, p["min_area"])
             if pieces is None:
                 continue
             n_split += 1
@@ -355,6 +316,12 @@ def _colonies(labels: np.ndarray, boxes: dict[int, tuple], well: np.ndarray | No
                     "x1": min(x1 + pad, W), "y1": min(y1 + pad, H), "area": area,
                     "border": bool(edge or i in rim_ids)})
     return out
+
+
+def warm_up() -> float:
+    """Compile segmentation's numba kernels (entropy, components) or load them from numba's
+    cache; seconds taken (~0 once done in this process)."""
+    return entropy.warm_up() + components.warm_up()
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -397,4 +364,4 @@ def segment_files(images: list[str], out: str | Path, cfg: SegmentationConfig) -
 
 __all__ = ["Segmentation", "to_gray", "to_uint8", "pixel_params", "reference_segment",
            "segment", "detect_well", "colony_mask", "entropy_image", "otsu_threshold",
-           "mask_iou", "segment_files"]
+           "mask_iou", "segment_files", "warm_up"]
