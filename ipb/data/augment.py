@@ -63,9 +63,10 @@ def _rotate(x: torch.Tensor, deg: torch.Tensor) -> torch.Tensor:
     # normalised coordinates scale x by 2/W and y by 2/H, hence the aspect factors
     u = ((torch.arange(w, device=x.device, dtype=x.dtype) * 2 + 1) / w - 1).view(1, 1, w)
     v = ((torch.arange(h, device=x.device, dtype=x.dtype) * 2 + 1) / h - 1).view(1, h, 1)
-    gx = cos * u - (sin * (h / w)) * v
-    gy = (sin * (w / h)) * u + cos * v
-    grid = torch.stack([gx, gy], dim=-1)
+    # written into the grid's two planes (a torch.stack of gx, gy copied them: ~0.4 of 0.8 ms)
+    grid = torch.empty(n, h, w, 2, device=x.device, dtype=x.dtype)
+    torch.sub(cos * u, (sin * (h / w)) * v, out=grid[..., 0])
+    torch.add((sin * (w / h)) * u, cos * v, out=grid[..., 1])
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
@@ -94,7 +95,11 @@ def _blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     s = sigma.to(x.device, x.dtype).view(-1, 1)
     k = torch.exp(-0.5 * (t / s) ** 2)
-    k = (k / k.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)     # (n*c, 2r+1)
+    k = k / k.sum(dim=1, keepdim=True)
+    # taps below float's smallest normal (a sigma near 0.14, 0.22, 0.29, 0.36 or 0.44 puts one
+    # there) made the whole grouped convolution ~5x slower (denormal arithmetic: 4.8 vs 0.9 ms
+    # for 8 patches), in ~40% of batches; their products sit below any normal sum's last bit
+    k = torch.where(k < torch.finfo(k.dtype).tiny, 0.0, k).repeat_interleave(c, dim=0)
     y = x.reshape(1, n * c, h, w)
     y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), k.view(n * c, 1, 1, -1),
                  groups=n * c)
