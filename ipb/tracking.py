@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -266,23 +267,52 @@ def start_trial_run(cfg: Config, split, manifest: dict, *, name: str,
     if old is not None:
         run_id = old.info.run_id
         c.update_run(run_id, status="RUNNING")
-        if "ipb.error" in old.data.tags:
-            c.delete_tag(run_id, "ipb.error")
-        tags["ipb.reopened_from"] = old.info.status
-        c.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-        logged = old.data.params
     else:
         run_id = c.create_run(experiment_id(exp, tracking_uri(cfg)), tags=tags).info.run_id
-        c.log_inputs(run_id, datasets=table_inputs(table, manifest, split))
-        logged = {}
-    params = {k: str(v)[:500] for k, v in flatten(to_dict(cfg)).items()}
-    for p in ("labeled", "val", "unlabeled", "test"):
-        params[f"split.n_{p}"] = str(len(getattr(split, p)))
-    # a reopened run keeps the params it has (MLflow refuses to change one: e.g. the port of
-    # the sweep's tracking server in tracking.uri)
-    log_params(c, run_id, {k: v for k, v in params.items() if k not in logged})
-    c.log_batch(run_id, tags=[RunTag("ipb.n_config_params", str(len(params)))])
+    try:
+        if old is not None:
+            if "ipb.error" in old.data.tags:
+                c.delete_tag(run_id, "ipb.error")
+            tags["ipb.reopened_from"] = old.info.status
+            c.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            logged = old.data.params
+        else:
+            log_inputs(c, run_id, table_inputs(table, manifest, split))
+            logged = {}
+        params = {k: str(v)[:500] for k, v in flatten(to_dict(cfg)).items()}
+        for p in ("labeled", "val", "unlabeled", "test"):
+            params[f"split.n_{p}"] = str(len(getattr(split, p)))
+        # a reopened run keeps the params it has (MLflow refuses to change one: e.g. the port
+        # of the sweep's tracking server in tracking.uri)
+        log_params(c, run_id, {k: v for k, v in params.items() if k not in logged})
+        c.log_batch(run_id, tags=[RunTag("ipb.n_config_params", str(len(params)))])
+    except BaseException as e:
+        # the run exists: left RUNNING, a sweep took the failure for its own stop ("the sweep
+        # was stopped", counted interrupted, not failed)
+        stopped = isinstance(e, (KeyboardInterrupt, SystemExit))
+        end_run(cfg, run_id, "KILLED" if stopped else "FAILED",
+                error=f"starting the run: {type(e).__name__}: {e}")
+        raise
     return run_id
+
+
+def log_inputs(c, run_id: str, datasets: list, attempts: int = 3) -> None:
+    """`c.log_inputs`, again when a trial starting beside this one logged the same dataset
+    between the store's lookup and its insert. The store's unique key (experiment, name,
+    digest) then refuses this insert ('UNIQUE constraint failed' on SQLite, 'duplicate key' on
+    PostgreSQL) and rolls it back whole; the next call finds the dataset and links it. Seen
+    when a study's first two trials started together on a new experiment: one trial failed."""
+    from mlflow.exceptions import MlflowException
+    for attempt in range(attempts):
+        try:
+            c.log_inputs(run_id, datasets=datasets)
+            return
+        except MlflowException as e:
+            text = str(e)
+            if attempt == attempts - 1 or not ("UNIQUE constraint" in text
+                                               or "duplicate key" in text):
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def system_metrics(uri: str, run_id: str, resume: bool = False, interval: float = 2.0,
@@ -456,7 +486,7 @@ def sweep_parent_run(cfg: Config, experiment: str, kind: str, sweep_hash: str,
                              "ipb.role": "sweep", "ipb.synthetic": str(synthetic).lower(),
                              "ipb.table": str(table), "ipb.profile": cfg.profile,
                              **(tags or {})})
-    c.log_inputs(run.info.run_id, datasets=table_inputs(str(table), manifest))
+    log_inputs(c, run.info.run_id, table_inputs(str(table), manifest))
     log_params(c, run.info.run_id, {k: str(v)[:6000] for k, v in (params or {}).items()})
     (Path(tempfile.gettempdir()) / f"ipb-{run.info.run_id}.yaml").write_text(to_yaml(cfg))
     c.log_artifact(run.info.run_id, str(Path(tempfile.gettempdir()) / f"ipb-{run.info.run_id}.yaml"))

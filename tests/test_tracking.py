@@ -5,6 +5,7 @@ import os
 import time
 
 import mlflow
+import pytest
 
 from ipb.tracking import client, end_run, global_uri, system_metrics
 
@@ -60,3 +61,62 @@ def test_a_run_ended_by_two_processes_at_once_ends_once(tmp_path, monkeypatch):
     run = c.get_run(run_id)
     assert run.info.status == "KILLED" and run.data.tags["ipb.error"] == "the sweep was stopped"
     assert calls == ["ipb.error", "ipb.error"]
+
+
+def _datasets(name: str) -> list:
+    from mlflow.entities import Dataset, DatasetInput
+    return [DatasetInput(Dataset(name=name, digest="d1", source_type="local", source="{}"), [])]
+
+
+def test_a_dataset_another_trial_logs_at_the_same_moment_is_linked(tmp_path, monkeypatch):
+    """Two trials starting together log the same dataset; the store refuses the later insert
+    (UNIQUE constraint: a study trial failed on it). log_inputs calls again and links it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from ipb.tracking import log_inputs
+    c = client(f"sqlite:///{tmp_path}/m.db")
+    exp = c.create_experiment("race")
+    other, mine = (c.create_run(exp).info.run_id for _ in range(2))
+    real, calls = MlflowClient.log_inputs, []
+
+    def lose_the_race(self, run_id, datasets=None, **kw):
+        calls.append(run_id)
+        if len(calls) == 1:      # the other trial inserts it between this one's lookup and insert
+            real(self, other, datasets=datasets, **kw)
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: "
+                                  "datasets.experiment_id, datasets.name, datasets.digest")
+        return real(self, run_id, datasets=datasets, **kw)
+    monkeypatch.setattr(MlflowClient, "log_inputs", lose_the_race)
+    log_inputs(c, mine, _datasets("train"))
+    assert calls == [mine, mine]
+    for run_id in (other, mine):
+        assert [d.dataset.name for d in c.get_run(run_id).inputs.dataset_inputs] == ["train"]
+
+    def broken(self, run_id, datasets=None, **kw):
+        raise MlflowException("RESOURCE_DOES_NOT_EXIST: no such run")
+    monkeypatch.setattr(MlflowClient, "log_inputs", broken)
+    with pytest.raises(MlflowException, match="no such run"):     # other errors: not retried
+        log_inputs(c, mine, _datasets("val"))
+
+
+def test_a_run_that_fails_while_starting_ends_failed_not_running(tmp_path, monkeypatch):
+    """An error after the run exists (its inputs, its params) ends it FAILED with the error:
+    left RUNNING, the sweep took it for its own stop and counted the trial interrupted."""
+    from types import SimpleNamespace
+
+    from ipb import tracking
+    from ipb.config import load_config
+    uri = f"sqlite:///{tmp_path}/m.db"
+    cfg = load_config("smoke", [f"tracking.uri={uri}"])
+
+    def unreadable(*a, **kw):
+        raise OSError("table.parquet: unreadable")
+    monkeypatch.setattr(tracking, "table_inputs", unreadable)
+    split = SimpleNamespace(labeled=[0], val=[], unlabeled=[], test=[], classes=["a", "b"])
+    with pytest.raises(OSError, match="unreadable"):
+        tracking.start_trial_run(cfg, split, {"synthetic": True}, name="t", experiment="starts")
+    c = client(uri)
+    (run,) = c.search_runs([c.get_experiment_by_name("starts").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["ipb.error"] == "starting the run: OSError: table.parquet: unreadable"
