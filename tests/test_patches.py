@@ -7,9 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ipb.config import AugmentConfig
-from ipb.data.augment import Augment, Chain, _blur, _rotate, make_augment
+from ipb.data.augment import Augment, Chain, _blur, _gauss_taps, _rotate, make_augment
 from ipb.models.common import centre_half as center_half
 from ipb.data.patches import ColonyBank, png_shape, prepare_colony, prepared_shape
 from ipb.data.table import decode_colony, encode_png
@@ -280,16 +281,26 @@ def test_blur_and_jitter_act_per_sample():
     assert factors.min() >= 0.8 - 1e-6 and factors.max() <= 1.2 + 1e-6 and factors.std() > 0.05
 
 
-def test_blur_spreads_no_denormal_values():
+def test_blur_taps_hold_no_denormal_values():
     """A sigma that puts a Gaussian tap below float32's smallest normal (0.29: the tap 4 px out
-    is ~5e-42) must not spread it: denormal arithmetic made the whole grouped convolution ~5x
-    slower on CPU. Away from exact zeros the taps' products were below the sums' last bit."""
-    x = torch.zeros(2, 1, 15, 15)
-    x[:, :, 7, 7] = 1.0
-    for s in (0.145, 0.22, 0.29, 0.36, 0.44):
-        y = _blur(x, torch.full((2,), s), 6)
-        assert not ((y != 0) & (y.abs() < torch.finfo(y.dtype).tiny)).any(), s
-        assert y[0, 0, 7, 7] > 0.5 and torch.equal(y[0], y[1])
+    is ~5e-42) must not keep it: denormal arithmetic made the whole grouped convolution ~5x
+    slower on CPU. Zeroing such taps changes no blurred patch that has no exact zeros."""
+    sigma = torch.tensor([0.145, 0.22, 0.29, 0.36, 0.44, 1.0])
+    like = torch.zeros(1)
+    k = _gauss_taps(sigma, 6, like)
+    assert not ((k != 0) & (k < torch.finfo(k.dtype).tiny)).any()
+    assert torch.allclose(k.sum(dim=1), torch.ones(6)) and (k[:, 6] > 0.3).all()
+    t = torch.arange(-6, 7, dtype=torch.float32)
+    exact = torch.exp(-0.5 * (t / sigma.view(-1, 1)) ** 2)
+    exact = exact / exact.sum(dim=1, keepdim=True)
+    normal = exact >= torch.finfo(k.dtype).tiny
+    assert torch.equal(k[normal], exact[normal])
+    x = torch.rand(6, 1, 20, 20) * 0.9 + 0.1                     # no exact zeros: same blur
+    y = _blur(x, sigma, 6)
+    pad = F.pad(x, (6, 6, 0, 0), mode="reflect").reshape(1, 6, 20, 32)
+    ref = F.conv2d(pad, exact.view(6, 1, 1, -1), groups=6)
+    ref = F.conv2d(F.pad(ref, (0, 0, 6, 6), mode="reflect"), exact.view(6, 1, -1, 1), groups=6)
+    assert torch.equal(y, ref.view(6, 1, 20, 20))
 
 
 def test_normalisation_keeps_the_jitter_visible():
