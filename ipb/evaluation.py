@@ -23,7 +23,7 @@ from ipb.config import Config
 from ipb.data.augment import make_augment
 from ipb.data.patches import ColonyBank
 from ipb.dist import all_reduce_sum
-from ipb.methods.base import inference_model, nhwc_input, unwrap
+from ipb.methods.base import forward_chunks, inference_model, nhwc_input, unwrap
 from ipb.methods.partial import candidates
 from ipb.metrics import collapse_threshold, confusion_matrix, metrics_from_confusion
 
@@ -59,7 +59,8 @@ class Part:
 def predict_proba(model: torch.nn.Module, part, cfg: Config, device: torch.device,
                   rng: np.random.Generator, batch: int = 256,
                   idx: np.ndarray | None = None) -> np.ndarray:
-    """Softmax per colony: the centre patch, or the mean over `patch.test_patches` in the mask."""
+    """Softmax per colony: the centre patch, or the mean over `patch.test_patches` in the mask
+    (`batch` colonies a chunk, cut by `forward_chunks`)."""
     model = unwrap(model)
     was = model.training
     nhwc = cfg.train.eval_channels_last and torch.device(device).type == "cpu"
@@ -68,8 +69,8 @@ def predict_proba(model: torch.nn.Module, part, cfg: Config, device: torch.devic
     k = cfg.patch.test_patches
     rows = np.arange(len(part)) if idx is None else np.asarray(idx)
     out = []
-    for s in range(0, len(rows), batch):
-        chunk = rows[s:s + batch]
+    for a, b in forward_chunks(len(rows), batch, k):
+        chunk = rows[a:b]
         if k <= 1:
             idx_k, pos = chunk, part.bank.center_positions(chunk)
         else:

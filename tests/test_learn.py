@@ -171,3 +171,44 @@ def test_inference_passes_on_an_nhwc_copy_predict_as_the_model_does(parts):
     assert np.abs(out[True] - out[False]).max() < 1e-5
     assert np.abs(out[True, "colony"] - out[False, "colony"]).max() < 1e-5
     assert out[True].shape == (len(part), len(CLASSES))
+
+
+def test_inference_passes_cut_into_pieces_give_the_softmax_of_whole_chunks(parts):
+    """A full chunk of colonies is cut into equal passes of >= `size` patches (k patches a
+    colony): the softmax must be bit-identical to one pass per chunk, the old cut, so a run's
+    figures stay those of the same seed (a pass of <= 12 patches would differ: oneDNN)."""
+    from ipb.batches import clean_pool
+    from ipb.evaluation import predict_proba
+    from ipb.methods.base import forward_chunks, inference_model, nhwc_input
+    from ipb.models import create_model
+    assert list(forward_chunks(10, 4, 4)) == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6),
+                                              (6, 7), (7, 8), (8, 10)]
+    assert list(forward_chunks(600, 256, 5))[:2] == [(0, 64), (64, 128)]     # d = 4
+    assert list(forward_chunks(300, 256, 1)) == [(0, 256), (256, 300)]
+    torch.manual_seed(0)
+    net = create_model("small_cnn", len(CLASSES), width=0.5)
+    part = parts["unlabeled"]
+    pos = part.bank.sample_positions(np.arange(len(part)), np.random.default_rng(2))
+    size = 20                                   # 46 colonies: two full chunks and 6 left
+    for k in (1, 3, 4, 5):
+        cfg = cfg_for("ipb", f"patch.test_patches={k}")
+        ours = predict_proba(net, part, cfg, "cpu", np.random.default_rng(1), batch=size)
+        rng = np.random.default_rng(1)
+        whole = np.concatenate([predict_proba(net, part, cfg, "cpu", rng, batch=10 ** 6,
+                                              idx=np.arange(s, min(len(part), s + size)))
+                                for s in range(0, len(part), size)])
+        assert np.array_equal(ours, whole), k
+        pool = clean_pool(part, pos, CLASSES, cfg, "cpu", np.random.default_rng(3),
+                          torch.Generator().manual_seed(0))
+        ours = pool.colony_proba(net, k=k, size=size)
+        pool = clean_pool(part, pos, CLASSES, cfg, "cpu", np.random.default_rng(3),
+                          torch.Generator().manual_seed(0))
+        eval_net = inference_model(net, pool.nhwc)
+        whole = []
+        with torch.no_grad():
+            for s in range(0, len(part), size):
+                idx = np.arange(s, min(len(part), s + size))
+                x = pool.patches(idx) if k <= 1 else pool.patches_in_mask(idx, k)
+                p = torch.softmax(eval_net(nhwc_input(x, pool.nhwc))[0].float(), dim=1)
+                whole.append(p.view(len(idx), k, -1).mean(dim=1))
+        assert torch.equal(ours, torch.cat(whole)), k
