@@ -18,10 +18,22 @@ from numba import njit
 
 @njit(cache=True, nogil=True)
 def _areas(lab, n):
+    # counted per run of one label: `out[v] += 1` per pixel re-read the bin it had just
+    # written (the background's, mostly), ~2x slower
     out = np.zeros(n, np.int64)
     flat = lab.ravel()
+    if flat.size == 0:
+        return out
+    cur = flat[0]
+    run = 0
     for i in range(flat.size):
-        out[flat[i]] += 1
+        v = flat[i]
+        if v != cur:
+            out[cur] += run
+            cur = v
+            run = 0
+        run += 1
+    out[cur] += run
     return out
 
 
