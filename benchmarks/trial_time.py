@@ -11,6 +11,8 @@ into a temporary MLflow store, then split from each run's own timings:
   other train   the rest of training: the final test, diagnostics, checkpoints, figures;
   result        the result's metrics and artifacts logged to MLflow;
   models        the logged models (student and colonies pyfunc).
+Each row also prints its validation and test mean TPR to 6 digits: a change that only makes
+trials faster must leave them exactly as they were (SYNTHETIC data unless --data).
 Shares are of the summed trial time of all rows (a ratio inside one run, so machine load cancels
 out). Then the sweep as a whole: its wall time against the trials' own times over the
 concurrency (the rest is Ray / Tune start, trial start-up, the parent's report and champion),
@@ -56,6 +58,8 @@ def split_times(uri: str, experiment: str, parent: str) -> dict[str, dict[str, f
              "models": m.get("time.trial.models", 0.0), "before": m.get("time.trial.before", 0)}
         t["other train"] = max(0.0, train - t["steps"] - t["eval"] - t["balance"])
         t["wall"] = train + t["result"] + t["models"] + t["before"]
+        t["result_values"] = (m.get("best.val.tpr.mean", float("nan")),
+                              m.get("test.tpr.mean", float("nan")))
         out[r.data.tags.get("ipb.config_label", r.info.run_name)] = t
     return out
 
@@ -86,10 +90,10 @@ def main(argv=None) -> int:
         sweep_wall = time.time() - t0
         times = split_times(out["tracking_uri"], out["experiment"], out["parent_run_id"])
     print(f"{'row (fold ' + str(a.fold) + ')':<28}" + "".join(f"{p:>12}" for p in PARTS)
-          + f"{'wall s':>9}")
+          + f"{'wall s':>9}  val TPR, test TPR (a speed change must leave these as they were)")
     for label, t in times.items():
         print(f"{label[:27]:<28}" + "".join(f"{t[p]:>11.1f}s" for p in PARTS)
-              + f"{t['wall']:>9.1f}")
+              + f"{t['wall']:>9.1f}  {t['result_values'][0]:.6f}, {t['result_values'][1]:.6f}")
     wall = sum(t["wall"] for t in times.values())
     share = {p: 100 * sum(t[p] for t in times.values()) / wall for p in PARTS}
     k = cfg.sweep.max_concurrent
