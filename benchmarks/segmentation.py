@@ -12,8 +12,8 @@ Mask IoU = sum of intersections / sum of unions over all images. Against synthet
 colony recall (a ground-truth colony is found when one predicted object covers >= 50% of it)
 and mask IoU. Our entropy and component kernels are numba: they are compiled (or loaded from
 numba's cache) once before any timing, and the one-off compile time is printed first, measured
-in a fresh process with an empty cache. The speedup is from wall time; the CPU time of the timing thread is printed
-as a cross-check that other jobs on a shared machine hardly move.
+in a fresh process with an empty cache. The speedup is from wall time; the CPU time of the
+timing thread is printed as a cross-check that other jobs on a shared machine hardly move.
 Last line: `segmentation speedup <x>x, mask IoU <iou>`.
 """
 from __future__ import annotations

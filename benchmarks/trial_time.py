@@ -41,8 +41,9 @@ def study_rows(cfg, fold: int) -> list[dict]:
     return [{**r, "_folds": [fold]} for r in rows]
 
 
-def split_times(uri: str, experiment: str, parent: str) -> dict[str, dict[str, float]]:
-    """label -> {part: seconds, "wall": seconds} from the trials' MLflow runs."""
+def split_times(uri: str, experiment: str, parent: str) -> dict[str, dict]:
+    """label -> {part: seconds, "wall": seconds, "result_values": (val TPR, test TPR)} from
+    the trials' MLflow runs."""
     from ipb.tracking import client
     c = client(uri)
     exp = c.get_experiment_by_name(experiment).experiment_id

@@ -181,7 +181,7 @@ def clean_pool(part: Part, positions: np.ndarray, classes: list[str], cfg: Confi
         return test(part.bank.extract(np.repeat(idx, k), pos)).to(device)
 
     return UnlabeledPool(y=part.y, classes=classes, patches=patches, rng=rng, gen=gen,
-                         patches_in_mask=patches_in_mask,
+                         patches_in_mask=patches_in_mask, cpu=torch.device(device).type == "cpu",
                          nhwc=cfg.train.eval_channels_last and torch.device(device).type == "cpu")
 
 

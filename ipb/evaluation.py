@@ -63,13 +63,14 @@ def predict_proba(model: torch.nn.Module, part, cfg: Config, device: torch.devic
     (`batch` colonies a chunk, cut by `forward_chunks`)."""
     model = unwrap(model)
     was = model.training
-    nhwc = cfg.train.eval_channels_last and torch.device(device).type == "cpu"
+    cpu = torch.device(device).type == "cpu"
+    nhwc = cfg.train.eval_channels_last and cpu
     net = inference_model(model, nhwc)
     test = make_augment(cfg.augment, "test")
     k = cfg.patch.test_patches
     rows = np.arange(len(part)) if idx is None else np.asarray(idx)
     out = []
-    for a, b in forward_chunks(len(rows), batch, k):
+    for a, b in forward_chunks(len(rows), batch, k if cpu else 1):
         chunk = rows[a:b]
         if k <= 1:
             idx_k, pos = chunk, part.bank.center_positions(chunk)

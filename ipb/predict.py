@@ -50,8 +50,8 @@ DEFAULT_TEST_PATCHES = 5
 def warm_up() -> None:
     """What a process's first `predict` would otherwise spend before its first image: the
     modules imported lazily below (they keep `import ipb` light) and segmentation's numba
-    kernels (compiled, or read from numba's cache). A served model calls it at load (3.0 s of a first
-    request's 3.3 s on 2 cores: benchmarks/pyfunc.py)."""
+    kernels (compiled, or read from numba's cache). A served model calls it at load (3.0 s of a
+    first request's 3.3 s on 2 cores: benchmarks/pyfunc.py)."""
     import importlib
     for name in ("ipb.data.sources", "ipb.data.patches", "ipb.evaluation",
                  "ipb.data.microscopy", "ipb.data.segment"):

@@ -286,12 +286,14 @@ def start_trial_run(cfg: Config, split, manifest: dict, *, name: str,
         # of the sweep's tracking server in tracking.uri)
         log_params(c, run_id, {k: v for k, v in params.items() if k not in logged})
         c.log_batch(run_id, tags=[RunTag("ipb.n_config_params", str(len(params)))])
-    except BaseException as e:
+    except Exception as e:
         # the run exists: left RUNNING, a sweep took the failure for its own stop ("the sweep
-        # was stopped", counted interrupted, not failed)
-        stopped = isinstance(e, (KeyboardInterrupt, SystemExit))
-        end_run(cfg, run_id, "KILLED" if stopped else "FAILED",
-                error=f"starting the run: {type(e).__name__}: {e}")
+        # was stopped", counted interrupted, not failed). A stop (KeyboardInterrupt) is left
+        # to the sweep or the re-run, which end or reopen a RUNNING run as they should.
+        try:
+            end_run(cfg, run_id, "FAILED", error=f"starting the run: {type(e).__name__}: {e}")
+        except Exception:     # the store that failed may refuse this too: show the first error
+            pass
         raise
     return run_id
 
@@ -300,8 +302,9 @@ def log_inputs(c, run_id: str, datasets: list, attempts: int = 3) -> None:
     """`c.log_inputs`, again when a trial starting beside this one logged the same dataset
     between the store's lookup and its insert. The store's unique key (experiment, name,
     digest) then refuses this insert ('UNIQUE constraint failed' on SQLite, 'duplicate key' on
-    PostgreSQL) and rolls it back whole; the next call finds the dataset and links it. Seen
-    when a study's first two trials started together on a new experiment: one trial failed."""
+    PostgreSQL, 'Duplicate entry' on MySQL) and rolls it back whole; the next call finds the
+    dataset and links it. Seen when a study's first two trials started together on a new
+    experiment: one trial failed."""
     from mlflow.exceptions import MlflowException
     for attempt in range(attempts):
         try:
@@ -309,8 +312,8 @@ def log_inputs(c, run_id: str, datasets: list, attempts: int = 3) -> None:
             return
         except MlflowException as e:
             text = str(e)
-            if attempt == attempts - 1 or not ("UNIQUE constraint" in text
-                                               or "duplicate key" in text):
+            if attempt == attempts - 1 or not any(
+                    m in text for m in ("UNIQUE constraint", "duplicate key", "Duplicate entry")):
                 raise
             time.sleep(0.2 * (attempt + 1))
 

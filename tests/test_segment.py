@@ -103,7 +103,7 @@ def test_local_entropy_on_flat_stretches_equals_skimage():
         img = (rng.integers(0, 4, (h, w)) * int(rng.integers(1, 60))).astype(np.uint8)
         y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
         img[y:y + int(rng.integers(0, 120)), x:x + int(rng.integers(0, 120))] = rng.integers(256)
-        img[:, :int(rng.integers(0, w))] = 0 if rng.random() < 0.5 else img[:, :0].size % 256
+        img[:, :int(rng.integers(0, w))] = 0                # a black stretch from the left
         r = int(rng.integers(1, 6))
         assert np.abs(local_entropy(img, r) - rank.entropy(img, disk(r))).max() < 1e-5
     flat = np.zeros((50, 300), np.uint8)                 # all flat, then one pixel off
@@ -128,27 +128,42 @@ def test_component_areas_and_relabel_equal_numpy_and_scipy():
         assert tuple(box[i]) == (sl[0].start, sl[1].start, sl[0].stop, sl[1].stop)
     with pytest.raises(TypeError, match="int32"):
         components.areas(lab.astype(np.int64), n)
+    with pytest.raises(ValueError, match="outside"):     # numba checks no bounds itself
+        components.areas(lab, n - 1)
+    with pytest.raises(ValueError, match="outside"):
+        components.relabel(lab, lut[:-1])
 
 
 def test_nearest_piece_in_windows_equals_the_whole_box_transform():
     """Gap pixels get the piece ndi's feature transform of the whole box gives them, also when
     the nearest piece is far outside the first window (the window must grow) or ties."""
+    pieces = np.zeros((40, 60), np.int32)       # (10, 20) is 9 px from both pieces: a tie
+    pieces[1, 20], pieces[10, 29] = 1, 2
+    gap = np.zeros_like(pieces, bool)
+    gap[10, 20] = gap[10, 26] = True
+    assert list(_nearest_piece(pieces, gap)) == [1, 2]
+    pieces = np.zeros((50, 80), np.int32)       # (20, 20): 9 px from both, one just outside
+    pieces[11, 20], pieces[20, 29] = 1, 2       # its first window (9 px of room above)
+    gap = np.zeros_like(pieces, bool)
+    gap[20, 20] = gap[20, 21] = True
+    assert list(_nearest_piece(pieces, gap)) == [1, 2]
     rng = np.random.default_rng(11)
-    for t in range(60):
-        h, w = (int(v) for v in rng.integers(20, 160, 2))
+    for t in range(300):
+        h, w = (int(v) for v in rng.integers(20, 90, 2))
         pieces = np.zeros((h, w), np.int32)
-        for k in range(1, int(rng.integers(2, 6))):
+        for k in range(1, int(rng.integers(2, 7))):
             y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
-            pieces[y:y + int(rng.integers(1, 30)), x:x + int(rng.integers(1, 30))] = k
-        if not pieces.any():
-            continue
-        gap = (pieces == 0) & (rng.random((h, w)) < (0.002 if t % 2 else 0.05))
-        if t % 3 == 0:                                   # a thick band: far from every piece
+            if t % 2:                                # single pixels: many ties
+                pieces[y, x] = k
+            else:
+                pieces[y:y + int(rng.integers(1, 30)), x:x + int(rng.integers(1, 30))] = k
+        gap = (pieces == 0) & (rng.random((h, w)) < (0.002 if t % 3 else 0.05))
+        if t % 5 == 0:                               # a thick band: far from every piece
             gap[h // 2:h // 2 + 3, :] = pieces[h // 2:h // 2 + 3, :] == 0
         if not gap.any():
             continue
         _, (iy, ix) = ndi.distance_transform_edt(pieces == 0, return_indices=True)
-        assert (_nearest_piece(pieces, gap) == pieces[iy[gap], ix[gap]]).all()
+        assert (_nearest_piece(pieces, gap) == pieces[iy[gap], ix[gap]]).all(), t
 
 
 def test_local_entropy_all_grey_levels_used():

@@ -120,3 +120,9 @@ def test_a_run_that_fails_while_starting_ends_failed_not_running(tmp_path, monke
     (run,) = c.search_runs([c.get_experiment_by_name("starts").experiment_id])
     assert run.info.status == "FAILED"
     assert run.data.tags["ipb.error"] == "starting the run: OSError: table.parquet: unreadable"
+
+    def store_down(*a, **kw):
+        raise ConnectionError("tracking server gone")
+    monkeypatch.setattr(tracking, "end_run", store_down)     # the first error is the one shown
+    with pytest.raises(OSError, match="unreadable"):
+        tracking.start_trial_run(cfg, split, {"synthetic": True}, name="t2", experiment="starts")

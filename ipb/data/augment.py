@@ -92,7 +92,10 @@ def _gauss_taps(sigma: torch.Tensor, radius: int, like: torch.Tensor) -> torch.T
     """(n, 2r+1) normalised Gaussian taps, one row per sigma. Taps below float's smallest
     normal are 0: one there (a sigma near 0.14, 0.22, 0.29, 0.36 or 0.44) made the whole
     grouped convolution ~5x slower (denormal arithmetic: 4.8 vs 0.9 ms for 8 patches of
-    128 px), in ~40% of train-view batches; its products sit below a normal sum's last bit."""
+    128 px), in ~40% of train-view batches. Its products sit below a normal sum's last bit, so
+    only a pixel whose whole support is exactly 0 can change (by < 1e-37): with `normalize`
+    in pixel jitter space (the default) no network input changes; in normalized jitter space
+    (z-scores blurred, not normalised after) a z-score of exactly 0 around it can."""
     t = torch.arange(-radius, radius + 1, device=like.device, dtype=like.dtype)
     s = sigma.to(like.device, like.dtype).view(-1, 1)
     k = torch.exp(-0.5 * (t / s) ** 2)

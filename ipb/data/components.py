@@ -29,10 +29,14 @@ def _areas(lab, n):
     for i in range(flat.size):
         v = flat[i]
         if v != cur:
+            if cur < 0 or cur >= n:       # numba checks no bounds: a wrong n must not write
+                raise ValueError("areas: a label is outside 0..n-1")
             out[cur] += run
             cur = v
             run = 0
         run += 1
+    if cur < 0 or cur >= n:
+        raise ValueError("areas: a label is outside 0..n-1")
     out[cur] += run
     return out
 
@@ -48,7 +52,10 @@ def _relabel(lab, lut, k):
     box[:, 3] = 0
     for y in range(H):
         for x in range(W):
-            v = lut[lab[y, x]]
+            u = lab[y, x]
+            if u < 0 or u >= lut.size:
+                raise ValueError("relabel: a label is outside the lut")
+            v = lut[u]
             out[y, x] = v
             if v:
                 if y < box[v, 0]:

@@ -13,9 +13,10 @@ pixels inside the image, like skimage's. Stretches of CHUNK columns whose window
 grey level (a whole well's black outside, about half of such an image) skip their updates,
 which cancel exactly: 74 -> 32 ms on a 1887^2 whole-well image, a tile unchanged.
 
-Measured on a 1958^2 tile, radius 3, one thread: ~0.05 s against ~2 s for skimage and ~0.33 s
-for the earlier numpy equality-counting version; max difference to skimage ~2e-7 bits (float32
-output). The first call of a process compiles the kernel (~1-2 s) or loads it from numba's
+Measured on a 1958^2 tile, radius 3, one thread: ~0.05 s (2026-12, the 2-core dev machine,
+with or without the flat-stretch skip; 0.08 s on an earlier one) against ~2 s for skimage and
+~0.33 s for the earlier numpy equality-counting version; max difference to skimage ~2e-7 bits
+(float32 output). The first call of a process compiles the kernel (~1-2 s) or loads it from numba's
 cache in __pycache__ (cache=True; a read-only install compiles in every process): call
 `warm_up()` before timing.
 """

@@ -9,8 +9,9 @@ are given in um in the config and converted with `pixel_size_um`.
 
 `reference_segment` is the plain scikit-image pipeline (the benchmark's reference);
 `segment` is ours: the same mask from an exact numba entropy (ipb.data.entropy), OpenCV
-morphology/labelling and numba component bookkeeping (ipb.data.components), plus what real images need: a well mask for whole-well images (black
-outside a circular well) and a watershed cut of merged colonies.
+morphology/labelling and numba component bookkeeping (ipb.data.components), plus what real
+images need: a well mask for whole-well images (black outside a circular well) and a watershed
+cut of merged colonies (ipb.data.split).
 
 Grey levels: rank entropy works on 8 bits. 8-bit input is used as is. 16-bit input is shifted
 to 8 bits from its effective bit depth k (max < 2**k): right by k - 8 (linear, no clipping of

@@ -21,7 +21,6 @@ def _nearest_piece(pieces: np.ndarray, gap: np.ndarray) -> np.ndarray:
     """The piece of the nearest piece pixel for each `gap` pixel (in np.nonzero order): ndi's
     feature transform of `pieces == 0`, run on a window around each cluster of gap pixels
     rather than on the object's whole box (that was ~70% of splitting a whole well)."""
-    H, W = pieces.shape
     near = cv2.dilate(gap.view(np.uint8), np.ones((2 * GAP_MARGIN + 1,) * 2, np.uint8))
     n, _, stats, _ = cv2.connectedComponentsWithStats(near, connectivity=8)
     ys, xs = np.nonzero(gap)

@@ -75,12 +75,14 @@ def inference_model(model: nn.Module, nhwc: bool) -> nn.Module:
 
 def forward_chunks(n: int, size: int, k: int):
     """Colony ranges [a, b) of an inference pass over n colonies with k patches each: chunks
-    of `size` colonies, a full one cut into d equal passes (d the largest divisor of `size`
-    up to k), so no pass holds much more than `size` patches. 256 colonies x 4 patches in one
-    1024-patch pass were 25% slower on CPU (the activations leave the cache). The pieces are
-    equal and the last chunk is kept whole, so every pass is as large as before or an exact
-    part of one: the softmax stays bit-identical (a batch of <= 12 patches takes another
-    oneDNN kernel and differs in the last bits; >= 16 agree, every registered model)."""
+    of `size` colonies, a full one cut into d equal passes (d the largest divisor of `size` up
+    to k) of size * k / d patches: at least `size`, under 2 * size when size is a power of
+    two. One 1024-patch pass (256 colonies x 4) was 25% slower on CPU than 256-patch passes
+    (the activations leave the cache). The last chunk is kept whole, so every pass is as large
+    as before or an exact part of one, and on CPU the softmax stays bit-identical (a batch of
+    <= 12 patches takes another oneDNN kernel and differs in the last bits; >= 16 agree, every
+    registered model, NCHW and NHWC). Callers pass k=1 on a GPU, which keeps the old passes
+    (cuDNN may choose by batch size, and a GPU is fed better by large batches)."""
     d = max(q for q in range(1, max(k, 1) + 1) if size % q == 0)
     for s in range(0, n, size):
         e = min(n, s + size)
@@ -135,6 +137,7 @@ class UnlabeledPool:
     # k clean patches per colony at random positions inside its mask, (len(idx) * k, ...)
     patches_in_mask: Callable[[np.ndarray, int], torch.Tensor] | None = None
     nhwc: bool = False                # the pass on an NHWC copy (train.eval_channels_last)
+    cpu: bool = True                  # passes cut to ~256 patches (forward_chunks) on CPU only
 
     def __len__(self) -> int:
         return len(self.y)
@@ -146,7 +149,7 @@ class UnlabeledPool:
         was = model.training
         net = inference_model(model, self.nhwc)
         out = []
-        for a, b in forward_chunks(len(self), size, k):
+        for a, b in forward_chunks(len(self), size, k if self.cpu else 1):
             idx = np.arange(a, b)
             x = self.patches(idx) if k <= 1 else self.patches_in_mask(idx, k)
             p = torch.softmax(net(nhwc_input(x, self.nhwc))[0].float(), dim=1).cpu()
