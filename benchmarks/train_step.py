@@ -6,8 +6,11 @@ One MPL step (32 labeled + 32 unlabeled, weak and strong views) on CPU with ONE 
          that ipb and mpl_balanced run too (they differ only in the per-epoch resampling);
   plain: the textbook MPL-pytorch step written inline below (teacher forward on
          cat(l, uw, us), UDA, student forward + step, the student's new labeled loss, the
-         teacher's MPL loss, teacher step), same optimiser settings.
-Both run interleaved after a warm-up (rounds x steps each, the order alternating per round so
+         teacher's MPL loss, teacher step), same optimiser settings;
+  ours bf16: ours with train.cpu_amp=bf16 and train.channels_last, as the study profile runs
+         where the CPU has native bf16 (AMX / AVX512-BF16; skipped elsewhere): the same
+         operations at lower precision, the MPL signal h still from fp32 forwards.
+All run interleaved after a warm-up (rounds x steps each, the order alternating per round so
 drifting machine load hits both alike); medians of per-step wall times; ratio = ours / plain.
 
 The pseudo-balancing pass: `ipb.batches.plan_unlabeled_epoch` for method ipb on a Part of
@@ -19,7 +22,7 @@ cuts and augments batches, so this share is an upper bound.
 Then one MPL step per architecture of --archs (the CPU-study small_cnn next to VGG19 at the
 widths CPU studies used), one thread each, in NCHW and with train.channels_last (interleaved);
 with --compile also with train.compile (torch.compile of each network's forward).
-Last line: `mpl step ratio <r>, ipb balancing share <s>, <arch> <ms> ms, channels_last <arch>
+Last line: `mpl step ratio <r> (bf16 + channels_last <r16>), ipb balancing share <s>, <arch> <ms> ms, channels_last <arch>
 x<NCHW / NHWC>[, compile <arch> x<eager / compiled>], ...`.
 """
 from __future__ import annotations
@@ -38,7 +41,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from ipb.config import PAPER_CLASSES, load_config  # noqa: E402
+from ipb.config import PAPER_CLASSES, apply, load_config  # noqa: E402
+from ipb.config.load import native_cpu_bf16  # noqa: E402
 from ipb.data.augment import make_augment  # noqa: E402
 from ipb.batches import plan_unlabeled_epoch  # noqa: E402
 from ipb.engine import Part  # noqa: E402
@@ -167,25 +171,43 @@ def main() -> None:
     for g in plain.s_opt.param_groups:     # the student warm-up lr ours set in start_epoch
         g["lr"] = ours.opt_s.param_groups[0]["lr"]
     batch = make_batch(cfg, num_classes, args.size)
-
     runners = {"ours": lambda: ours.train_step(batch, epoch), "plain": lambda: plain.train_step(batch)}
+    # ours as the study runs it where the CPU has native bf16 (train.cpu_amp=auto, the study
+    # profile): bf16 autocast and NHWC, against the same fp32 textbook step
+    bf16 = native_cpu_bf16()
+    if bf16:
+        cfg16 = apply(cfg, {"train.cpu_amp": "bf16", "train.channels_last": True})
+        ours16 = create_method("mpl", cfg16, num_classes)
+        ours16.teacher.load_state_dict(ours.teacher.state_dict())
+        ours16.student.load_state_dict(ours.student.state_dict())
+        ours16.start_epoch(epoch)
+        batch16 = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v
+                   for k, v in batch.items()}
+        runners["ours bf16"] = lambda: ours16.train_step(batch16, epoch)
+    else:
+        print("this CPU has no native bf16 (AMX or AVX512-BF16): the bf16 step is not timed")
     for name, fn in runners.items():
         for _ in range(args.warmup):
             fn()
-    times: dict[str, list[float]] = {"ours": [], "plain": []}
+    times: dict[str, list[float]] = {k: [] for k in runners}
     for r in range(args.rounds):
-        order = ("ours", "plain") if r % 2 == 0 else ("plain", "ours")
+        order = list(runners) if r % 2 == 0 else list(runners)[::-1]
         for name in order:
             times[name] += [timed(runners[name]) for _ in range(args.steps)]
-        print(f"  round {r + 1}/{args.rounds}: ours {statistics.median(times['ours']):.3f}s "
-              f"plain {statistics.median(times['plain']):.3f}s (running medians), "
-              f"load {os.getloadavg()[0]:.2f}", flush=True)
+        print(f"  round {r + 1}/{args.rounds}: " + " ".join(
+            f"{k} {statistics.median(v):.3f}s" for k, v in times.items())
+            + f" (running medians), load {os.getloadavg()[0]:.2f}", flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["ours"] / med["plain"]
-    print(f"{'step':<8}{'median s':>10}{'min s':>10}{'max s':>10}{'n':>5}")
+    print(f"{'step':<10}{'median s':>10}{'min s':>10}{'max s':>10}{'n':>5}")
     for k, v in times.items():
-        print(f"{k:<8}{med[k]:>10.4f}{min(v):>10.4f}{max(v):>10.4f}{len(v):>5}")
+        print(f"{k:<10}{med[k]:>10.4f}{min(v):>10.4f}{max(v):>10.4f}{len(v):>5}")
     print(f"ratio ours/plain (median) {ratio:.3f}; min-based {min(times['ours']) / min(times['plain']):.3f}")
+    ratio16 = med["ours bf16"] / med["plain"] if bf16 else float("nan")
+    if bf16:
+        print(f"ratio ours with train.cpu_amp=bf16 + channels_last / plain fp32 (median) "
+              f"{ratio16:.3f}: precision, not fewer operations (ours fp32 is the textbook's "
+              "computation; h stays fp32)")
 
     # -- the pseudo-balancing pass at the start of an IPB epoch -------------------------------
     from tiny import tiny_rows
@@ -214,7 +236,8 @@ def main() -> None:
     print(f"epoch = pass + {steps_per_epoch} steps x {med['ours']:.3f}s = {t_balance:.1f}s + "
           f"{t_steps:.1f}s; balancing share {share:.3f}; load average {os.getloadavg()[0]:.2f}")
     arch_steps = arch_step_times(args) if args.archs else {}
-    print(f"mpl step ratio {ratio:.3f}, ipb balancing share {share:.3f}" + "".join(
+    print(f"mpl step ratio {ratio:.3f}" + (f" (bf16 + channels_last {ratio16:.3f})" if bf16
+                                            else "") + f", ipb balancing share {share:.3f}" + "".join(
         f", {k} x{v:.2f}" if k.startswith(("channels_last", "compile")) else
         f", {k} {v * 1000:.0f} ms"
         for k, v in arch_steps.items()))

@@ -20,7 +20,7 @@ from ipb.data.augment import make_augment
 from ipb.dist import all_reduce_sum, global_sum
 from ipb.evaluation import Part
 from ipb.methods import PHASE_INPUTS
-from ipb.methods.base import UnlabeledPool
+from ipb.methods.base import UnlabeledPool, cpu_bf16
 from ipb.models import model_info
 
 
@@ -180,9 +180,10 @@ def clean_pool(part: Part, positions: np.ndarray, classes: list[str], cfg: Confi
         pos = part.bank.random_positions_in_mask(idx, k, rng).reshape(-1, 2)
         return test(part.bank.extract(np.repeat(idx, k), pos)).to(device)
 
+    cpu = torch.device(device).type == "cpu"
     return UnlabeledPool(y=part.y, classes=classes, patches=patches, rng=rng, gen=gen,
-                         patches_in_mask=patches_in_mask, cpu=torch.device(device).type == "cpu",
-                         nhwc=cfg.train.eval_channels_last and torch.device(device).type == "cpu")
+                         patches_in_mask=patches_in_mask, cpu=cpu,
+                         nhwc=cfg.train.eval_channels_last and cpu, bf16=cpu_bf16(cfg, device))
 
 
 def true_fractions(part: Part, classes: list[str]) -> dict[str, float]:

@@ -229,6 +229,61 @@ def test_channels_last_is_the_same_run_up_to_float_order(method, parts):
     assert np.allclose(a, b, rtol=1e-3, atol=1e-4), (a, b)
 
 
+def test_cpu_bf16_trains_under_autocast_with_h_and_evaluation_in_fp32(parts, monkeypatch):
+    """train.cpu_amp=bf16: the steps and the teacher's colony pass run under CPU bf16
+    autocast (another trial, near the fp32 one), while MPL's clean h stays an fp32 forward:
+    bf16 rounding is as large as h (issue 22)."""
+    import warnings
+
+    from ipb.batches import clean_pool
+    monkeypatch.setattr("ipb.methods.base.native_cpu_bf16", lambda: True)   # no warning
+    out = {}
+    for amp in ("off", "bf16"):
+        cfg = cfg_for("ipb", "method.preset=robust", "train.steps_per_epoch=2",
+                      "train.epochs=2", f"train.cpu_amp={amp}")
+        m = create_method("ipb", cfg, len(CLASSES))
+        assert m.cpu_bf16 is (amp == "bf16")
+        x = torch.rand(4, 1, SIZE, SIZE)
+        with m.autocast():
+            conv = next(c for c in m.teacher.modules() if isinstance(c, torch.nn.Conv2d))
+            assert conv(x).dtype == (torch.bfloat16 if amp == "bf16" else torch.float32)
+        pos = parts["unlabeled"].bank.center_positions(np.arange(len(parts["unlabeled"])))
+        pool = clean_pool(parts["unlabeled"], pos, CLASSES, cfg, "cpu",
+                          np.random.default_rng(0), torch.Generator().manual_seed(0))
+        assert pool.bf16 is (amp == "bf16")
+        torch.manual_seed(0)
+        out[amp] = run_trial(cfg, parts, CLASSES, log=lambda s: None)
+    a, b = ([h["train.teacher_sup"] for h in out[k]["history"]] for k in ("off", "bf16"))
+    assert not np.array_equal(a, b) and np.allclose(a, b, rtol=0.05, atol=0.02), (a, b)
+    # h: the fp32 loss, bit for bit, not the bf16 one
+    batch = {"x_l": torch.rand(8, 1, SIZE, SIZE), "y_l": torch.arange(8) % 3}
+    fp32 = torch.nn.functional.cross_entropy(m.student.eval()(batch["x_l"])[0], batch["y_l"])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = torch.nn.functional.cross_entropy(
+            m.student(batch["x_l"])[0].float(), batch["y_l"])
+    m.student.train()
+    clean = m._labeled_loss_clean(batch["x_l"], batch)
+    assert torch.equal(clean, fp32) and not torch.equal(clean, bf16)
+    # a CPU without native bf16 is told that it emulates it
+    monkeypatch.setattr("ipb.methods.base.native_cpu_bf16", lambda: False)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        create_method("supervised", cfg, len(CLASSES))
+    assert any("emulates" in str(w.message) for w in seen)
+
+
+def test_cpu_amp_auto_becomes_what_this_cpu_runs_and_only_bf16_is_hashed(monkeypatch):
+    from ipb.config import identity, load_config, trial_hash
+    for native, want in ((True, "bf16"), (False, "off")):
+        monkeypatch.setattr("ipb.config.load.native_cpu_bf16", lambda: native)
+        assert load_config("smoke", ["train.cpu_amp=auto"]).train.cpu_amp == want
+        assert load_config("study").train.cpu_amp == want
+    off = load_config("smoke")
+    assert off.train.cpu_amp == "off"
+    assert "train.cpu_amp" not in identity(off)     # the old trials keep their hashes
+    assert trial_hash(load_config("smoke", ["train.cpu_amp=bf16"])) != trial_hash(off)
+
+
 def test_the_catalog_is_the_registry_and_the_readme_table():
     """`ipb methods`, the CLI's help, sweeps/baselines.py and the README's table all come from
     ipb/method_catalog.py, which reads the files; it must list exactly what is registered."""

@@ -139,10 +139,27 @@ def _with_preset(updates: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply(cfg: Config, updates: dict[str, Any]) -> Config:
-    """Apply dotted-key (or nested) updates, validating every key and value."""
+    """Apply dotted-key (or nested) updates, validating every key and value. `train.cpu_amp:
+    auto` becomes what this machine runs (bf16 or off), so the trial hash names it."""
     for key, value in _with_preset(current_keys(updates)).items():
         cfg = _set(cfg, key.split("."), value, key)
+    if cfg.train.cpu_amp == "auto":
+        cfg = _set(cfg, ["train", "cpu_amp"], resolve_cpu_amp("auto"), "train.cpu_amp")
     return validate(cfg)
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AMX or AVX512-BF16): where it does not, oneDNN
+    emulates bf16 and a bf16 step is slower than an fp32 one."""
+    import torch
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
+def resolve_cpu_amp(value: str) -> str:
+    """`train.cpu_amp` as it runs here: auto -> bf16 where the CPU has native bf16, else off."""
+    if value != "auto":
+        return value
+    return "bf16" if native_cpu_bf16() else "off"
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:

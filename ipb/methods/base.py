@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ipb.config import Config
+from ipb.config.load import native_cpu_bf16, resolve_cpu_amp
 from ipb.methods.partial import candidate_nll, partial_label_loss
 from ipb.models import create_model
 
@@ -91,6 +93,18 @@ def forward_chunks(n: int, size: int, k: int):
             yield a, min(e, a + step)
 
 
+def cpu_bf16(cfg: Config, device: str | torch.device) -> bool:
+    """Whether passes on `device` run under bf16 autocast: a CPU with train.cpu_amp=bf16 (auto
+    resolved here when a config was built without `apply`)."""
+    if torch.device(device).type != "cpu" or resolve_cpu_amp(cfg.train.cpu_amp) != "bf16":
+        return False
+    if not native_cpu_bf16():
+        warnings.warn("train.cpu_amp=bf16 on a CPU without native bf16 (AMX or AVX512-BF16): "
+                      "oneDNN emulates it, slower than fp32; train.cpu_amp=auto picks fp32 "
+                      "here (another trial hash)", RuntimeWarning, stacklevel=2)
+    return True
+
+
 def nhwc_input(x: torch.Tensor, nhwc: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if nhwc and x.dim() == 4 else x
 
@@ -138,6 +152,7 @@ class UnlabeledPool:
     patches_in_mask: Callable[[np.ndarray, int], torch.Tensor] | None = None
     nhwc: bool = False                # the pass on an NHWC copy (train.eval_channels_last)
     cpu: bool = True                  # passes cut to ~256 patches (forward_chunks) on CPU only
+    bf16: bool = False                # the pass under CPU bf16 autocast (train.cpu_amp)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -152,7 +167,9 @@ class UnlabeledPool:
         for a, b in forward_chunks(len(self), size, k if self.cpu else 1):
             idx = np.arange(a, b)
             x = self.patches(idx) if k <= 1 else self.patches_in_mask(idx, k)
-            p = torch.softmax(net(nhwc_input(x, self.nhwc))[0].float(), dim=1).cpu()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                logits = net(nhwc_input(x, self.nhwc))[0]
+            p = torch.softmax(logits.float(), dim=1).cpu()
             out.append(p.view(len(idx), max(k, 1), -1).mean(dim=1))
         model.train(was)
         return torch.cat(out) if out else torch.zeros(0, 0)
@@ -173,6 +190,7 @@ class Method:
         self.cfg, self.num_classes, self.device, self.wrap = cfg, num_classes, device, wrap
         self.step_count = 0
         self.amp = cfg.train.amp and device.type == "cuda"
+        self.cpu_bf16 = cpu_bf16(cfg, device)
         self.student_start: dict | None = None   # the student's weights at its stage start
 
     # -- building blocks -------------------------------------------------------------------
@@ -187,9 +205,11 @@ class Method:
         return self.wrap(model)
 
     def autocast(self):
-        # bf16 needs no GradScaler; CPU runs stay in fp32
+        # bf16 needs no GradScaler; CPU runs stay in fp32 unless train.cpu_amp says bf16
         if self.amp:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        if self.cpu_bf16:
+            return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     @staticmethod
