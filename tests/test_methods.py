@@ -229,59 +229,89 @@ def test_channels_last_is_the_same_run_up_to_float_order(method, parts):
     assert np.allclose(a, b, rtol=1e-3, atol=1e-4), (a, b)
 
 
+def _conv_dtypes(model):
+    """Records the output dtype of every Conv2d of `model` (and of its copies: the hooks are
+    copied with it, as inference_model's NHWC copy does)."""
+    seen = []
+    for c in model.modules():
+        if isinstance(c, torch.nn.Conv2d):
+            c.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    return seen
+
+
 def test_cpu_bf16_trains_under_autocast_with_h_and_evaluation_in_fp32(parts, monkeypatch):
     """train.cpu_amp=bf16: the steps and the teacher's colony pass run under CPU bf16
-    autocast (another trial, near the fp32 one), while MPL's clean h stays an fp32 forward:
-    bf16 rounding is as large as h (issue 22)."""
+    autocast on NHWC networks (another trial, near the fp32 one); evaluation and the student
+    forwards that give MPL's h stay fp32 (bf16 rounding is a sizeable part of h: issue 22)."""
     import warnings
 
     from ipb.batches import clean_pool
+    from ipb.evaluation import predict_proba
     monkeypatch.setattr("ipb.methods.base.native_cpu_bf16", lambda: True)   # no warning
     out = {}
     for amp in ("off", "bf16"):
         cfg = cfg_for("ipb", "method.preset=robust", "train.steps_per_epoch=2",
                       "train.epochs=2", f"train.cpu_amp={amp}")
         m = create_method("ipb", cfg, len(CLASSES))
+        low = torch.bfloat16 if amp == "bf16" else torch.float32
         assert m.cpu_bf16 is (amp == "bf16")
-        x = torch.rand(4, 1, SIZE, SIZE)
-        with m.autocast():
-            conv = next(c for c in m.teacher.modules() if isinstance(c, torch.nn.Conv2d))
-            assert conv(x).dtype == (torch.bfloat16 if amp == "bf16" else torch.float32)
+        assert next(p for p in m.teacher.parameters() if p.dim() == 4).is_contiguous(
+            memory_format=torch.channels_last if amp == "bf16" else torch.contiguous_format)
+        seen = _conv_dtypes(m.teacher)
         pos = parts["unlabeled"].bank.center_positions(np.arange(len(parts["unlabeled"])))
         pool = clean_pool(parts["unlabeled"], pos, CLASSES, cfg, "cpu",
                           np.random.default_rng(0), torch.Generator().manual_seed(0))
-        assert pool.bf16 is (amp == "bf16")
+        pool.colony_proba(m.teacher, k=2)
+        assert seen and set(seen) == {low}
+        seen.clear()
+        predict_proba(m.teacher, parts["unlabeled"], cfg, "cpu", np.random.default_rng(0))
+        assert seen and set(seen) == {torch.float32}
         torch.manual_seed(0)
         out[amp] = run_trial(cfg, parts, CLASSES, log=lambda s: None)
     a, b = ([h["train.teacher_sup"] for h in out[k]["history"]] for k in ("off", "bf16"))
     assert not np.array_equal(a, b) and np.allclose(a, b, rtol=0.05, atol=0.02), (a, b)
-    # h: the fp32 loss, bit for bit, not the bf16 one
-    batch = {"x_l": torch.rand(8, 1, SIZE, SIZE), "y_l": torch.arange(8) % 3}
-    fp32 = torch.nn.functional.cross_entropy(m.student.eval()(batch["x_l"])[0], batch["y_l"])
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        bf16 = torch.nn.functional.cross_entropy(
-            m.student(batch["x_l"])[0].float(), batch["y_l"])
-    m.student.train()
-    clean = m._labeled_loss_clean(batch["x_l"], batch)
-    assert torch.equal(clean, fp32) and not torch.equal(clean, bf16)
+    # h: every student forward of a step in fp32, the teacher's in bf16, in both h modes
+    batch = {"x_l": torch.rand(8, 1, SIZE, SIZE), "y_l": torch.arange(8) % 3,
+             "x_uw": torch.rand(8, 1, SIZE, SIZE), "x_us": torch.rand(8, 1, SIZE, SIZE),
+             "i_u": torch.arange(8)}
+    for h_mode in ("clean", "paper"):
+        cfg = cfg_for("mpl", "method.preset=robust", f"method.mpl.h_mode={h_mode}",
+                      "train.cpu_amp=bf16", "method.teacher_pretrain_epochs=0")
+        m = create_method("mpl", cfg, len(CLASSES))
+        m.start_epoch(0)
+        m.begin_final_stage(None)
+        teacher, student = _conv_dtypes(m.teacher), _conv_dtypes(m.student)
+        m.train_step(batch, 0)
+        assert set(teacher) == {torch.bfloat16}, h_mode
+        # clean: the student's train forward on x_us is bf16, its two eval forwards fp32
+        want = [torch.bfloat16, torch.float32, torch.float32] if h_mode == "clean" else \
+            [torch.float32, torch.float32]
+        per = len(student) // len(want)
+        assert [student[i * per] for i in range(len(want))] == want, (h_mode, student)
     # a CPU without native bf16 is told that it emulates it
     monkeypatch.setattr("ipb.methods.base.native_cpu_bf16", lambda: False)
-    with warnings.catch_warnings(record=True) as seen:
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         create_method("supervised", cfg, len(CLASSES))
-    assert any("emulates" in str(w.message) for w in seen)
+    assert any("emulates" in str(w.message) for w in caught)
 
 
-def test_cpu_amp_auto_becomes_what_this_cpu_runs_and_only_bf16_is_hashed(monkeypatch):
+def test_cpu_amp_auto_becomes_what_this_machine_runs_and_only_bf16_is_hashed(monkeypatch):
     from ipb.config import identity, load_config, trial_hash
     for native, want in ((True, "bf16"), (False, "off")):
         monkeypatch.setattr("ipb.config.load.native_cpu_bf16", lambda: native)
         assert load_config("smoke", ["train.cpu_amp=auto"]).train.cpu_amp == want
         assert load_config("study").train.cpu_amp == want
+        # decided once every key is known: a GPU trial has nothing on CPU autocast
+        assert load_config("study", ["train.use_gpu=true"]).train.cpu_amp == "off"
     off = load_config("smoke")
     assert off.train.cpu_amp == "off"
     assert "train.cpu_amp" not in identity(off)     # the old trials keep their hashes
-    assert trial_hash(load_config("smoke", ["train.cpu_amp=bf16"])) != trial_hash(off)
+    bf16 = load_config("smoke", ["train.cpu_amp=bf16"])
+    assert trial_hash(bf16) != trial_hash(off)
+    gpu = [load_config("smoke", ["train.use_gpu=true", f"train.cpu_amp={v}"]) for v in
+           ("off", "bf16")]
+    assert trial_hash(gpu[0]) == trial_hash(gpu[1])
 
 
 def test_the_catalog_is_the_registry_and_the_readme_table():

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from ipb.config.load import apply, flatten
+from ipb.config.load import apply, flatten, resolve_cpu_amp
 from ipb.config.schema import Config
 from ipb.config.settings import legacy_keys, new_keys
 
@@ -68,6 +68,8 @@ def identity(cfg: Config) -> dict[str, Any]:
             continue
         if k in newer and newer[k][0] != cfg.method.name and v == newer[k][1]:
             continue
+        if k == "train.cpu_amp":     # what runs: nothing on CPU autocast when on a GPU
+            v = "off" if cfg.train.use_gpu else resolve_cpu_amp(v)
         if k in _HASHED_WHEN_SET and v == _HASHED_WHEN_SET[k]:
             continue
         out[old_name.get(k, k)] = v

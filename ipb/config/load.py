@@ -139,12 +139,9 @@ def _with_preset(updates: dict[str, Any]) -> dict[str, Any]:
 
 
 def apply(cfg: Config, updates: dict[str, Any]) -> Config:
-    """Apply dotted-key (or nested) updates, validating every key and value. `train.cpu_amp:
-    auto` becomes what this machine runs (bf16 or off), so the trial hash names it."""
+    """Apply dotted-key (or nested) updates, validating every key and value."""
     for key, value in _with_preset(current_keys(updates)).items():
         cfg = _set(cfg, key.split("."), value, key)
-    if cfg.train.cpu_amp == "auto":
-        cfg = _set(cfg, ["train", "cpu_amp"], resolve_cpu_amp("auto"), "train.cpu_amp")
     return validate(cfg)
 
 
@@ -155,11 +152,12 @@ def native_cpu_bf16() -> bool:
     return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
-def resolve_cpu_amp(value: str) -> str:
-    """`train.cpu_amp` as it runs here: auto -> bf16 where the CPU has native bf16, else off."""
+def resolve_cpu_amp(value: str, use_gpu: bool = False) -> str:
+    """`train.cpu_amp` as it runs here: auto -> bf16 where the CPU has native bf16 (and the
+    trial trains on CPU), else off."""
     if value != "auto":
         return value
-    return "bf16" if native_cpu_bf16() else "off"
+    return "bf16" if not use_gpu and native_cpu_bf16() else "off"
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -207,6 +205,10 @@ def load_config(profile: str = "smoke", overrides: list[str] | dict | None = Non
         if not isinstance(overrides, dict):
             overrides = parse_overrides(list(overrides))
         cfg = apply(cfg, overrides)
+    if cfg.train.cpu_amp == "auto":
+        # what this machine runs, once every key is known: the trial hash names it, and a
+        # trial's workers follow it (a worker CPU without native bf16 emulates it, warned)
+        cfg = apply(cfg, {"train.cpu_amp": resolve_cpu_amp("auto", cfg.train.use_gpu)})
     return cfg
 
 

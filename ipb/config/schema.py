@@ -193,12 +193,14 @@ class TrainConfig:
     use_gpu: bool = False
     gpus_per_worker: float = 1.0      # < 1 packs several small trials onto one GPU
     amp: bool = True                  # only used on GPU
-    # bf16 autocast on CPU (training steps and the teacher's colony pass; evaluation and MPL's
-    # clean h stay fp32): a CPU with AMX makes small_cnn's MPL step x1.8 faster with
-    # channels_last, its colony pass x2.7, vgg19's step x2.7 (benchmarks/train_step.py).
-    # Not the fp32 computation (8-bit mantissa), so in the trial hash when not off; auto =
-    # bf16 where the CPU has native bf16 (AMX or AVX512-BF16), resolved when the config is
-    # loaded (the hash says which ran); elsewhere bf16 is emulated and slower than fp32
+    # bf16 autocast on CPU, the networks in NHWC: training steps and the teacher's colony
+    # pass; evaluation and the student's forwards that give MPL's h stay fp32. On this AMX
+    # CPU small_cnn's MPL step is x1.8 faster (robust preset x1.57), its colony pass x2.4,
+    # vgg19 width 0.25's step x2.7 (benchmarks/train_step.py). Not the fp32 computation
+    # (8-bit mantissa): in the trial hash when not off. auto = bf16 where the CPU has native
+    # bf16 (AMX or AVX512-BF16) and the trial is not on a GPU, fixed by load_config on the
+    # machine that builds the config (its hash says which ran); without native bf16 oneDNN
+    # emulates it, slower than fp32
     cpu_amp: Literal["off", "bf16", "auto"] = "off"
     # NHWC weights and batches: the same computation up to float summation order (not in the
     # trial hash); benchmarks/train_step.py measures it against NCHW per network
