@@ -237,8 +237,8 @@ def main() -> None:
     print(f"epoch = pass + {steps_per_epoch} steps x {med['ours']:.3f}s = {t_balance:.1f}s + "
           f"{t_steps:.1f}s; balancing share {share:.3f}; load average {os.getloadavg()[0]:.2f}")
     arch_steps = arch_step_times(args) if args.archs else {}
-    print(f"mpl step ratio {ratio:.3f}" + (f" (train.cpu_amp=bf16 {ratio16:.3f})" if bf16
-                                            else "") + f", ipb balancing share {share:.3f}" + "".join(
+    with_bf16 = f" (train.cpu_amp=bf16 {ratio16:.3f})" if bf16 else ""
+    print(f"mpl step ratio {ratio:.3f}{with_bf16}, ipb balancing share {share:.3f}" + "".join(
         f", {k} x{v:.2f}" if k.startswith(("channels_last", "compile")) else
         f", {k} {v * 1000:.0f} ms"
         for k, v in arch_steps.items()))

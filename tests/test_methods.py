@@ -296,14 +296,18 @@ def test_cpu_bf16_trains_under_autocast_with_h_and_evaluation_in_fp32(parts, mon
     assert any("emulates" in str(w.message) for w in caught)
 
 
-def test_cpu_amp_auto_becomes_what_this_machine_runs_and_only_bf16_is_hashed(monkeypatch):
+def test_cpu_amp_auto_becomes_what_this_machine_runs_and_only_bf16_is_hashed(monkeypatch,
+                                                                               tmp_path):
     from ipb.config import identity, load_config, trial_hash
+    gpu_file = tmp_path / "gpu.yaml"
+    gpu_file.write_text("base_profile: study\ntrain:\n  use_gpu: true\n")
     for native, want in ((True, "bf16"), (False, "off")):
         monkeypatch.setattr("ipb.config.load.native_cpu_bf16", lambda: native)
         assert load_config("smoke", ["train.cpu_amp=auto"]).train.cpu_amp == want
         assert load_config("study").train.cpu_amp == want
         # decided once every key is known: a GPU trial has nothing on CPU autocast
         assert load_config("study", ["train.use_gpu=true"]).train.cpu_amp == "off"
+        assert load_config(str(gpu_file)).train.cpu_amp == "off"
     off = load_config("smoke")
     assert off.train.cpu_amp == "off"
     assert "train.cpu_amp" not in identity(off)     # the old trials keep their hashes

@@ -180,6 +180,16 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
 
 def load_config(profile: str = "smoke", overrides: list[str] | dict | None = None) -> Config:
     """A profile name (smoke, paper, study) or a YAML file path, then key=value overrides."""
+    cfg = _load(profile, overrides)
+    if cfg.train.cpu_amp == "auto":
+        # what this machine runs, once every key is known (a YAML file's base profile may say
+        # auto and the file train.use_gpu): the trial hash names it, and a trial's workers
+        # follow it (a worker CPU without native bf16 emulates it, warned)
+        cfg = apply(cfg, {"train.cpu_amp": resolve_cpu_amp("auto", cfg.train.use_gpu)})
+    return cfg
+
+
+def _load(profile: str, overrides: list[str] | dict | None) -> Config:
     cfg = Config()
     if profile in PROFILES:
         cfg = apply(cfg, PROFILES[profile])
@@ -195,7 +205,7 @@ def load_config(profile: str = "smoke", overrides: list[str] | dict | None = Non
         if not isinstance(data, dict):
             raise ConfigError(f"profile file {profile!r} must hold a mapping")
         base = data.pop("base_profile", "smoke")
-        cfg = load_config(base)
+        cfg = _load(base, None)
         cfg = apply(cfg, {"profile": data.pop("profile", path.stem)})
         cfg = apply(cfg, data)
     else:
@@ -205,10 +215,6 @@ def load_config(profile: str = "smoke", overrides: list[str] | dict | None = Non
         if not isinstance(overrides, dict):
             overrides = parse_overrides(list(overrides))
         cfg = apply(cfg, overrides)
-    if cfg.train.cpu_amp == "auto":
-        # what this machine runs, once every key is known: the trial hash names it, and a
-        # trial's workers follow it (a worker CPU without native bf16 emulates it, warned)
-        cfg = apply(cfg, {"train.cpu_amp": resolve_cpu_amp("auto", cfg.train.use_gpu)})
     return cfg
 
 

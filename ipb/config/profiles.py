@@ -59,8 +59,8 @@ PROFILES: dict[str, dict[str, Any]] = {
               # all 10 folds: with 5 pairs the corrected test could only detect ~0.08 (the
               # paired differences' SD is ~0.05 at 1 % labelled), more than any row gained
               "sweep.folds": list(range(10)), "sweep.max_concurrent": 2,
-              # bf16 (and NHWC) where the CPU has it natively (AMX / AVX512-BF16): x1.8 per
-              # MPL step of small_cnn, x2.4 per colony pass, 62 -> 88 trials an hour on this
+              # bf16 (and NHWC) where the CPU has it natively (AMX / AVX512-BF16): small_cnn's
+              # robust MPL step x1.57, the colony pass x2.4, 62 -> 84 trials an hour on this
               # AMX CPU (benchmarks/trial_time.py); fp32 NCHW elsewhere, under the old hashes
               "train.cpu_amp": "auto"},
 }

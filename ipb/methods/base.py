@@ -199,7 +199,7 @@ class Method:
         model = create_model(m.arch, num_classes=self.num_classes, width=m.width,
                              dropout=m.dropout).to(self.device)
         # bf16 on CPU trains NHWC: oneDNN's bf16 kernels are fastest there (small_cnn's MPL
-        # step x1.8 over fp32 NCHW, x1.46 in bf16 NCHW; benchmarks/train_step.py)
+        # step with every forward in bf16: x1.8 over fp32 NCHW in NHWC, x1.46 in NCHW)
         if self.cfg.train.channels_last or self.cpu_bf16:
             model = model.to(memory_format=torch.channels_last)
         if self.cfg.train.compile:
