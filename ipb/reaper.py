@@ -22,6 +22,7 @@ import time
 
 INTERVAL_S = 1.0
 GRACE_S = 3.0
+LOOK_S = 0.1       # during the grace period: how often the recorded processes' children are read
 _held: list[int] = []          # the command's end of the pipe, open until it exits
 
 
@@ -65,12 +66,20 @@ def watch(pid: int, fd: int) -> int:
         if ready and not os.read(fd, 64):
             break                                 # EOF: the command is gone
         seen.update({p: t for p, t in descendants(pid).items() if p != me})
-    time.sleep(GRACE_S)
     # what a recorded process (the raylet) started since the last look: a worker forked in the
-    # command's last second was never seen as the command's descendant, and outlived it
-    for p in list(seen):
-        if (_stat(p) or (0, None))[1] == seen[p]:
-            seen.update({c: t for c, t in descendants(p).items() if c != me})
+    # command's last second was never seen as the command's descendant, and outlived it. Looked
+    # for through the grace period, from its first moment: once the raylet has exited, its
+    # workers hang under init and nothing links them to the command (CI, a loaded machine:
+    # two ray::IDLE workers forked in the last second lived on after a look made only at the
+    # end of the grace period)
+    end = time.monotonic() + GRACE_S
+    while True:
+        for p in list(seen):
+            if (_stat(p) or (0, None))[1] == seen[p]:
+                seen.update({c: t for c, t in descendants(p).items() if c != me})
+        if time.monotonic() >= end:
+            break
+        time.sleep(LOOK_S)
     killed = 0
     for p, start in seen.items():
         st = _stat(p)

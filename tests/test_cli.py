@@ -1,4 +1,6 @@
 """The `ipb` command: --help everywhere, overrides after options, errors that name the key."""
+import sys
+
 import pytest
 
 from ipb.cli import build_parser, main
@@ -254,6 +256,64 @@ def test_the_raylet_worker_count_warning_is_not_printed():
                          capture_output=True, text=True, timeout=100)
     assert out.returncode == 0 and "16 actors" in out.stdout, out.stderr[-2000:]
     assert "PYTHON worker processes" not in out.stdout + out.stderr
+
+
+# a command that starts the reaper and a "raylet", which forks a "worker" and exits shortly
+# after the command is gone, leaving the worker under init (as a raylet's IDLE workers were)
+_COMMAND = """
+import subprocess, sys, time
+from ipb import reaper
+reaper.start()
+subprocess.Popen([sys.executable, "-c", sys.argv[2], sys.argv[1]])
+time.sleep(120)
+"""
+_RAYLET = """
+import os, subprocess, sys, time
+parent = os.getppid()
+time.sleep(2.5)                     # long enough for the reaper to have recorded the raylet
+w = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+open(sys.argv[1] + ".tmp", "w").write(str(w.pid))
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+while os.getppid() == parent:       # until the command is gone
+    time.sleep(0.01)
+time.sleep(0.3)                     # Ray's own shutdown: the raylet goes, its worker stays
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reaper reads /proc")
+def test_the_reaper_kills_a_worker_forked_in_the_commands_last_second(tmp_path):
+    """A worker the raylet forks just before the command is killed is never seen as the
+    command's descendant (the reaper looks every second), and the raylet exits before the grace
+    period ends: the reaper must read the raylet's children from the moment the command is gone
+    (CI: two ray::IDLE workers outlived a killed ingest when it looked only at the end)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from ipb.reaper import GRACE_S, _stat
+    pid_file = tmp_path / "worker.pid"
+    env = {k: v for k, v in os.environ.items() if k != "IPB_NO_REAPER"}
+    cmd = subprocess.Popen([sys.executable, "-c", _COMMAND, str(pid_file), _RAYLET], env=env)
+    worker = None
+    try:
+        deadline = time.time() + 20
+        while not pid_file.exists() and time.time() < deadline:
+            time.sleep(0.005)
+        worker = int(pid_file.read_text())
+        start = _stat(worker)[1]
+        cmd.send_signal(signal.SIGKILL)      # within ms of the fork: after the reaper's look
+        cmd.wait()
+        deadline = time.time() + GRACE_S + 5
+        while time.time() < deadline and (_stat(worker) or (0, None))[1] == start:
+            time.sleep(0.1)
+        assert (_stat(worker) or (0, None))[1] != start, "the worker outlived the command"
+    finally:
+        if cmd.poll() is None:
+            cmd.kill()
+        if worker is not None and _stat(worker) is not None:
+            os.kill(worker, signal.SIGKILL)
 
 
 def _name(pid: int) -> str:

@@ -60,7 +60,7 @@ PROFILES: dict[str, dict[str, Any]] = {
               # paired differences' SD is ~0.05 at 1 % labelled), more than any row gained
               "sweep.folds": list(range(10)), "sweep.max_concurrent": 2,
               # bf16 (and NHWC) where the CPU has it natively (AMX / AVX512-BF16): small_cnn's
-              # robust MPL step x1.57, the colony pass x2.4, 62 -> 84 trials an hour on this
+              # MPL step x1.56-1.66, its colony pass x1.86, 62 -> 84 trials an hour on this
               # AMX CPU (benchmarks/trial_time.py); fp32 NCHW elsewhere, under the old hashes
               "train.cpu_amp": "auto"},
 }

@@ -195,9 +195,9 @@ class TrainConfig:
     amp: bool = True                  # only used on GPU
     # bf16 autocast on CPU (the networks of Method.new_model in NHWC): training steps and the
     # teacher's colony pass; evaluation and the student's forwards that give MPL's h stay
-    # fp32. On this AMX CPU, one thread: small_cnn's MPL step x1.57 (robust preset) and x1.58
-    # (paper h mode), vgg19 width 0.25's x1.86 (paper h mode; benchmarks/train_step.py), the
-    # learn preset's colony pass x2.4 (2026-12-06 measurements). Not the fp32 computation
+    # fp32. On this AMX CPU, one thread: small_cnn's MPL step x1.56 robust, x1.66 learn, the
+    # learn preset's colony pass x1.86 (benchmarks/cpu_bf16.py), x1.58 and vgg19 width 0.25's
+    # x1.86 in the paper's h mode (benchmarks/train_step.py). Not the fp32 computation
     # (8-bit mantissa): in the trial hash when not off. auto = bf16 where the CPU has native
     # bf16 (AMX or AVX512-BF16) and the trial is not on a GPU, fixed by load_config on the
     # machine that builds the config (its hash says which ran); without native bf16 oneDNN
