@@ -70,7 +70,7 @@ def predict_proba(model: torch.nn.Module, part, cfg: Config, device: torch.devic
     k = cfg.patch.test_patches
     rows = np.arange(len(part)) if idx is None else np.asarray(idx)
     out = []
-    for a, b in forward_chunks(len(rows), batch, k if cpu else 1):
+    for a, b in forward_chunks(len(rows), batch, k, cut=cpu):
         chunk = rows[a:b]
         if k <= 1:
             idx_k, pos = chunk, part.bank.center_positions(chunk)

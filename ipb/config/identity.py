@@ -49,11 +49,6 @@ _NOT_IN_TRIAL_HASH = ("profile", "tracking.", "sweep.", "train.storage", "data.c
                       "data.label_map")
 
 
-# settings added after trials were stored: hashed only when off their default, so a trial that
-# does not use one keeps its hash
-_HASHED_WHEN_SET = {"train.cpu_amp": "off"}
-
-
 def identity(cfg: Config) -> dict[str, Any]:
     """The flat config keys that decide what a trial computes (not where or how fast). A
     method's keys of before method settings go by their old names (`method.fixmatch.threshold`
@@ -68,10 +63,12 @@ def identity(cfg: Config) -> dict[str, Any]:
             continue
         if k in newer and newer[k][0] != cfg.method.name and v == newer[k][1]:
             continue
-        if k == "train.cpu_amp":     # what runs: nothing on CPU autocast when on a GPU
+        if k == "train.cpu_amp":
+            # what runs (nothing on CPU autocast when on a GPU); added after trials were
+            # stored, so hashed only when bf16 runs: a trial without it keeps its hash
             v = "off" if cfg.train.use_gpu else resolve_cpu_amp(v)
-        if k in _HASHED_WHEN_SET and v == _HASHED_WHEN_SET[k]:
-            continue
+            if v == "off":
+                continue
         out[old_name.get(k, k)] = v
     return out
 

@@ -75,7 +75,7 @@ def inference_model(model: nn.Module, nhwc: bool) -> nn.Module:
     return copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
 
 
-def forward_chunks(n: int, size: int, k: int):
+def forward_chunks(n: int, size: int, k: int, cut: bool = True):
     """Colony ranges [a, b) of an inference pass over n colonies with k patches each: chunks
     of `size` colonies, a full one cut into d equal passes (d the largest divisor of `size` up
     to k) of size * k / d patches: at least `size`, under 2 * size when size is a power of
@@ -83,9 +83,9 @@ def forward_chunks(n: int, size: int, k: int):
     (the activations leave the cache). The last chunk is kept whole, so every pass is as large
     as before or an exact part of one, and on CPU the softmax stays bit-identical (a batch of
     <= 12 patches takes another oneDNN kernel and differs in the last bits; >= 16 agree, every
-    registered model, NCHW and NHWC). Callers pass k=1 on a GPU, which keeps the old passes
-    (cuDNN may choose by batch size, and a GPU is fed better by large batches)."""
-    d = max(q for q in range(1, max(k, 1) + 1) if size % q == 0)
+    registered model, NCHW and NHWC). Callers pass cut=False on a GPU: one pass per chunk, the
+    old passes (cuDNN may choose by batch size, and a GPU is fed better by large batches)."""
+    d = max(q for q in range(1, max(k, 1) + 1) if size % q == 0) if cut else 1
     for s in range(0, n, size):
         e = min(n, s + size)
         step = size // d if e - s == size else e - s
@@ -95,7 +95,7 @@ def forward_chunks(n: int, size: int, k: int):
 
 def cpu_bf16(cfg: Config, device: str | torch.device) -> bool:
     """Whether passes on `device` run under bf16 autocast: a CPU with train.cpu_amp=bf16 (auto
-    resolved here when a config was built without `apply`)."""
+    resolved here when a config was built without `load_config`)."""
     if torch.device(device).type != "cpu" or resolve_cpu_amp(cfg.train.cpu_amp) != "bf16":
         return False
     if not native_cpu_bf16():
@@ -164,7 +164,7 @@ class UnlabeledPool:
         was = model.training
         net = inference_model(model, self.nhwc)
         out = []
-        for a, b in forward_chunks(len(self), size, k if self.cpu else 1):
+        for a, b in forward_chunks(len(self), size, k, cut=self.cpu):
             idx = np.arange(a, b)
             x = self.patches(idx) if k <= 1 else self.patches_in_mask(idx, k)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):

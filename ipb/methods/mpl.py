@@ -280,9 +280,9 @@ class MPL(Method):
         # sees the BN statistics this forward just updated, as the "after" one will.
         # h = after - before comes from fp32 forwards whatever train.amp / train.cpu_amp say:
         # bf16 rounding of the labeled loss was 3.4e-4 on a trained small_cnn (6 % of its |h|
-        # of 0.0055, a fifth of the study's robust mean |h| 0.0018) and 63 % of |h| at chance
-        # level (2026-12-06). So in
-        # paper mode, whose "before" is this forward, the student's forwards stay fp32
+        # of 0.0055, a fifth of the study's robust mean |h| 0.0018; benchmarks/cpu_bf16.py)
+        # and 63 % of |h| at chance level. So in paper mode, whose "before" is this forward,
+        # the student's forwards stay fp32
         with self.autocast() if clean else contextlib.nullcontext():
             s_logits, _ = self.student(x_us if clean else torch.cat([x_l, x_us]))
         s_logits = s_logits.float()
