@@ -34,6 +34,7 @@ from train_step import make_batch, timed  # noqa: E402
 
 from ipb.config import PAPER_CLASSES, load_config  # noqa: E402
 from ipb.config.load import native_cpu_bf16  # noqa: E402
+from ipb.machine import describe  # noqa: E402
 from ipb.methods import create_method  # noqa: E402
 
 C = len(PAPER_CLASSES)
@@ -143,6 +144,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--unlabeled", type=int, default=2000)
     a = ap.parse_args()
+    print(describe(), flush=True)
     if not native_cpu_bf16():
         print("cpu bf16: this CPU has no native bf16 (AMX or AVX512-BF16); train.cpu_amp=auto "
               "runs fp32 here, nothing to measure")

@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from ipb.machine import describe
 from ipb.methods.base import inference_model, nhwc_input
 from ipb.models import create_model
 
@@ -39,6 +40,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (a trial's: 1)")
     a = ap.parse_args(argv)
+    print(describe(), flush=True)
     torch.set_num_threads(a.threads)
     parts, worst = [], 0.0
     for spec in a.archs.split(","):

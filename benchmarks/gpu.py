@@ -4,7 +4,8 @@ The GPU check in one command (issue 22): run it first on a machine with a CUDA d
 without, the same code runs on the CPU at a tiny budget (what tests/test_gpu_check.py does), so
 it has been run before it meets a GPU. Nothing in ipb depends on it.
 
-All inside ONE Ray Train worker (a TorchTrainer, 1 GPU when there is one), as a trial runs:
+All inside ONE Ray Train worker (a TorchTrainer, 1 GPU when there is one), as a trial runs
+(or in this process where Ray is missing, see --runner below):
   compute: per network x AMP bf16 {off, on} x channels_last {off, on}: `--steps` MPL steps
     (ipb/methods/mpl.py train_step, the step MPL and IPB run: teacher and student) on one
     batch resident on the device, after warm-up; samples/s (labeled + unlabeled samples per
@@ -20,6 +21,12 @@ All inside ONE Ray Train worker (a TorchTrainer, 1 GPU when there is one), as a 
 Last line: `gpu check: <device>, <arch> <best> <samples/s> (x<speed-up> over fp32), ...; data
 cpu-aug <steps/s> device-aug <steps/s>, keeps up: <yes|no>; vgg19 SGD loss <l> (ln 4 1.386)`.
 On an H200-class GPU the defaults take about 3 minutes.
+
+`--runner auto` (default) measures inside a Ray Train worker where Ray is installed, and in this
+process where it is not: the lent GPU machines' image has PyTorch, NumPy, OpenCV, scikit-image,
+numba and timm but no Ray, MLflow or Optuna, and Ray's wheel is larger than what may travel
+there. The measurements are the same functions either way. From a bare checkout there:
+`PYTHONUNBUFFERED=1 python3 benchmarks/gpu.py` (the repository root is put on sys.path here).
 """
 from __future__ import annotations
 
@@ -33,7 +40,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]
+# the repository root too: on a lent GPU machine ipb is not installed, only checked out
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]
+
+from ipb.machine import describe  # noqa: E402
 
 CLASSES = ("Spread", "Dense", "Differentiated", "Debris")
 
@@ -191,14 +201,10 @@ def learn(a, device) -> dict:
             "optimizer": f"{cfg.train.optimizer} lr {cfg.train.lr}", "steps": a.learn_steps}
 
 
-def bench_loop(config: dict) -> None:
-    """The Ray Train worker: every measurement, reported once as JSON."""
-    import ray.train
+def measure(a: argparse.Namespace, device) -> dict:
+    """Every measurement on `device`, as one JSON-able dict (Ray Train worker or this process)."""
     import torch
-    sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "tests")]   # a new process
-    a = argparse.Namespace(**config)
-    cuda = torch.cuda.is_available() and a.use_gpu
-    device = ray.train.torch.get_device() if cuda else torch.device("cpu")
+    cuda = device.type == "cuda"
     out = {"device": torch.cuda.get_device_name(device) if cuda else "cpu (no CUDA device)",
            "compute": {}}
     for arch in a.archs.split(","):
@@ -208,6 +214,17 @@ def bench_loop(config: dict) -> None:
                 out["compute"][key] = compute(arch, amp, cl, a, device)
     out["data"] = data_path(a, device)
     out["learn"] = learn(a, device)
+    return out
+
+
+def bench_loop(config: dict) -> None:
+    """The Ray Train worker: `measure`, reported once as JSON."""
+    import ray.train
+    import torch
+    sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks"), str(ROOT / "tests")]   # a new process
+    a = argparse.Namespace(**config)
+    cuda = torch.cuda.is_available() and a.use_gpu
+    out = measure(a, ray.train.torch.get_device() if cuda else torch.device("cpu"))
     import tempfile
     with tempfile.TemporaryDirectory() as d:    # Train v2 keeps the metrics of checkpoints
         (Path(d) / "gpu_check.json").write_text(json.dumps(out))
@@ -234,6 +251,35 @@ def summary(out: dict) -> str:
             f"{lr['steps']} steps (ln 4 = {math.log(4):.3f})")
 
 
+def _installed(module: str) -> bool:
+    """Whether `module` can be imported here (a broken install counts as missing)."""
+    import importlib.util
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def run_on_ray_train(a: argparse.Namespace, cuda: bool, t0: float) -> dict:
+    """`measure` in one Ray Train worker (1 GPU when `cuda`), as a trial runs."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from ipb.runtime import init_ray
+    from ipb.train import fit_interruptible
+    init_ray(num_cpus=None)
+    # as `ipb train` does: in the main thread Train's fit leaves its own SIGINT handler behind
+    result = fit_interruptible(TorchTrainer(
+        bench_loop, train_loop_config={**vars(a), "use_gpu": cuda},
+        scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=cuda),
+        run_config=ray.train.RunConfig(name=f"gpu-check-{int(t0)}",
+                                       storage_path=str(Path.home() / "ray_results"))))
+    if result.error:
+        raise result.error
+    with result.checkpoint.as_directory() as d:
+        return json.loads((Path(d) / "gpu_check.json").read_text())
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--archs", default="vgg19,ms_hrnet_w18")
@@ -246,29 +292,28 @@ def main(argv=None) -> int:
     ap.add_argument("--colonies", type=int, default=512)
     ap.add_argument("--learn-steps", type=int, default=300)
     ap.add_argument("--cpu", action="store_true", help="ignore any GPU (the test's budget)")
+    ap.add_argument("--runner", choices=("auto", "train", "inline"), default="auto",
+                    help="train: one Ray Train worker; inline: this process; auto: Ray Train "
+                         "where Ray is installed (the lent GPU machines have no Ray)")
     a = ap.parse_args(argv)
-    import ray
-    import ray.train
+    print(describe(), flush=True)
     import torch
-    from ray.train.torch import TorchTrainer
     cuda = torch.cuda.is_available() and not a.cpu
     if not cuda:
         print("gpu check: no CUDA device here; running on the CPU at the given budget",
               flush=True)
-    from ipb.runtime import init_ray
-    from ipb.train import fit_interruptible
-    init_ray(num_cpus=None)
+    runner = a.runner
+    if runner == "auto":
+        runner = "train" if _installed("ray") else "inline"
+        if runner == "inline":
+            print("gpu check: Ray is not installed here; measuring in this process "
+                  "(--runner inline)", flush=True)
     t0 = time.time()
-    # as `ipb train` does: in the main thread Train's fit leaves its own SIGINT handler behind
-    result = fit_interruptible(TorchTrainer(
-        bench_loop, train_loop_config={**vars(a), "use_gpu": cuda},
-        scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=cuda),
-        run_config=ray.train.RunConfig(name=f"gpu-check-{int(t0)}",
-                                       storage_path=str(Path.home() / "ray_results"))))
-    if result.error:
-        raise result.error
-    with result.checkpoint.as_directory() as d:
-        out = json.loads((Path(d) / "gpu_check.json").read_text())
+    if runner == "inline":
+        out = measure(a, torch.device("cuda", torch.cuda.current_device()) if cuda
+                      else torch.device("cpu"))
+    else:
+        out = run_on_ray_train(a, cuda, t0)
     print(f"{'setting':<44}{'samples/s':>10}{'step ms':>9}{'peak GiB':>9}{'busy %':>8}")
     for k, v in out["compute"].items():
         print(f"{k:<44}{v['samples_s']:>10.1f}{v['step_s'] * 1000:>9.1f}"

@@ -29,6 +29,7 @@ from pathlib import Path
 from ipb.config import load_config
 from ipb.data.ingest import ingest
 from ipb.data.synth import synthesize
+from ipb.machine import describe
 
 MB = 1024 * 1024
 
@@ -127,6 +128,7 @@ def main() -> None:
                     help="images per shard = per Ray task in the scaling runs: N shards on 2 "
                          "workers can at best run N / ceil(N/2) times faster")
     args = ap.parse_args()
+    print(describe(), flush=True)
     import ray
 
     with tempfile.TemporaryDirectory(prefix="ipb-bench-ingest-") as tmp:

@@ -20,6 +20,8 @@ import threading
 import time
 from pathlib import Path
 
+from ipb.machine import describe
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 MiB = 2**20
@@ -73,6 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--colonies", type=int, default=3000)
     ap.add_argument("--keep", help="work in DIR and keep it (default: a temp dir, removed)")
     args = ap.parse_args(argv)
+    print(describe(), flush=True)
     tmp = Path(args.keep or tempfile.mkdtemp(prefix="ipb-osbench-"))
     tmp.mkdir(parents=True, exist_ok=True)
     try:

@@ -27,6 +27,7 @@ from ipb.config import AugmentConfig, SynthConfig
 from ipb.data.augment import make_augment
 from ipb.data.patches import ColonyBank
 from ipb.data.table import encode_png
+from ipb.machine import describe
 
 BATCH = 32
 
@@ -136,6 +137,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=40, help="naive batches; ours runs 5x more")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
+    print(describe(), flush=True)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
 

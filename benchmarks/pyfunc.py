@@ -25,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ipb.machine import describe
+
 ROOT = Path(__file__).resolve().parents[1]
 TILES = ROOT.parent / "shared" / "data" / "real" / "allen-hipsc" / "six-well-tiles"
 
@@ -98,6 +100,7 @@ def main(argv=None) -> int:
     ap.add_argument("--image", help="an image to predict (default: a real hiPSC tile)")
     ap.add_argument("--repeats", type=int, default=2, help="cached-cache probes (median)")
     args = ap.parse_args(argv)
+    print(describe(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         uri, model = log_model(d)

@@ -32,6 +32,7 @@ from scipy import ndimage as ndi
 
 from ipb.config import SegmentationConfig, SynthConfig
 from ipb.data.segment import reference_segment, segment, warm_up
+from ipb.machine import describe
 
 
 def _default_real() -> Path:
@@ -110,6 +111,7 @@ def main() -> None:
     ap.add_argument("--repeats-ref", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    print(describe(), flush=True)
     cv2.setNumThreads(1)
     cfg = SegmentationConfig()
     first = warm_up()

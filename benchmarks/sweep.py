@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ipb.machine import describe
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
@@ -125,6 +127,7 @@ def main() -> None:
                          "that drifting machine load hits both alike; fresh seeds each")
     ap.add_argument("--keep", help="keep the temp dir (table, Ray results, MLflow db) here")
     args = ap.parse_args()
+    print(describe(), flush=True)
 
     from ipb.config import load_config
     from ipb.runtime import init_ray

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ipb.config import SynthConfig, load_config, to_dict
+from ipb.machine import describe
 from ipb.temporal import box_iou, tpr
 
 CLASSES = ["Debris", "Dense", "Differentiated", "Spread"]
@@ -96,6 +97,7 @@ def main(argv=None) -> int:
     ap.add_argument("--difficulty", type=float, default=0.8)
     ap.add_argument("--seed", type=int, default=5)
     args = ap.parse_args(argv)
+    print(describe(), flush=True)
     import ipb
     from ipb.data.synth import synthesize
     with tempfile.TemporaryDirectory() as d:

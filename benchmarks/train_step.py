@@ -47,6 +47,7 @@ from ipb.config.load import native_cpu_bf16  # noqa: E402
 from ipb.data.augment import make_augment  # noqa: E402
 from ipb.batches import plan_unlabeled_epoch  # noqa: E402
 from ipb.engine import Part  # noqa: E402
+from ipb.machine import describe
 from ipb.methods import create_method  # noqa: E402
 from ipb.models import create_model  # noqa: E402
 
@@ -149,6 +150,7 @@ def main() -> None:
                     help="also time each arch with train.compile (torch.compile of the forward; "
                          "~5 s of compiling small_cnn, ~65 s vgg19 width 0.25 on 2 cores)")
     args = ap.parse_args()
+    print(describe(), flush=True)
 
     torch.set_num_threads(1)
     num_classes = len(PAPER_CLASSES)

@@ -28,6 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ipb.machine import describe
+
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("steps", "eval", "balance", "other train", "result", "models", "before")
 
@@ -72,6 +74,7 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", default="study")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args(argv)
+    print(describe(), flush=True)
     import time
 
     from ipb.config import apply, load_config, parse_overrides

@@ -114,6 +114,7 @@ def run_search(base: Config, space: Callable, table: Path | str, *,
                              "experiment": experiment, "tags": s.tags},
                 tune_config=tune.TuneConfig(
                     search_alg=searcher, num_samples=remaining,
+                    reuse_actors=base.sweep.reuse_actors,
                     scheduler=ASHAScheduler(time_attr="folds_done", metric="objective",
                                             mode="max", max_t=len(base.sweep.folds),
                                             grace_period=1, reduction_factor=2)),

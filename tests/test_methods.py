@@ -3,6 +3,7 @@ IPB's resampling balances a skewed teacher; the MPL feedback sign follows `h_sig
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -471,3 +472,20 @@ def test_a_compiled_forward_trains_like_eager(parts):
     a, b = ([h.get("train.loss", h.get("train.teacher_sup")) for h in out[k]["history"]]
             for k in ("false", "true"))
     assert np.allclose(a, b, rtol=1e-3, atol=1e-4), (a, b)
+
+
+def test_the_machine_line_names_the_cpu_and_its_bf16_and_agrees_with_auto(monkeypatch):
+    """Every timing benchmark prints ipb.machine.describe() first: figures moved between an
+    AMX and an AVX512-BF16 CPU, so a figure must say which one gave it."""
+    from ipb import machine
+    from ipb.config.load import native_cpu_bf16
+    line = machine.describe()
+    assert re.fullmatch(r"machine: .+, \d+ cores usable, native bf16 (AMX|AVX512-BF16|none), "
+                        r"torch \S+, (no GPU|GPU .+)", line), line
+    assert native_cpu_bf16() == (machine.native_bf16() != "none")
+    for amx, avx, want in ((True, False, "AMX"), (False, True, "AVX512-BF16"),
+                           (False, False, "none")):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx)
+        assert machine.native_bf16() == want
+        assert native_cpu_bf16() == (want != "none")

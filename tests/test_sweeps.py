@@ -167,6 +167,10 @@ def test_grid_sweep_logs_children_and_resumes(tiny_sweep, tmp_path, monkeypatch)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
     assert {r.data.tags["ipb.method"] for r in children} == {"supervised", "ipb"}
+    # sweep.reuse_actors: the second trial ran in the first one's Tune process (no new process
+    # and imports per trial); each trial's claim file names the process that trained it
+    holders = {p.read_text() for p in (Path(s["cfg"].train.storage) / "claims").glob("*.lock")}
+    assert len(holders) == 1 and next(iter(holders)).startswith("pid "), holders
     parent_arts = {a.path for a in c.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.md", "report/report.html", "report/table_tpr.csv",
             "report/tpr_per_class.png"} <= parent_arts

@@ -240,6 +240,10 @@ class SweepConfig:
     # Optuna study of sweeps/search.py: a SQLAlchemy URL (postgresql://...) or a journal file on
     # a file system every node shares; empty = SQLite in train.storage (a local path only)
     study_storage: str = ""
+    # a trial's Tune process runs the next trial (Tune's reuse_actors): without it every trial
+    # paid a new process and its imports (torch, MLflow, timm: ~5 s of each study trial's
+    # start-up on 2 cores, benchmarks/trial_time.py); false: a fresh process per trial
+    reuse_actors: bool = True
 
 
 @dataclass(frozen=True)
