@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 from ipb import stop
 from ipb.config import Config, apply, config_hash, from_dict, identity, to_dict, trial_hash
-from ipb.sweep import Sweep, configuration_label, driver_pinned, run_sweep, trial_resources, \
-    tune_run_config, tune_trial_tags
+from ipb.sweep import Sweep, configuration_label, driver_pinned, fresh_trial_process, \
+    run_sweep, trial_resources, tune_run_config, tune_trial_tags
 
 
 def apply_suggestion(base: Config, params: dict[str, Any]) -> Config:
@@ -48,6 +48,7 @@ def search_driver(config: dict[str, Any]) -> None:
     # OptunaSearch puts the sampled values next to the fixed keys of the param space
     params = {k: v for k, v in config.items() if k not in SEARCH_FIXED_KEYS}
     cfg = apply_suggestion(base, params)
+    fresh_trial_process(cfg.train.compile)
     done = tracking.finished_trials(cfg, config["experiment"], metric="best.val.tpr.mean")
     data = table_data(config["data"])
     scores = []

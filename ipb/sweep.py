@@ -99,6 +99,20 @@ def tune_run_config(name: str, base: Config, callbacks: list):
                           failure_config=tune.FailureConfig(max_failures=base.train.max_failures))
 
 
+def fresh_trial_process(compiled: bool) -> None:
+    """What a new process gave each trial before sweeps reused them (sweep.reuse_actors): the
+    last trial's garbage collected, its cached GPU memory returned, and with train.compile no
+    code compiled for another trial (torch.compile's cache lives as long as the process)."""
+    import gc
+
+    import torch
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if compiled:
+        torch._dynamo.reset()
+
+
 def trial_driver(config: dict[str, Any]) -> None:
     """One Tune trial: a TorchTrainer fit that reports every epoch to Tune, on the sweep's
     table as put in the object store once for all trials (`ipb.shared_table`)."""
@@ -114,6 +128,7 @@ def trial_driver(config: dict[str, Any]) -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     spec = config["trial"]
     cfg = from_dict(spec["cfg"])
+    fresh_trial_process(cfg.train.compile)
     try:
         out = fit(cfg, table_data(config["data"]), parent_run_id=config["parent_run_id"],
                   sweep=config["sweep"], experiment=config["experiment"],

@@ -371,3 +371,23 @@ def test_study_end_to_end_on_a_tiny_table(ray_local, tmp_path, monkeypatch, caps
     logged = {r.info.run_id for r in trials if "ipb.model.colonies" in c.get_run(
         r.info.run_id).data.tags}
     assert logged == {champion}
+
+
+def test_a_reused_trial_process_drops_the_last_trials_compiled_code():
+    """sweep.reuse_actors runs trials one after another in one process: with train.compile a
+    trial must compile its own code, as it did in a fresh process (torch.compile's cache
+    lives as long as the process)."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    from ipb.sweep import fresh_trial_process
+    f = torch.compile(lambda x: x * 2, backend="eager")
+    f(torch.ones(3))
+    f(torch.ones(3))
+    graphs = counters["stats"]["unique_graphs"]
+    fresh_trial_process(compiled=False)
+    f(torch.ones(3))
+    assert counters["stats"]["unique_graphs"] == graphs          # an eager sweep keeps it
+    fresh_trial_process(compiled=True)
+    f(torch.ones(3))
+    assert counters["stats"]["unique_graphs"] == graphs + 1      # compiled again
