@@ -1,4 +1,4 @@
-"""python benchmarks/trial_time.py [--data TABLE] [--fold 0] [key=value ...]
+"""python benchmarks/trial_time.py [--data TABLE] [--fold 0] [--against REV] [key=value ...]
 
 Where a study trial's time goes (issue 22). One trial per row type of `python sweeps/study.py`
 (supervised, IPB (robust), IPB (learn), MPL (learn), FixMatch, ABC) on one fold, run as the
@@ -19,12 +19,26 @@ concurrency (the rest is Ray / Tune start, trial start-up, the parent's report a
 and trials per hour = trials x 3600 / the sweep's wall time.
 Last line: `trial time: steps <p>%, eval <p>%, balance <p>%, other train <p>%, result <p>%,
 models <p>%, before <p>%; sweep overhead <p>%; <n> trials/hour (<k> at a time)`.
+
+`--against REV` first runs the same row types with the code of git revision REV (`git archive`
+into a temporary directory, run in a subprocess with that directory first on PYTHONPATH, its
+own local Ray and MLflow store, the study profile with no overrides: an old commit does not
+know today's keys), restricted to the rows both have; then this code's run, in the same
+invocation so machine load is shared. It prints each row's TPRs side by side (the same to 6
+digits, or not) and, last, `against <rev>: <n> trials in <s>s (<r> trials/hour), this code
+<s>s (<r> trials/hour): x<ratio> trials/hour`. Issue 22's baseline is 416b91d, the commit the
+issue was filed against.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
+import json
+import os
+import subprocess
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -41,6 +55,86 @@ def study_rows(cfg, fold: int) -> list[dict]:
     spec.loader.exec_module(mod)
     rows = [r for r in mod.configurations(cfg) if r.get("split.labeled_fraction") is None]
     return [{**r, "_folds": [fold]} for r in rows]
+
+
+# Run in a subprocess by --against with an older checkout first on sys.path: only APIs that
+# 416b91d (issue 22's baseline) already had. argv: root fold labels(json) data|"" store_dir
+AGAINST_DRIVER = r"""
+import importlib.util, json, sys, time
+from pathlib import Path
+root, fold, labels, data, d = Path(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3]), \
+    sys.argv[4], sys.argv[5]
+import ipb
+assert Path(ipb.__file__).resolve().is_relative_to(root.resolve()), ipb.__file__
+from ipb.config import apply, load_config
+from ipb.inputs import resolve_table
+from ipb.runtime import init_ray
+from ipb.sweep import run_grid
+cfg = load_config("study", {"tracking.uri": f"sqlite:///{d}/mlflow.db", "train.storage": f"{d}/ray",
+                            "tracking.experiment": "ipb-trial-time"})
+table = resolve_table(cfg, data) if data else resolve_table(cfg)
+cfg = apply(cfg, {"data.table": str(table)})
+spec = importlib.util.spec_from_file_location("study_script", root / "sweeps" / "study.py")
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+rows = [{**r, "_folds": [fold]} for r in mod.configurations(cfg)
+        if r.get("split.labeled_fraction") is None and r.get("_label") in labels]
+init_ray()
+t0 = time.time()
+out = run_grid("trial-time", cfg, rows, table, progress=False)
+wall = time.time() - t0
+from mlflow import MlflowClient
+c = MlflowClient(out["tracking_uri"])
+exp = c.get_experiment_by_name(out["experiment"]).experiment_id
+tprs = {}
+for r in c.search_runs([exp], f"tags.`mlflow.parentRunId` = '{out['parent_run_id']}' and "
+                              "attributes.status = 'FINISHED'"):
+    m = r.data.metrics
+    tprs[r.data.tags.get("ipb.config_label", r.info.run_name)] = (
+        m.get("best.val.tpr.mean", float("nan")), m.get("test.tpr.mean", float("nan")))
+print("AGAINST " + json.dumps({"wall": wall, "rows": [r["_label"] for r in rows], "tprs": tprs}))
+"""
+
+
+def checkout(rev: str, into: Path) -> Path:
+    """The tree of git revision `rev` of this repository, extracted under `into`."""
+    try:
+        tar = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", rev],
+                             capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        err = getattr(e, "stderr", b"") or b""
+        raise SystemExit(f"--against {rev}: `git archive` failed in {ROOT} "
+                         f"({err.decode(errors='replace').strip() or e}); it needs a git "
+                         "checkout whose history holds that revision (a shallow clone may "
+                         "not: git fetch --unshallow)") from None
+    into.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        t.extractall(into, filter="data")
+    if not (into / "ipb").is_dir() or not (into / "sweeps" / "study.py").is_file():
+        raise SystemExit(f"--against {rev}: that revision has no ipb/ package or "
+                         "sweeps/study.py to run")
+    return into
+
+
+def run_against(rev: str, fold: int, labels: list[str], data: str | None) -> dict:
+    """The rows `labels` (those `rev` has) run with `rev`'s code: wall, rows run, TPRs."""
+    with tempfile.TemporaryDirectory(prefix="ipb-against-") as d:
+        code = checkout(rev, Path(d) / "code")
+        store = Path(d) / "store"
+        store.mkdir()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(code)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+        print(f"running the rows with {rev}'s code ({code}); this takes as long as the run "
+              "after it, or longer", flush=True)
+        r = subprocess.run([sys.executable, "-c", AGAINST_DRIVER, str(code), str(fold),
+                            json.dumps(labels), data or "", str(store)],
+                           cwd=code, env=env, capture_output=True, text=True)
+        line = next((x for x in reversed(r.stdout.splitlines()) if x.startswith("AGAINST ")),
+                    None)
+        if r.returncode != 0 or line is None:
+            tail = "\n".join((r.stdout + r.stderr).splitlines()[-30:])
+            raise SystemExit(f"--against {rev}: its run failed (exit {r.returncode}):\n{tail}")
+        return json.loads(line[len("AGAINST "):])
 
 
 def split_times(uri: str, experiment: str, parent: str) -> dict[str, dict]:
@@ -72,6 +166,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data", help="a colony table (default: the study's SYNTHETIC set)")
     ap.add_argument("--fold", type=int, default=0)
     ap.add_argument("--profile", default="study")
+    ap.add_argument("--against", metavar="REV",
+                    help="first run the same rows with git revision REV's code (e.g. 416b91d, "
+                         "issue 22's baseline) and print the ratio of trials per hour")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args(argv)
     print(describe(), flush=True)
@@ -88,9 +185,14 @@ def main(argv=None) -> int:
         table = resolve_table(cfg, a.data) if a.data else resolve_table(cfg)
         cfg = apply(cfg, {"data.table": str(table)})
         from ipb.runtime import init_ray
+        rows = study_rows(cfg, a.fold)
+        before = None
+        if a.against:
+            before = run_against(a.against, a.fold, [r["_label"] for r in rows], a.data)
+            rows = [r for r in rows if r["_label"] in before["rows"]]
         init_ray()           # started before the clock: a sweep script pays it once
         t0 = time.time()
-        out = run_grid("trial-time", cfg, study_rows(cfg, a.fold), table, progress=False)
+        out = run_grid("trial-time", cfg, rows, table, progress=False)
         sweep_wall = time.time() - t0
         times = split_times(out["tracking_uri"], out["experiment"], out["parent_run_id"])
     print(f"{'row (fold ' + str(a.fold) + ')':<28}" + "".join(f"{p:>12}" for p in PARTS)
@@ -109,7 +211,29 @@ def main(argv=None) -> int:
     print("trial time: " + ", ".join(f"{p} {share[p]:.0f}%" for p in PARTS)
           + f"; sweep overhead {100 * overhead / sweep_wall:.0f}%; {per_hour:.0f} trials/hour "
           f"({k} at a time)", flush=True)
+    if before is not None:
+        print_against(a.against, before, times, sweep_wall)
     return 0
+
+
+def print_against(rev: str, before: dict, times: dict, sweep_wall: float) -> None:
+    """Each row's TPRs under `rev` and now, then the trials-per-hour ratio (the last line)."""
+    print(f"{'row':<28}{rev + ' val, test':>24}{'this code val, test':>24}")
+    same = True
+    for label, (val, test) in before["tprs"].items():
+        now = times.get(label, {}).get("result_values", (float("nan"), float("nan")))
+        eq = f"{val:.6f}, {test:.6f}" == f"{now[0]:.6f}, {now[1]:.6f}"
+        same &= eq
+        print(f"{label[:27]:<28}{val:>14.6f}, {test:.6f}{now[0]:>14.6f}, {now[1]:.6f}"
+              f"  {'same' if eq else 'DIFFERENT'}")
+    n_old, n_new = len(before["tprs"]), len(times)
+    print(("every row's TPRs are the same to 6 digits" if same else
+           "the TPRs differ: the two are not the same computation (e.g. bf16, or a change "
+           "that moved float order); say why before comparing speed"), flush=True)
+    old_h, new_h = n_old * 3600 / before["wall"], n_new * 3600 / sweep_wall
+    print(f"against {rev}: {n_old} trials in {before['wall']:.0f}s ({old_h:.0f} trials/hour), "
+          f"this code {n_new} in {sweep_wall:.0f}s ({new_h:.0f} trials/hour): "
+          f"x{new_h / old_h:.2f} trials/hour", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+"""benchmarks/trial_time.py --against REV: the old revision's tree is what runs, a revision git
+does not know is refused by name, and the comparison says when the two runs' results differ
+(the sweeps themselves take minutes: run the benchmark, not a test, for those)."""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("trial_time", ROOT / "benchmarks" / "trial_time.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_against_extracts_the_revisions_tree_and_names_an_unknown_one(tmp_path):
+    mod = _script()
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    code = mod.checkout(head, tmp_path / "code")
+    assert (code / "sweeps" / "study.py").read_bytes() == subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{head}:sweeps/study.py"], capture_output=True,
+        check=True).stdout
+    assert (code / "ipb" / "engine.py").is_file()
+    with pytest.raises(SystemExit, match="no-such-revision.*git archive"):
+        mod.checkout("no-such-revision", tmp_path / "other")
+    compile(mod.AGAINST_DRIVER, "against-driver", "exec")    # the subprocess's code parses
+
+
+def test_against_flags_rows_whose_results_moved_and_ends_with_the_ratio(capsys):
+    mod = _script()
+    before = {"wall": 360.0, "rows": ["supervised", "IPB (learn)"],
+              "tprs": {"supervised": [0.867063, 0.754515], "IPB (learn)": [0.811508, 0.824953]}}
+    now = {"supervised": {"result_values": (0.867063, 0.754515)},
+           "IPB (learn)": {"result_values": (0.825397, 0.822588)}}
+    mod.print_against("416b91d", before, now, 180.0)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[1].startswith("supervised") and out[1].endswith("same")
+    assert out[2].startswith("IPB (learn)") and out[2].endswith("DIFFERENT")
+    assert out[3].startswith("the TPRs differ")
+    assert out[-1] == ("against 416b91d: 2 trials in 360s (20 trials/hour), this code 2 in "
+                       "180s (40 trials/hour): x2.00 trials/hour")
