@@ -36,10 +36,12 @@ def lock_path(storage: str, key: str) -> Path | None:
 
 @contextlib.contextmanager
 def claim(storage: str, key: str, *, wait: bool = False,
-          log: Callable[[str], None] = lambda s: None) -> Iterator[Path | None]:
+          log: Callable[[str], None] = lambda s: None,
+          doing: str = "trains this trial") -> Iterator[Path | None]:
     """Hold the claim of trial `key` for the `with` block; yields the lock file (None on
     object storage: no claim). Held by another process: wait for it when `wait` (a sweep),
-    else raise TrialClaimed naming the holder."""
+    else raise TrialClaimed naming the holder. `doing` says what the holder does, in the
+    waiting line (the SYNTHETIC data set's cache is claimed the same way, ipb.inputs)."""
     path = lock_path(storage, key)
     if path is None:
         yield None
@@ -54,7 +56,7 @@ def claim(storage: str, key: str, *, wait: bool = False,
             if not wait:
                 raise TrialClaimed(f"this trial is being trained now by {holder} (lock {path});"
                                    " wait for it, or stop that process") from None
-            log(f"waiting for {holder}, which trains this trial now (lock {path})")
+            log(f"waiting for {holder}, which {doing} now (lock {path})")
             fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0)
         f.truncate()

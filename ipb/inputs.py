@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from ipb.claims import claim
 from ipb.config import Config, config_hash, expand_path, to_dict
 
 
@@ -55,9 +56,19 @@ def _given(cfg: Config, data: str, labels: str | None) -> Path | str:
     out = expand_path(cfg.data.cache_dir) / "tables" / config_hash(
         {"data": str(path.resolve()), "labels": labels, "seg": to_dict(cfg.segmentation)})
     if not (out / "manifest.json").is_file():
-        init_ray()
-        ingest(path, out, cfg, labels=labels)
+        with _making(cfg, f"table-{out.name}", f"is ingesting {path} into {out}"):
+            if not (out / "manifest.json").is_file():
+                init_ray()
+                ingest(path, out, cfg, labels=labels)
     return out
+
+
+def _making(cfg: Config, key: str, doing: str):
+    """One process at a time makes a cached table: two commands started at once on a new
+    machine (`make run` beside a study) both made it into one directory, each ingesting what
+    the other had not finished; the second now waits for the first, then uses its table."""
+    return claim(str(expand_path(cfg.data.cache_dir)), key, wait=True,
+                 log=lambda s: print(s, file=sys.stderr), doing=doing)
 
 
 def synthetic_table(cfg: Config, progress: bool = True) -> Path:
@@ -75,12 +86,16 @@ def synthetic_table(cfg: Config, progress: bool = True) -> Path:
     wells, table = root / "wells", root / "table"
     if (table / "manifest.json").is_file():
         return table
-    t0 = time.time()
-    if progress:
-        print(f"making the SYNTHETIC data set once, cached in {root}", file=sys.stderr)
-    synthesize(wells, cfg.synth, progress=progress, workers=max(1, cfg.data.ingest_workers))
-    init_ray(quiet=not progress)
-    ingest(wells, table, cfg, labels=str(wells / "labels.csv"), layout="wells", progress=progress)
-    if progress:
-        print(f"synthetic data set ready in {time.time() - t0:.0f}s", file=sys.stderr)
+    with _making(cfg, root.name, f"is making the SYNTHETIC data set in {root}"):
+        if (table / "manifest.json").is_file():
+            return table
+        t0 = time.time()
+        if progress:
+            print(f"making the SYNTHETIC data set once, cached in {root}", file=sys.stderr)
+        synthesize(wells, cfg.synth, progress=progress, workers=max(1, cfg.data.ingest_workers))
+        init_ray(quiet=not progress)
+        ingest(wells, table, cfg, labels=str(wells / "labels.csv"), layout="wells",
+               progress=progress)
+        if progress:
+            print(f"synthetic data set ready in {time.time() - t0:.0f}s", file=sys.stderr)
     return table

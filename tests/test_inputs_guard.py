@@ -86,3 +86,43 @@ def test_a_grid_of_zero_trials_is_refused(nothing_starts, capsys):
     assert "'empty' has 0 trials" in capsys.readouterr().err
     with pytest.raises(ValueError, match="0 trials"):         # run_grid's own guard
         sweep.run_grid("empty", load_config("smoke"), [], table="no-such-table")
+
+
+def test_two_commands_making_the_synthetic_set_at_once_make_it_once(tmp_path, monkeypatch,
+                                                                     capsys):
+    """`make run` beside a study on a new machine: both found no cached set and both made it
+    into one directory (seen 2026-12-07: each ingested the wells the other had not finished).
+    The second now waits for the first's claim and uses its table."""
+    import threading
+    import time
+
+    import ipb.data.ingest
+    import ipb.data.synth
+    import ipb.runtime
+    from ipb import inputs
+    made = []
+
+    def synthesize(wells, scfg, progress, workers):
+        made.append(threading.get_ident())
+        time.sleep(0.5)                           # the other command starts meanwhile
+        Path(wells).mkdir(parents=True, exist_ok=True)
+
+    def ingest(wells, table, cfg, labels, layout, progress):
+        Path(table).mkdir(parents=True, exist_ok=True)
+        (Path(table) / "manifest.json").write_text("{}")
+
+    monkeypatch.setattr(ipb.data.synth, "synthesize", synthesize)
+    monkeypatch.setattr(ipb.data.ingest, "ingest", ingest)
+    monkeypatch.setattr(ipb.runtime, "init_ray", lambda **kw: None)
+    cfg = load_config("smoke", {"data.cache_dir": str(tmp_path)})
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(inputs.synthetic_table(cfg)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.1)
+    for t in threads:
+        t.join(timeout=30)
+    assert len(made) == 1 and len(out) == 2 and out[0] == out[1]
+    assert (out[0] / "manifest.json").is_file()
+    assert "which is making the SYNTHETIC data set in" in capsys.readouterr().err
