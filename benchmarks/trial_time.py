@@ -42,30 +42,33 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from ipb.machine import describe
-
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("steps", "eval", "balance", "other train", "result", "models", "before")
 
 
-def study_rows(cfg, fold: int) -> list[dict]:
-    """The default study's row types, each on `fold` only (not the 50 % headroom row)."""
-    spec = importlib.util.spec_from_file_location("study_script", ROOT / "sweeps" / "study.py")
+def study_rows(cfg, fold: int, root: Path = ROOT) -> list[dict]:
+    """The default study's row types in `root`'s sweeps/study.py, each on `fold` only (not the
+    50 % headroom row)."""
+    spec = importlib.util.spec_from_file_location("study_script", root / "sweeps" / "study.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     rows = [r for r in mod.configurations(cfg) if r.get("split.labeled_fraction") is None]
     return [{**r, "_folds": [fold]} for r in rows]
 
 
-# Run in a subprocess by --against with an older checkout first on sys.path: only APIs that
-# 416b91d (issue 22's baseline) already had. argv: root fold labels(json) data|"" store_dir
+# Run in a subprocess by --against with an older checkout first on sys.path. It loads this
+# file for study_rows and split_times, so this file may import at its top only what 416b91d
+# (issue 22's baseline) already had. argv: this file, root, fold, labels (json), data|"", store
 AGAINST_DRIVER = r"""
 import importlib.util, json, sys, time
 from pathlib import Path
-root, fold, labels, data, d = Path(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3]), \
-    sys.argv[4], sys.argv[5]
+here, root, fold, labels, data, d = (Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]),
+                                     json.loads(sys.argv[4]), sys.argv[5], sys.argv[6])
 import ipb
 assert Path(ipb.__file__).resolve().is_relative_to(root.resolve()), ipb.__file__
+spec = importlib.util.spec_from_file_location("trial_time", here)
+tt = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tt)
 from ipb.config import apply, load_config
 from ipb.inputs import resolve_table
 from ipb.runtime import init_ray
@@ -74,25 +77,14 @@ cfg = load_config("study", {"tracking.uri": f"sqlite:///{d}/mlflow.db", "train.s
                             "tracking.experiment": "ipb-trial-time"})
 table = resolve_table(cfg, data) if data else resolve_table(cfg)
 cfg = apply(cfg, {"data.table": str(table)})
-spec = importlib.util.spec_from_file_location("study_script", root / "sweeps" / "study.py")
-mod = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mod)
-rows = [{**r, "_folds": [fold]} for r in mod.configurations(cfg)
-        if r.get("split.labeled_fraction") is None and r.get("_label") in labels]
+rows = [r for r in tt.study_rows(cfg, fold, root) if r.get("_label") in labels]
 init_ray()
 t0 = time.time()
 out = run_grid("trial-time", cfg, rows, table, progress=False)
 wall = time.time() - t0
-from mlflow import MlflowClient
-c = MlflowClient(out["tracking_uri"])
-exp = c.get_experiment_by_name(out["experiment"]).experiment_id
-tprs = {}
-for r in c.search_runs([exp], f"tags.`mlflow.parentRunId` = '{out['parent_run_id']}' and "
-                              "attributes.status = 'FINISHED'"):
-    m = r.data.metrics
-    tprs[r.data.tags.get("ipb.config_label", r.info.run_name)] = (
-        m.get("best.val.tpr.mean", float("nan")), m.get("test.tpr.mean", float("nan")))
-print("AGAINST " + json.dumps({"wall": wall, "rows": [r["_label"] for r in rows], "tprs": tprs}))
+times = tt.split_times(out["tracking_uri"], out["experiment"], out["parent_run_id"])
+print("AGAINST " + json.dumps({"wall": wall, "rows": [r["_label"] for r in rows],
+                               "tprs": {k: t["result_values"] for k, t in times.items()}}))
 """
 
 
@@ -126,7 +118,8 @@ def run_against(rev: str, fold: int, labels: list[str], data: str | None) -> dic
             [str(code)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
         print(f"running the rows with {rev}'s code ({code}); this takes as long as the run "
               "after it, or longer", flush=True)
-        r = subprocess.run([sys.executable, "-c", AGAINST_DRIVER, str(code), str(fold),
+        r = subprocess.run([sys.executable, "-c", AGAINST_DRIVER, str(Path(__file__).resolve()),
+                            str(code), str(fold),
                             json.dumps(labels), data or "", str(store)],
                            cwd=code, env=env, capture_output=True, text=True)
         line = next((x for x in reversed(r.stdout.splitlines()) if x.startswith("AGAINST ")),
@@ -171,8 +164,10 @@ def main(argv=None) -> int:
                          "issue 22's baseline) and print the ratio of trials per hour")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args(argv)
-    print(describe(), flush=True)
     import time
+
+    from ipb.machine import describe
+    print(describe(), flush=True)
 
     from ipb.config import apply, load_config, parse_overrides
     from ipb.inputs import resolve_table

@@ -3,6 +3,7 @@ does not know is refused by name, and the comparison says when the two runs' res
 (the sweeps themselves take minutes: run the benchmark, not a test, for those)."""
 from __future__ import annotations
 
+import ast
 import importlib.util
 import subprocess
 from pathlib import Path
@@ -31,6 +32,12 @@ def test_against_extracts_the_revisions_tree_and_names_an_unknown_one(tmp_path):
     with pytest.raises(SystemExit, match="no-such-revision.*git archive"):
         mod.checkout("no-such-revision", tmp_path / "other")
     compile(mod.AGAINST_DRIVER, "against-driver", "exec")    # the subprocess's code parses
+    # the subprocess loads this file under the old revision's ipb: nothing of ipb at its top
+    tree = ast.parse((ROOT / "benchmarks" / "trial_time.py").read_text())
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]
+    names += [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
+    assert not [x for x in names if x == "ipb" or x.startswith("ipb.")], names
 
 
 def test_against_flags_rows_whose_results_moved_and_ends_with_the_ratio(capsys):
