@@ -491,8 +491,11 @@ def sweep_parent_run(cfg: Config, experiment: str, kind: str, sweep_hash: str,
                              **(tags or {})})
     log_inputs(c, run.info.run_id, table_inputs(str(table), manifest))
     log_params(c, run.info.run_id, {k: str(v)[:6000] for k, v in (params or {}).items()})
-    (Path(tempfile.gettempdir()) / f"ipb-{run.info.run_id}.yaml").write_text(to_yaml(cfg))
-    c.log_artifact(run.info.run_id, str(Path(tempfile.gettempdir()) / f"ipb-{run.info.run_id}.yaml"))
+    # in a directory of its own, removed after: one file per sweep was left in /tmp
+    with tempfile.TemporaryDirectory(prefix="ipb-config-") as d:
+        f = Path(d) / f"ipb-{run.info.run_id}.yaml"
+        f.write_text(to_yaml(cfg))
+        c.log_artifact(run.info.run_id, str(f))
     return run.info.run_id
 
 

@@ -126,3 +126,29 @@ def test_a_run_that_fails_while_starting_ends_failed_not_running(tmp_path, monke
     monkeypatch.setattr(tracking, "end_run", store_down)     # the first error is the one shown
     with pytest.raises(OSError, match="unreadable"):
         tracking.start_trial_run(cfg, split, {"synthetic": True}, name="t2", experiment="starts")
+
+
+def test_a_sweeps_parent_run_logs_its_config_and_leaves_no_file_behind(tmp_path, monkeypatch):
+    """The parent run's config YAML is an artifact; the file written for it is removed (one
+    per sweep was left in the temp directory)."""
+    import tempfile
+
+    import yaml
+
+    from ipb import tracking
+    from ipb.config import load_config
+    from ipb.data import table as table_mod
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(table_mod, "read_manifest", lambda t: {"synthetic": True})
+    monkeypatch.setattr(tracking, "table_inputs", lambda t, m: [])
+    uri = f"sqlite:///{tmp_path}/m.db"
+    cfg = load_config("smoke", [f"tracking.uri={uri}"])
+    run_id = tracking.sweep_parent_run(cfg, "sweeps", "grid", "abc123", tmp_path / "table")
+    assert list(scratch.iterdir()) == []
+    c = client(uri)
+    (art,) = [a.path for a in c.list_artifacts(run_id)]
+    assert art == f"ipb-{run_id}.yaml"
+    saved = yaml.safe_load(open(c.download_artifacts(run_id, art, str(tmp_path))))
+    assert saved["profile"] == "smoke"
