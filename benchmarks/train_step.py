@@ -13,6 +13,9 @@ One MPL step (32 labeled + 32 unlabeled, weak and strong views) on CPU with ONE 
          (the study's presets, h_mode=clean, run the student's train forward in bf16 too).
 All run interleaved after a warm-up (rounds x steps each, the order alternating per round so
 drifting machine load hits both alike); medians of per-step wall times; ratio = ours / plain.
+Then the work: one step's GFLOP (torch's FLOP counter on a step after the warm-up: convolutions
+and matrix products) over each median, next to this thread's 1024^3 matrix product in fp32 and
+bf16, so a reader sees how far a step is from what the core does at all.
 
 The pseudo-balancing pass: `ipb.batches.plan_unlabeled_epoch` for method ipb on a Part of
 --unlabeled synthetic colonies (tests/tiny.py rows; building the Part, done once per worker
@@ -135,6 +138,23 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def step_gflop(fn) -> float:
+    """GFLOP of one call of `fn` by torch's FLOP counter (convolutions and matrix products,
+    forward and backward; element-wise work is not counted). The call runs for real."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 1024, reps: int = 10) -> float:
+    """This thread's rate on an n^3 matrix product (best of `reps`): the reference a step's
+    GFLOP/s is read against."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    return 2 * n ** 3 / min(timed(lambda: a @ b) for _ in range(reps)) / 1e9
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="vgg19")
@@ -189,9 +209,12 @@ def main() -> None:
         runners["ours bf16"] = lambda: ours16.train_step(batch16, epoch)
     else:
         print("this CPU has no native bf16 (AMX or AVX512-BF16): the bf16 step is not timed")
+    gflop = {}
     for name, fn in runners.items():
         for _ in range(args.warmup):
             fn()
+        # one more step, counted: a first step does one-off work (11.0 against 6.3 GFLOP)
+        gflop[name] = step_gflop(fn)
     times: dict[str, list[float]] = {k: [] for k in runners}
     for r in range(args.rounds):
         order = list(runners) if r % 2 == 0 else list(runners)[::-1]
@@ -211,6 +234,13 @@ def main() -> None:
         print(f"ratio ours with train.cpu_amp=bf16 / plain fp32 (median) {ratio16:.3f}: "
               "precision, not fewer operations (ours is the textbook's computation; the "
               "student's forwards, which give h, stay fp32)")
+
+    peak = {d: matmul_gflops(d) for d in (torch.float32, torch.bfloat16)}
+    print(f"work: one MPL step {gflop['ours']:.2f} GFLOP (convolutions and matrix products); "
+          + ", ".join(f"{k} {gflop[k] / med[k]:.0f} GFLOP/s" for k in runners)
+          + f"; this thread's 1024^3 matrix product {peak[torch.float32]:.0f} GFLOP/s fp32, "
+          f"{peak[torch.bfloat16]:.0f} bf16 (a step near that rate has little left to gain "
+          "in software at its precision)", flush=True)
 
     # -- the pseudo-balancing pass at the start of an IPB epoch -------------------------------
     from tiny import tiny_rows
@@ -274,6 +304,8 @@ def arch_step_times(args) -> dict[str, float]:
             first[fmt] = timed(lambda: m.train_step(batch, 0))    # compiling, when compiled
             for _ in range(args.warmup):
                 m.train_step(batch, 0)
+            if fmt == "nchw":
+                work = step_gflop(lambda: m.train_step(batch, 0))
             runs[fmt] = (m, batch, [])
         for r in range(args.rounds):
             for fmt in (fmts if r % 2 == 0 else fmts[::-1]):
@@ -294,7 +326,8 @@ def arch_step_times(args) -> dict[str, float]:
         print(f"architecture {arch} width {width} patch {size}px: {n / 1e3:.0f} k parameters, "
               f"MPL step {t * 1000:.1f} ms NCHW, {t_cl * 1000:.1f} ms channels_last (x{t / t_cl:.2f}; "
               f"medians of {len(runs['nchw'][2])}, interleaved), supervised-equivalent "
-              f"throughput {cfg.train.batch_size / t:.0f} labeled patches/s", flush=True)
+              f"throughput {cfg.train.batch_size / t:.0f} labeled patches/s, {work:.2f} GFLOP "
+              f"a step = {work / t:.0f} GFLOP/s NCHW", flush=True)
     steps = {k: v for k, v in out.items() if not k.startswith(("channels_last", "compile"))}
     first = next(iter(steps.values()), None)
     if first:
