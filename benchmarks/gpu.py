@@ -35,6 +35,7 @@ import json
 import math
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -268,16 +269,18 @@ def run_on_ray_train(a: argparse.Namespace, cuda: bool, t0: float) -> dict:
     from ipb.runtime import init_ray
     from ipb.train import fit_interruptible
     init_ray(num_cpus=None)
-    # as `ipb train` does: in the main thread Train's fit leaves its own SIGINT handler behind
-    result = fit_interruptible(TorchTrainer(
-        bench_loop, train_loop_config={**vars(a), "use_gpu": cuda},
-        scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=cuda),
-        run_config=ray.train.RunConfig(name=f"gpu-check-{int(t0)}",
-                                       storage_path=str(Path.home() / "ray_results"))))
-    if result.error:
-        raise result.error
-    with result.checkpoint.as_directory() as d:
-        return json.loads((Path(d) / "gpu_check.json").read_text())
+    # Train's run directory only carries the result back: a temporary one (every check left
+    # a gpu-check-<time> directory in ~/ray_results)
+    with tempfile.TemporaryDirectory(prefix="ipb-gpu-check-", ignore_cleanup_errors=True) as storage:
+        # as `ipb train` does: in the main thread Train's fit leaves its own SIGINT handler
+        result = fit_interruptible(TorchTrainer(
+            bench_loop, train_loop_config={**vars(a), "use_gpu": cuda},
+            scaling_config=ray.train.ScalingConfig(num_workers=1, use_gpu=cuda),
+            run_config=ray.train.RunConfig(name=f"gpu-check-{int(t0)}", storage_path=storage)))
+        if result.error:
+            raise result.error
+        with result.checkpoint.as_directory() as d:
+            return json.loads((Path(d) / "gpu_check.json").read_text())
 
 
 def main(argv=None) -> int:

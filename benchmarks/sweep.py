@@ -128,13 +128,21 @@ def main() -> None:
     ap.add_argument("--keep", help="keep the temp dir (table, Ray results, MLflow db) here")
     args = ap.parse_args()
     print(describe(), flush=True)
+    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="ipb-bench-sweep-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        measure(args, tmp)
+    finally:       # a failed or interrupted run too: its table, Ray results and MLflow store
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
 
+
+def measure(args: argparse.Namespace, tmp: Path) -> None:
+    """The sweeps and the ceiling, everything under `tmp`; prints the last line."""
     from ipb.config import load_config
     from ipb.runtime import init_ray
     from tiny import write_tiny_table
 
-    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="ipb-bench-sweep-"))
-    tmp.mkdir(parents=True, exist_ok=True)
     os.environ.pop("MLFLOW_TRACKING_URI", None)       # the temp store below, nothing else
     table = write_tiny_table(tmp / "table")
     cfg = load_config("smoke", [
@@ -200,8 +208,6 @@ def main() -> None:
           f"training {' + '.join(format(x, '.1f') for x in c['seq'])}s one after another vs "
           f"{' / '.join(format(x, '.1f') for x in c['conc'])}s at once; compute speedup "
           f"{c['train_ratio']:.2f}x (processes incl. imports {c['wall_ratio']:.2f}x)")
-    if not args.keep:
-        shutil.rmtree(tmp, ignore_errors=True)
     print(f"sweep concurrency speedup {speedup:.2f}x, per-trial overhead {overhead:.1f}s, "
           f"compute ceiling {c['train_ratio']:.2f}x")
 

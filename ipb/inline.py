@@ -80,5 +80,9 @@ def run_inline(config: dict[str, Any]):
     cfg, classes, size, out = run_worker(config, rank=0, world=1, device=device, resume=resume,
                                          report=report, name="inline worker")
     d = Path(tempfile.mkdtemp(prefix="ipb-inline-"))
-    write_final(d, out, cfg, classes, size, bool(config.get("synthetic")))
+    try:
+        write_final(d, out, cfg, classes, size, bool(config.get("synthetic")))
+    except BaseException:      # a stop or a full disk: its partial files go too
+        shutil.rmtree(d, ignore_errors=True)
+        raise
     return _owned_dir(d), store.path(*state[:-1])

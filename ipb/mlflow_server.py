@@ -72,25 +72,39 @@ class writers:
                 stderr=err, start_new_session=True, env=env, preexec_fn=_die_with_parent)
         url = f"http://127.0.0.1:{port}"
         deadline = time.time() + 180     # a loaded 2-core machine can take a minute
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=1)
-                return url
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"mlflow server did not start (log {self.log}): "
-                                       + self.log.read_text(errors="replace")[-2000:])
-                time.sleep(0.5)
-        self.__exit__()          # __exit__ is not called when __enter__ raises
-        raise RuntimeError(f"mlflow server on {url} did not answer in 180 s")
+        try:
+            while time.time() < deadline:
+                try:
+                    with urllib.request.urlopen(url + "/health", timeout=1):
+                        return url
+                except OSError:
+                    if self.proc.poll() is not None:
+                        raise RuntimeError(f"mlflow server did not start (log {self.log}): "
+                                           + self.log.read_text(errors="replace")[-2000:])
+                    time.sleep(0.5)
+            raise RuntimeError(f"mlflow server on {url} did not answer in 180 s")
+        except BaseException:    # a stop or Ctrl-C while waiting too: __exit__ is not called
+            self.__exit__()      # when __enter__ raises
+            raise
 
     def __exit__(self, *exc) -> None:
-        if self.proc is not None:
-            import signal
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=20)
-            except (ProcessLookupError, OSError):
-                pass
-            except Exception:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc is None:
+            return
+        import signal
+        ended = self.proc.poll()       # the server exited by itself: its log says why
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=20)
+        except (ProcessLookupError, OSError):
+            pass
+        except Exception:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=20)
+        self.proc = None
+        # the log is kept only when the server died on its own (one per sweep was left in
+        # the temp directory); a server that did not start has its log quoted in the error
+        if ended is None:
+            self.log.unlink(missing_ok=True)
+        else:
+            print(f"the sweep's mlflow server had exited (code {ended}); its log: {self.log}",
+                  flush=True)

@@ -19,12 +19,15 @@ def test_gpu_check_runs_on_cpu_and_prints_its_last_line(ray_local, capsys):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     handler = signal.getsignal(signal.SIGINT)
+    left = sorted((Path.home() / "ray_results").glob("gpu-check-*"))
     assert mod.main(["--cpu", "--width", "0.125", "--size", "32", "--ms-size", "64",
                      "--steps", "2", "--warmup", "1", "--data-steps", "2", "--colonies", "32",
                      "--learn-steps", "25"]) == 0
     # Ray Train's fit in the main thread left its own SIGINT handler in this process (a later
     # test's command then handed its SIGTERM to it)
     assert signal.getsignal(signal.SIGINT) is handler
+    # its Ray Train run directory is a temporary one (each check left one in ~/ray_results)
+    assert sorted((Path.home() / "ray_results").glob("gpu-check-*")) == left
     out = capsys.readouterr().out.strip().splitlines()
     assert re.match(r"gpu check: cpu \(no CUDA device\); vgg19 fp32 \S+ [\d.]+ samples/s .*"
                     r"ms_hrnet_w18 fp32 .*; data cpu-aug [\d.]+ device-aug [\d.]+ steps/s vs "

@@ -152,3 +152,26 @@ def test_a_sweeps_parent_run_logs_its_config_and_leaves_no_file_behind(tmp_path,
     assert art == f"ipb-{run_id}.yaml"
     saved = yaml.safe_load(open(c.download_artifacts(run_id, art, str(tmp_path))))
     assert saved["profile"] == "smoke"
+
+
+@pytest.mark.timeout(240)
+def test_the_sweeps_mlflow_server_serves_then_goes_with_its_log(tmp_path, monkeypatch):
+    """A sqlite store with concurrent trials gets one local `mlflow server`; on exit the server
+    is stopped and its log removed (one log per sweep was left in the temp directory)."""
+    import tempfile
+
+    from ipb.config import load_config
+    from ipb.mlflow_server import writers
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    cfg = load_config("smoke", [f"tracking.uri=sqlite:///{tmp_path}/m.db"])
+    w = writers(cfg, 2)
+    with w as url:
+        assert url.startswith("http://127.0.0.1:") and w.log.parent == scratch
+        client(url).create_experiment("served")
+        pid = w.proc.pid
+    assert list(scratch.iterdir()) == []
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert client(f"sqlite:///{tmp_path}/m.db").get_experiment_by_name("served") is not None

@@ -132,8 +132,8 @@ def synthesize(out_dir, cfg: SynthConfig, progress: bool = True, workers: int = 
             if progress and (w + 1) % max(1, cfg.wells // 10) == 0:
                 print(f"synth: {w + 1}/{cfg.wells} wells", file=sys.stderr, flush=True)
     finally:
-        if pool:
-            pool.shutdown()
+        if pool:     # on a stop, the wells not started yet are dropped, not made first
+            pool.shutdown(cancel_futures=True)
     with open(out / "labels.csv", "w", newline="") as fh:
         csv.writer(fh).writerows([["image", "x0", "y0", "x1", "y1", "label"], *rows])
     with open(out / "image_labels.csv", "w", newline="") as fh:
