@@ -166,3 +166,30 @@ def test_a_compiled_mpl_trial_runs_on_two_ddp_workers(ray_local, tmp_path, table
     assert run.info.status == "FINISHED" and run.data.params["train.compile"] == "True"
     assert 0.0 <= run.data.metrics["test.tpr.mean"] <= 1.0 and "train.mpl_grad_share" in \
         run.data.metrics
+
+
+def test_the_handoff_directory_goes_and_a_dead_workers_is_swept(tmp_path, monkeypatch):
+    """Rank 0 hands each epoch's state to Ray Train through a directory of its own, removed
+    after; one a SIGKILLed worker left (its pid gone, an hour old) is removed by the next,
+    a live process's or a fresh one is not."""
+    import os
+    import tempfile
+
+    from ipb import train
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    old = time.time() - 2 * train.STALE_HANDOFF_S
+    dead = 2 ** 22 + 12345                   # above Linux's pid_max default: no such process
+    left = {}
+    for name, pid, mtime in (("dead", dead, old), ("fresh", dead, None),
+                             ("live", os.getppid(), old)):
+        d = tmp_path / f"{train.HANDOFF_PREFIX}{pid}-{name}"
+        d.mkdir()
+        (d / "state.pt").write_bytes(b"x" * 10)
+        if mtime:
+            os.utime(d, (mtime, mtime))
+        left[name] = d
+    with train.handoff_dir() as d:
+        assert d.parent == tmp_path and d.name.startswith(f"{train.HANDOFF_PREFIX}{os.getpid()}-")
+        (d / "state.pt").write_bytes(b"y")
+    assert not d.exists()
+    assert not left["dead"].exists() and left["fresh"].exists() and left["live"].exists()
