@@ -271,7 +271,8 @@ def run_on_ray_train(a: argparse.Namespace, cuda: bool, t0: float) -> dict:
     init_ray(num_cpus=None)
     # Train's run directory only carries the result back: a temporary one (every check left
     # a gpu-check-<time> directory in ~/ray_results)
-    with tempfile.TemporaryDirectory(prefix="ipb-gpu-check-", ignore_cleanup_errors=True) as storage:
+    with tempfile.TemporaryDirectory(prefix="ipb-gpu-check-",
+                                     ignore_cleanup_errors=True) as storage:
         # as `ipb train` does: in the main thread Train's fit leaves its own SIGINT handler
         result = fit_interruptible(TorchTrainer(
             bench_loop, train_loop_config={**vars(a), "use_gpu": cuda},

@@ -43,6 +43,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if rank == 0:
+        sweep_handoffs()
     resume = None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
@@ -112,18 +114,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def handoff_dir():
-    """A directory for the files rank 0 hands Ray Train's report (which copies them to
-    train.storage), removed after. A worker killed by SIGKILL (the OOM killer, the resume
-    test) runs no clean-up and left the model's whole state in the temp directory, once per
-    such worker (5 of up to 12 MB here, from the tests; vgg19's with its optimiser ~1.7 GB). The directory is named
-    by its pid, and the next one made on this machine removes those of processes that are
-    gone and older than STALE_HANDOFF_S (the age keeps a live process whose pid this one cannot
-    see, in another PID namespace sharing /tmp, safe)."""
-    root = Path(tempfile.gettempdir())
+def sweep_handoffs() -> None:
+    """Remove the handoff directories (`handoff_dir`) of processes that are gone and older
+    than STALE_HANDOFF_S. A worker killed by SIGKILL (the OOM killer, the resume test) runs no
+    clean-up and left the model's whole state in the temp directory, once per such worker (5
+    of up to 12 MB here, from the tests; vgg19's with its optimiser ~1.7 GB). Run once as a
+    rank-0 worker starts; the age keeps a live process whose pid this one cannot see (another
+    PID namespace sharing /tmp) safe."""
     now = time.time()
-    for old in root.glob(HANDOFF_PREFIX + "*"):
+    for old in Path(tempfile.gettempdir()).glob(HANDOFF_PREFIX + "*"):
         pid = old.name[len(HANDOFF_PREFIX):].split("-")[0]
         try:
             stale = now - old.stat().st_mtime > STALE_HANDOFF_S
@@ -131,6 +130,12 @@ def handoff_dir():
             continue
         if pid.isdigit() and stale and not _alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def handoff_dir():
+    """A directory, named by this process's pid, for the files rank 0 hands Ray Train's
+    report (which copies them to train.storage); removed after (see sweep_handoffs)."""
     d = Path(tempfile.mkdtemp(prefix=f"{HANDOFF_PREFIX}{os.getpid()}-"))
     try:
         yield d

@@ -170,8 +170,8 @@ def test_a_compiled_mpl_trial_runs_on_two_ddp_workers(ray_local, tmp_path, table
 
 def test_the_handoff_directory_goes_and_a_dead_workers_is_swept(tmp_path, monkeypatch):
     """Rank 0 hands each epoch's state to Ray Train through a directory of its own, removed
-    after; one a SIGKILLed worker left (its pid gone, an hour old) is removed by the next,
-    a live process's or a fresh one is not."""
+    after; one a SIGKILLed worker left (its pid gone, an hour old) is removed when the next
+    worker starts, a live process's or a fresh one is not."""
     import os
     import tempfile
 
@@ -188,6 +188,7 @@ def test_the_handoff_directory_goes_and_a_dead_workers_is_swept(tmp_path, monkey
         if mtime:
             os.utime(d, (mtime, mtime))
         left[name] = d
+    train.sweep_handoffs()
     with train.handoff_dir() as d:
         assert d.parent == tmp_path and d.name.startswith(f"{train.HANDOFF_PREFIX}{os.getpid()}-")
         (d / "state.pt").write_bytes(b"y")
