@@ -190,7 +190,10 @@ def test_printed_link_opens_the_runs_of_the_sweep(tiny_sweep, tmp_path):
         browser = _start([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={devtools}",
                           "--remote-debugging-address=127.0.0.1",
                           f"--remote-debugging-port={cdp_port}",
-                          f"http://127.0.0.1:{ui_port}{link.group(3)}"], tmp_path / "chromium.log")
+                          f"http://127.0.0.1:{ui_port}{link.group(3)}"], tmp_path / "chromium.log",
+                         # its singleton socket directory (org.chromium.Chromium.*) goes to
+                         # TMPDIR and outlives a stop by signal: here, not in /tmp
+                         env={**os.environ, "TMPDIR": str(tmp_path)})
         path = f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}"
         page = asyncio.run(_page(cdp_port, parent.info.run_name, trials, 180, path,
                                  sorted(parent.data.params)))
