@@ -5,6 +5,9 @@ Where a study trial's time goes (issue 22). One trial per row type of `python sw
 study runs them (`ipb.sweep.run_grid`, the study profile, sweep.max_concurrent trials at once)
 into a temporary MLflow store, then split from each run's own timings:
   before        fit's split, run creation, checks and teacher lookup before training;
+  data          the colonies to the worker: the table from Ray's object store and the patch
+                bank (decoded once per node for a sweep, so the node's first trials wait for
+                it: a one-off that a 7-trial run shows far larger than a whole study does);
   steps         the engine's train steps, teacher pre-training included (per-epoch time.steps);
   eval          validation / test evaluation during training (time.eval);
   balance       IPB's pseudo-balancing pass and MPL's epoch plan (time.balance);
@@ -18,7 +21,13 @@ out). Then the sweep as a whole: its wall time against the trials' own times ove
 concurrency (the rest is Ray / Tune start, trial start-up, the parent's report and champion),
 and trials per hour = trials x 3600 / the sweep's wall time.
 Last line: `trial time: steps <p>%, eval <p>%, balance <p>%, other train <p>%, result <p>%,
-models <p>%, before <p>%; sweep overhead <p>%; <n> trials/hour (<k> at a time)`.
+models <p>%, before <p>%, data <p>%; sweep overhead <p>%; <n> trials/hour (<k> at a time)`.
+
+`--runs URI [--parent RUN_ID]` runs nothing: the same split of a sweep already in an MLflow
+store (default: its newest sweep), e.g. a whole `python sweeps/study.py`, per row type summed
+over its folds, with the sweep's wall time from its parent run, and the bound a faster rest
+could give: `steps alone: x<b> trials/hour at most` = the sweep's wall time over its steps'
+time / the concurrency (nothing but training steps taking any time at all).
 
 `--against REV` first runs the same row types with the code of git revision REV (`git archive`
 into a temporary directory, run in a subprocess with that directory first on PYTHONPATH, its
@@ -43,7 +52,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("steps", "eval", "balance", "other train", "result", "models", "before")
+PARTS = ("steps", "eval", "balance", "other train", "result", "models", "before", "data")
 
 
 def study_rows(cfg, fold: int, root: Path = ROOT) -> list[dict]:
@@ -130,28 +139,88 @@ def run_against(rev: str, fold: int, labels: list[str], data: str | None) -> dic
         return json.loads(line[len("AGAINST "):])
 
 
+def trial_split(c, r) -> dict:
+    """{part: seconds, "wall": seconds, "result_values": (val TPR, test TPR)} of one finished
+    trial's MLflow run `r` (client `c`); runs from before `time.trial.data` existed count their
+    data time in "other train"."""
+    def total(key):
+        return sum(m.value for m in c.get_metric_history(r.info.run_id, key))
+    m = r.data.metrics
+    train = m.get("time.trial.train", 0.0)
+    t = {"steps": total("time.steps"), "eval": total("time.eval"),
+         "balance": total("time.balance"), "result": m.get("time.trial.result", 0.0),
+         "models": m.get("time.trial.models", 0.0), "before": m.get("time.trial.before", 0),
+         "data": m.get("time.trial.data", 0.0)}
+    t["other train"] = max(0.0, train - t["steps"] - t["eval"] - t["balance"] - t["data"])
+    t["wall"] = train + t["result"] + t["models"] + t["before"]
+    t["result_values"] = (m.get("best.val.tpr.mean", float("nan")),
+                          m.get("test.tpr.mean", float("nan")))
+    return t
+
+
+def finished_trials(c, experiment_id: str, parent: str) -> list:
+    return c.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent}' and "
+                                          "attributes.status = 'FINISHED'", max_results=50000)
+
+
 def split_times(uri: str, experiment: str, parent: str) -> dict[str, dict]:
-    """label -> {part: seconds, "wall": seconds, "result_values": (val TPR, test TPR)} from
-    the trials' MLflow runs."""
+    """label -> trial_split of each finished trial of the sweep `parent` (one per label)."""
     from ipb.tracking import client
     c = client(uri)
     exp = c.get_experiment_by_name(experiment).experiment_id
-    out = {}
-    for r in c.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent}' and "
-                                  "attributes.status = 'FINISHED'"):
-        def total(key):
-            return sum(m.value for m in c.get_metric_history(r.info.run_id, key))
-        m = r.data.metrics
-        train = m.get("time.trial.train", 0.0)
-        t = {"steps": total("time.steps"), "eval": total("time.eval"),
-             "balance": total("time.balance"), "result": m.get("time.trial.result", 0.0),
-             "models": m.get("time.trial.models", 0.0), "before": m.get("time.trial.before", 0)}
-        t["other train"] = max(0.0, train - t["steps"] - t["eval"] - t["balance"])
-        t["wall"] = train + t["result"] + t["models"] + t["before"]
-        t["result_values"] = (m.get("best.val.tpr.mean", float("nan")),
-                              m.get("test.tpr.mean", float("nan")))
-        out[r.data.tags.get("ipb.config_label", r.info.run_name)] = t
-    return out
+    return {r.data.tags.get("ipb.config_label", r.info.run_name): trial_split(c, r)
+            for r in finished_trials(c, exp, parent)}
+
+
+def sweep_split(uri: str, parent: str | None) -> tuple[dict[str, dict], float, int, str]:
+    """(label -> summed split and "n" trials, the sweep's wall s, its concurrency, its run id)
+    of a sweep already in the store at `uri`: `parent`, or the newest sweep parent run."""
+    from ipb.tracking import client
+    c = client(uri)
+    if parent is None:
+        found = [r for e in c.search_experiments() for r in c.search_runs(
+                 [e.experiment_id], "tags.`ipb.role` = 'sweep'", max_results=1,
+                 order_by=["attributes.start_time DESC"])]
+        if not found:
+            raise SystemExit(f"--runs {uri}: no sweep's parent run (tag ipb.role=sweep) there")
+        run = max(found, key=lambda r: r.info.start_time)
+    else:
+        run = c.get_run(parent)
+    if not run.info.end_time:
+        raise SystemExit(f"--runs: sweep {run.info.run_id} has not ended (status "
+                         f"{run.info.status}); its wall time is not known yet")
+    by_label: dict[str, dict] = {}
+    trials = finished_trials(c, run.info.experiment_id, run.info.run_id)
+    for r in trials:
+        t = trial_split(c, r)
+        acc = by_label.setdefault(r.data.tags.get("ipb.config_label", r.info.run_name),
+                                  {p: 0.0 for p in (*PARTS, "wall", "n")})
+        for p in (*PARTS, "wall"):
+            acc[p] += t[p]
+        acc["n"] += 1
+    if not by_label:
+        raise SystemExit(f"--runs: sweep {run.info.run_id} has no finished trials")
+    # the trials' own config (sweep.max_concurrent), as each trial run logs it
+    k = max(int(r.data.params.get("sweep.max_concurrent", 1)) for r in trials)
+    return by_label, (run.info.end_time - run.info.start_time) / 1000, k, run.info.run_id
+
+
+def print_sweep_split(by_label: dict[str, dict], wall: float, k: int, run_id: str) -> None:
+    """Per row type: trials, each part summed over them; shares; the steps-alone bound."""
+    n = int(sum(t["n"] for t in by_label.values()))
+    print(f"sweep {run_id}: {n} finished trials in {wall:.0f}s ({n * 3600 / wall:.0f} "
+          f"trials/hour), {k} at a time")
+    print(f"{'row (summed over its trials)':<32}{'n':>4}" + "".join(f"{p:>12}" for p in PARTS)
+          + f"{'wall s':>9}")
+    for label, t in by_label.items():
+        print(f"{label[:31]:<32}{int(t['n']):>4}" + "".join(f"{t[p]:>11.0f}s" for p in PARTS)
+              + f"{t['wall']:>9.0f}")
+    total = {p: sum(t[p] for t in by_label.values()) for p in (*PARTS, "wall")}
+    print("trial time: " + ", ".join(f"{p} {100 * total[p] / total['wall']:.0f}%" for p in PARTS)
+          + f"; the trials' time / {k} = {total['wall'] / k:.0f}s of the sweep's {wall:.0f}s")
+    print(f"steps alone: x{wall / (total['steps'] / k):.2f} trials/hour at most (the sweep's "
+          f"wall time over its training steps' time / {k}: what it would gain if nothing but "
+          "the steps took any time)", flush=True)
 
 
 def main(argv=None) -> int:
@@ -162,11 +231,23 @@ def main(argv=None) -> int:
     ap.add_argument("--against", metavar="REV",
                     help="first run the same rows with git revision REV's code (e.g. 416b91d, "
                          "issue 22's baseline) and print the ratio of trials per hour")
+    ap.add_argument("--runs", metavar="URI",
+                    help="run nothing: split a sweep already in this MLflow store (e.g. "
+                         "sqlite:///mlflow.db after python sweeps/study.py)")
+    ap.add_argument("--parent", metavar="RUN_ID",
+                    help="with --runs: the sweep's parent run (default: the newest sweep)")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args(argv)
     import time
 
     from ipb.machine import describe
+    if a.runs:
+        if a.against or a.overrides:
+            ap.error("--runs splits a finished sweep: it takes no --against or key=value")
+        print_sweep_split(*sweep_split(a.runs, a.parent))
+        return 0
+    if a.parent:
+        ap.error("--parent goes with --runs")
     print(describe(), flush=True)
 
     from ipb.config import apply, load_config, parse_overrides

@@ -49,7 +49,9 @@ def run_worker(config: dict[str, Any], *, rank: int, world: int, device, resume:
     import ray
 
     from ipb.engine import run_trial
+    t_data = time.time()
     cfg, classes, parts, size = worker_parts(config, rank, world)
+    t_data = time.time() - t_data
     tracker, monitor = rank0_tracking(config, resume) if rank == 0 else (None, None)
     log = trial_log(config) if rank == 0 else (lambda s: None)
     log(f"{name} {rank}/{world}: {', '.join(f'{k} {len(v)}' for k, v in parts.items())} "
@@ -62,6 +64,9 @@ def run_worker(config: dict[str, Any], *, rank: int, world: int, device, resume:
     finally:
         if monitor is not None:
             monitor.finish()
+    # the colonies to this worker: the table from the object store and the patch bank (in a
+    # sweep decoded once per node, so a node's first trials wait for it; benchmarks/trial_time.py)
+    out["metrics"]["time.trial.data"] = t_data
     return cfg, classes, size, out
 
 

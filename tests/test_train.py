@@ -50,6 +50,11 @@ def test_ipb_two_workers_logs_a_complete_mlflow_run(ray_local, tmp_path, table):
     m = run.data.metrics
     assert {"test.tpr.mean", "test.f1.mean", "test.precision.A", "val.tpr.mean",
             "ipb.pseudo_frac.A", "train.teacher"} <= set(m)
+    # where the trial's time went (benchmarks/trial_time.py): the colonies to rank 0's worker
+    # are part of training's time
+    assert {"time.trial.before", "time.trial.train", "time.trial.result",
+            "time.trial.data"} <= set(m)
+    assert 0.0 < m["time.trial.data"] < m["time.trial.train"]
     # per-epoch history: one val point per epoch
     hist = c.get_metric_history(out["run_id"], "val.tpr.mean")
     assert len(hist) == 3   # 1 teacher pre-training epoch + 2 IPB epochs

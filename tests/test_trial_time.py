@@ -53,3 +53,43 @@ def test_against_flags_rows_whose_results_moved_and_ends_with_the_ratio(capsys):
     assert out[3].startswith("the TPRs differ")
     assert out[-1] == ("against 416b91d: 2 trials in 360s (20 trials/hour), this code 2 in "
                        "180s (40 trials/hour): x2.00 trials/hour")
+
+
+def test_runs_splits_a_finished_sweep_by_row_type_and_bounds_what_a_faster_rest_gives(
+        tmp_path, capsys):
+    """--runs: each row type's parts summed over its trials, shares, and the steps-alone bound
+    from the parent run's wall time and the trials' sweep.max_concurrent."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    from ipb.tracking import client
+    mod = _script()
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    c = client(uri)
+    exp = c.create_experiment("s", artifact_location=str(tmp_path / "art"))
+    parent = c.create_run(exp, start_time=1_000, tags={"ipb.role": "sweep"}).info.run_id
+    for i, (label, steps, data) in enumerate([("supervised", [10.0, 10.0], 4.0),
+                                              ("supervised", [10.0, 10.0], 0.0),
+                                              ("IPB (learn)", [30.0], 1.0)]):
+        run = c.create_run(exp, start_time=0, tags={"mlflow.parentRunId": parent,
+                                                    "ipb.config_label": label}).info.run_id
+        metrics = [Metric("time.steps", v, 0, e) for e, v in enumerate(steps)]
+        metrics += [Metric(k, v, 0, 0) for k, v in (
+            ("time.trial.train", sum(steps) + data + 2.0), ("time.trial.data", data),
+            ("time.trial.before", 1.0), ("time.trial.result", 0.5), ("time.trial.models", 0.0),
+            ("best.val.tpr.mean", 0.5), ("test.tpr.mean", 0.5))]
+        c.log_batch(run, metrics=metrics, params=[Param("sweep.max_concurrent", "2")],
+                    tags=[RunTag("x", str(i))])
+        c.set_terminated(run, "FINISHED")
+    c.set_terminated(parent, "FINISHED", end_time=51_000)      # a 50 s sweep
+    by_label, wall, k, run_id = mod.sweep_split(uri, None)     # the newest sweep: this one
+    assert (wall, k, run_id) == (50.0, 2, parent)
+    sup = by_label["supervised"]
+    assert (sup["n"], sup["steps"], sup["data"], sup["other train"]) == (2, 40.0, 4.0, 4.0)
+    assert sup["wall"] == 2 * 1.5 + 40.0 + 4.0 + 4.0
+    mod.print_sweep_split(by_label, wall, k, run_id)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"sweep {parent}: 3 finished trials in 50s (216 trials/hour)")
+    # 70 s of steps over 2 slots = 35 s of the sweep's 50 s
+    assert out[-1].startswith("steps alone: x1.43 trials/hour at most")
+    with pytest.raises(SystemExit, match="no sweep's parent run"):
+        mod.sweep_split(f"sqlite:///{tmp_path}/empty.db", None)
