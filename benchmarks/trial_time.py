@@ -66,35 +66,49 @@ def study_rows(cfg, fold: int, root: Path = ROOT) -> list[dict]:
 
 
 # Run in a subprocess by --against with an older checkout first on sys.path. It loads this
-# file for study_rows and split_times, so this file may import at its top only what 416b91d
-# (issue 22's baseline) already had. argv: this file, root, fold, labels (json), data|"", store
+# file for run_rows, so this file may import at its top only what 416b91d (issue 22's
+# baseline) already had, and run_rows may call only what that revision has.
+# argv: this file, root, fold, labels (json), data|"", store
 AGAINST_DRIVER = r"""
-import importlib.util, json, sys, time
+import importlib.util, json, sys
 from pathlib import Path
 here, root, fold, labels, data, d = (Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]),
-                                     json.loads(sys.argv[4]), sys.argv[5], sys.argv[6])
+                                     json.loads(sys.argv[4]), sys.argv[5], Path(sys.argv[6]))
 import ipb
 assert Path(ipb.__file__).resolve().is_relative_to(root.resolve()), ipb.__file__
 spec = importlib.util.spec_from_file_location("trial_time", here)
 tt = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tt)
-from ipb.config import apply, load_config
-from ipb.inputs import resolve_table
-from ipb.runtime import init_ray
-from ipb.sweep import run_grid
-cfg = load_config("study", {"tracking.uri": f"sqlite:///{d}/mlflow.db", "train.storage": f"{d}/ray",
-                            "tracking.experiment": "ipb-trial-time"})
-table = resolve_table(cfg, data) if data else resolve_table(cfg)
-cfg = apply(cfg, {"data.table": str(table)})
-rows = [r for r in tt.study_rows(cfg, fold, root) if r.get("_label") in labels]
-init_ray()
-t0 = time.time()
-out = run_grid("trial-time", cfg, rows, table, progress=False)
-wall = time.time() - t0
-times = tt.split_times(out["tracking_uri"], out["experiment"], out["parent_run_id"])
+_, rows, wall, times = tt.run_rows("study", {}, fold, data or None, d, labels, root)
 print("AGAINST " + json.dumps({"wall": wall, "rows": [r["_label"] for r in rows],
                                "tprs": {k: t["result_values"] for k, t in times.items()}}))
 """
+
+
+def run_rows(profile: str, overrides: dict, fold: int, data: str | None, store: Path,
+             labels: list[str] | None = None, root: Path = ROOT) -> tuple:
+    """The study's row types (those in `labels`) on `fold`, run as the study runs them into an
+    MLflow store under `store`: (cfg, the rows run, the sweep's wall s, split_times). Runs with
+    whichever ipb is imported: this code, or --against's older checkout (no overrides there:
+    an old commit does not know today's keys)."""
+    import time
+
+    from ipb.config import apply, load_config
+    from ipb.inputs import resolve_table
+    from ipb.runtime import init_ray
+    from ipb.sweep import run_grid
+    cfg = load_config(profile, {"tracking.uri": f"sqlite:///{store}/mlflow.db",
+                                "train.storage": f"{store}/ray",
+                                "tracking.experiment": "ipb-trial-time", **overrides})
+    table = resolve_table(cfg, data) if data else resolve_table(cfg)
+    cfg = apply(cfg, {"data.table": str(table)})
+    rows = [r for r in study_rows(cfg, fold, root) if labels is None or r["_label"] in labels]
+    init_ray()           # started before the clock: a sweep script pays it once
+    t0 = time.time()
+    out = run_grid("trial-time", cfg, rows, table, progress=False)
+    wall = time.time() - t0
+    return cfg, rows, wall, split_times(out["tracking_uri"], out["experiment"],
+                                        out["parent_run_id"])
 
 
 def checkout(rev: str, into: Path) -> Path:
@@ -238,8 +252,6 @@ def main(argv=None) -> int:
                     help="with --runs: the sweep's parent run (default: the newest sweep)")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args(argv)
-    import time
-
     from ipb.machine import describe
     if a.runs:
         if a.against or a.overrides:
@@ -250,27 +262,16 @@ def main(argv=None) -> int:
         ap.error("--parent goes with --runs")
     print(describe(), flush=True)
 
-    from ipb.config import apply, load_config, parse_overrides
-    from ipb.inputs import resolve_table
-    from ipb.sweep import run_grid
+    from ipb.config import load_config, parse_overrides
+    overrides = parse_overrides(a.overrides)
+    labels = [r["_label"] for r in study_rows(load_config(a.profile, overrides), a.fold)]
+    before = None
+    if a.against:
+        before = run_against(a.against, a.fold, labels, a.data)
+        labels = before["rows"]
     with tempfile.TemporaryDirectory() as d:
-        cfg = load_config(a.profile, {"tracking.uri": f"sqlite:///{d}/mlflow.db",
-                                      "train.storage": f"{d}/ray",
-                                      "tracking.experiment": "ipb-trial-time",
-                                      **parse_overrides(a.overrides)})
-        table = resolve_table(cfg, a.data) if a.data else resolve_table(cfg)
-        cfg = apply(cfg, {"data.table": str(table)})
-        from ipb.runtime import init_ray
-        rows = study_rows(cfg, a.fold)
-        before = None
-        if a.against:
-            before = run_against(a.against, a.fold, [r["_label"] for r in rows], a.data)
-            rows = [r for r in rows if r["_label"] in before["rows"]]
-        init_ray()           # started before the clock: a sweep script pays it once
-        t0 = time.time()
-        out = run_grid("trial-time", cfg, rows, table, progress=False)
-        sweep_wall = time.time() - t0
-        times = split_times(out["tracking_uri"], out["experiment"], out["parent_run_id"])
+        cfg, _, sweep_wall, times = run_rows(a.profile, overrides, a.fold, a.data, Path(d),
+                                             labels)
     print(f"{'row (fold ' + str(a.fold) + ')':<28}" + "".join(f"{p:>12}" for p in PARTS)
           + f"{'wall s':>9}  val TPR, test TPR (a speed change must leave these as they were)")
     for label, t in times.items():
