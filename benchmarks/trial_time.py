@@ -186,9 +186,10 @@ def split_times(uri: str, experiment: str, parent: str) -> dict[str, dict]:
             for r in finished_trials(c, exp, parent)}
 
 
-def sweep_split(uri: str, parent: str | None) -> tuple[dict[str, dict], float, int, str]:
-    """(label -> summed split and "n" trials, the sweep's wall s, its concurrency, its run id)
-    of a sweep already in the store at `uri`: `parent`, or the newest sweep parent run."""
+def sweep_split(uri: str, parent: str | None) -> dict:
+    """A sweep already in the store at `uri` (`parent`, or the newest sweep parent run):
+    {"rows": label -> summed split and "n" trials, "wall": the sweep's s, "k": its concurrency,
+    "run_id", "restored": trials it did not train (a stored result logged again: no steps)}."""
     from ipb.tracking import client
     c = client(uri)
     if parent is None:
@@ -205,25 +206,37 @@ def sweep_split(uri: str, parent: str | None) -> tuple[dict[str, dict], float, i
                          f"{run.info.status}); its wall time is not known yet")
     by_label: dict[str, dict] = {}
     trials = finished_trials(c, run.info.experiment_id, run.info.run_id)
+    restored = 0
     for r in trials:
         t = trial_split(c, r)
+        if t["steps"] == 0:     # every method trains steps: this one's result was stored
+            restored += 1
+            continue
         acc = by_label.setdefault(r.data.tags.get("ipb.config_label", r.info.run_name),
                                   {p: 0.0 for p in (*PARTS, "wall", "n")})
         for p in (*PARTS, "wall"):
             acc[p] += t[p]
         acc["n"] += 1
     if not by_label:
-        raise SystemExit(f"--runs: sweep {run.info.run_id} has no finished trials")
+        raise SystemExit(f"--runs: sweep {run.info.run_id} trained no trials ({len(trials)} "
+                         f"finished, {restored} of them stored results logged again, not "
+                         "retrained): nothing to split")
     # the trials' own config (sweep.max_concurrent), as each trial run logs it
     k = max(int(r.data.params.get("sweep.max_concurrent", 1)) for r in trials)
-    return by_label, (run.info.end_time - run.info.start_time) / 1000, k, run.info.run_id
+    return {"rows": by_label, "wall": (run.info.end_time - run.info.start_time) / 1000, "k": k,
+            "run_id": run.info.run_id, "restored": restored}
 
 
-def print_sweep_split(by_label: dict[str, dict], wall: float, k: int, run_id: str) -> None:
+def print_sweep_split(split: dict) -> None:
     """Per row type: trials, each part summed over them; shares; the steps-alone bound."""
+    by_label, wall, k = split["rows"], split["wall"], split["k"]
     n = int(sum(t["n"] for t in by_label.values()))
-    print(f"sweep {run_id}: {n} finished trials in {wall:.0f}s ({n * 3600 / wall:.0f} "
-          f"trials/hour), {k} at a time")
+    print(f"sweep {split['run_id']}: {n + split['restored']} finished trials in {wall:.0f}s "
+          f"({(n + split['restored']) * 3600 / wall:.0f} trials/hour), {k} at a time")
+    if split["restored"]:
+        print(f"{split['restored']} of them were not trained in this sweep (stored results "
+              "logged again), so they are left out below and the sweep's wall time is not "
+              "theirs alone: no bound is given")
     print(f"{'row (summed over its trials)':<32}{'n':>4}" + "".join(f"{p:>12}" for p in PARTS)
           + f"{'wall s':>9}")
     for label, t in by_label.items():
@@ -231,10 +244,12 @@ def print_sweep_split(by_label: dict[str, dict], wall: float, k: int, run_id: st
               + f"{t['wall']:>9.0f}")
     total = {p: sum(t[p] for t in by_label.values()) for p in (*PARTS, "wall")}
     print("trial time: " + ", ".join(f"{p} {100 * total[p] / total['wall']:.0f}%" for p in PARTS)
-          + f"; the trials' time / {k} = {total['wall'] / k:.0f}s of the sweep's {wall:.0f}s")
-    print(f"steps alone: x{wall / (total['steps'] / k):.2f} trials/hour at most (the sweep's "
-          f"wall time over its training steps' time / {k}: what it would gain if nothing but "
-          "the steps took any time)", flush=True)
+          + f"; the trials' time / {k} = {total['wall'] / k:.0f}s of the sweep's {wall:.0f}s",
+          flush=True)
+    if not split["restored"]:
+        print(f"steps alone: x{wall / (total['steps'] / k):.2f} trials/hour at most (the "
+              f"sweep's wall time over its training steps' time / {k}: what it would gain if "
+              "nothing but the steps took any time)", flush=True)
 
 
 def main(argv=None) -> int:
@@ -256,7 +271,7 @@ def main(argv=None) -> int:
     if a.runs:
         if a.against or a.overrides:
             ap.error("--runs splits a finished sweep: it takes no --against or key=value")
-        print_sweep_split(*sweep_split(a.runs, a.parent))
+        print_sweep_split(sweep_split(a.runs, a.parent))
         return 0
     if a.parent:
         ap.error("--parent goes with --runs")

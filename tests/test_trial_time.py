@@ -81,15 +81,28 @@ def test_runs_splits_a_finished_sweep_by_row_type_and_bounds_what_a_faster_rest_
                     tags=[RunTag("x", str(i))])
         c.set_terminated(run, "FINISHED")
     c.set_terminated(parent, "FINISHED", end_time=51_000)      # a 50 s sweep
-    by_label, wall, k, run_id = mod.sweep_split(uri, None)     # the newest sweep: this one
-    assert (wall, k, run_id) == (50.0, 2, parent)
-    sup = by_label["supervised"]
+    split = mod.sweep_split(uri, None)     # the newest sweep: this one
+    assert (split["wall"], split["k"], split["run_id"], split["restored"]) == (50.0, 2, parent, 0)
+    sup = split["rows"]["supervised"]
     assert (sup["n"], sup["steps"], sup["data"], sup["other train"]) == (2, 40.0, 4.0, 4.0)
     assert sup["wall"] == 2 * 1.5 + 40.0 + 4.0 + 4.0
-    mod.print_sweep_split(by_label, wall, k, run_id)
+    mod.print_sweep_split(split)
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"sweep {parent}: 3 finished trials in 50s (216 trials/hour)")
     # 70 s of steps over 2 slots = 35 s of the sweep's 50 s
     assert out[-1].startswith("steps alone: x1.43 trials/hour at most")
+    # a trial the sweep did not train (its stored result logged again: no steps) is left out,
+    # and then the sweep's wall time bounds nothing
+    run = c.create_run(exp, start_time=0, tags={"mlflow.parentRunId": parent,
+                                                "ipb.config_label": "supervised"}).info.run_id
+    c.log_batch(run, metrics=[Metric("time.trial.train", 9.0, 0, 0)],
+                params=[Param("sweep.max_concurrent", "2")])
+    c.set_terminated(run, "FINISHED")
+    split = mod.sweep_split(uri, parent)
+    assert split["restored"] == 1 and split["rows"]["supervised"]["n"] == 2
+    mod.print_sweep_split(split)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"sweep {parent}: 4 finished trials") and "not trained" in out[1]
+    assert not any(line.startswith("steps alone") for line in out)
     with pytest.raises(SystemExit, match="no sweep's parent run"):
         mod.sweep_split(f"sqlite:///{tmp_path}/empty.db", None)
