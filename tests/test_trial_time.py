@@ -59,7 +59,7 @@ def test_runs_splits_a_finished_sweep_by_row_type_and_bounds_what_a_faster_rest_
         tmp_path, capsys):
     """--runs: each row type's parts summed over its trials, shares, and the steps-alone bound
     from the parent run's wall time and the trials' sweep.max_concurrent."""
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
     from ipb.tracking import client
     mod = _script()
@@ -67,9 +67,8 @@ def test_runs_splits_a_finished_sweep_by_row_type_and_bounds_what_a_faster_rest_
     c = client(uri)
     exp = c.create_experiment("s", artifact_location=str(tmp_path / "art"))
     parent = c.create_run(exp, start_time=1_000, tags={"ipb.role": "sweep"}).info.run_id
-    for i, (label, steps, data) in enumerate([("supervised", [10.0, 10.0], 4.0),
-                                              ("supervised", [10.0, 10.0], 0.0),
-                                              ("IPB (learn)", [30.0], 1.0)]):
+    for label, steps, data in [("supervised", [10.0, 10.0], 4.0),
+                               ("supervised", [10.0, 10.0], 0.0), ("IPB (learn)", [30.0], 1.0)]:
         run = c.create_run(exp, start_time=0, tags={"mlflow.parentRunId": parent,
                                                     "ipb.config_label": label}).info.run_id
         metrics = [Metric("time.steps", v, 0, e) for e, v in enumerate(steps)]
@@ -77,8 +76,7 @@ def test_runs_splits_a_finished_sweep_by_row_type_and_bounds_what_a_faster_rest_
             ("time.trial.train", sum(steps) + data + 2.0), ("time.trial.data", data),
             ("time.trial.before", 1.0), ("time.trial.result", 0.5), ("time.trial.models", 0.0),
             ("best.val.tpr.mean", 0.5), ("test.tpr.mean", 0.5))]
-        c.log_batch(run, metrics=metrics, params=[Param("sweep.max_concurrent", "2")],
-                    tags=[RunTag("x", str(i))])
+        c.log_batch(run, metrics=metrics, params=[Param("sweep.max_concurrent", "2")])
         c.set_terminated(run, "FINISHED")
     c.set_terminated(parent, "FINISHED", end_time=51_000)      # a 50 s sweep
     split = mod.sweep_split(uri, None)     # the newest sweep: this one
