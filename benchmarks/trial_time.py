@@ -131,14 +131,29 @@ def checkout(rev: str, into: Path) -> Path:
     return into
 
 
+def ray_temp_base() -> str:
+    """The directory Ray makes its `ray/` in for this process's environment (ray._common.utils:
+    RAY_TMPDIR, else TMPDIR on Linux, else /tmp)."""
+    if os.environ.get("RAY_TMPDIR"):
+        return os.environ["RAY_TMPDIR"]
+    if sys.platform.startswith("linux") and os.environ.get("TMPDIR"):
+        return os.environ["TMPDIR"]
+    return "/tmp"
+
+
 def run_against(rev: str, fold: int, labels: list[str], data: str | None) -> dict:
     """The rows `labels` (those `rev` has) run with `rev`'s code: wall, rows run, TPRs."""
     with tempfile.TemporaryDirectory(prefix="ipb-against-") as d:
         code = checkout(rev, Path(d) / "code")
         store = Path(d) / "store"
         store.mkdir()
+        (Path(d) / "tmp").mkdir()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            [str(code)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+            [str(code)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]),
+            # the old code's temporary files go with this directory: 416b91d left a sweep's
+            # config YAML and its MLflow server's log in /tmp. Ray's own directory stays
+            # where Ray puts it (its socket paths have a length limit)
+            "TMPDIR": str(Path(d) / "tmp"), "RAY_TMPDIR": ray_temp_base()}
         print(f"running the rows with {rev}'s code ({code}); this takes as long as the run "
               "after it, or longer", flush=True)
         r = subprocess.run([sys.executable, "-c", AGAINST_DRIVER, str(Path(__file__).resolve()),
