@@ -205,8 +205,14 @@ def sweep_split(uri: str, parent: str | None) -> dict:
     """A sweep already in the store at `uri` (`parent`, or the newest sweep parent run):
     {"rows": label -> summed split and "n" trials, "wall": the sweep's s, "k": its concurrency,
     "run_id", "restored": trials it did not train (a stored result logged again: no steps)}."""
+    from mlflow.exceptions import MlflowException
+
+    from ipb.student import checked_store
     from ipb.tracking import client
-    c = client(uri)
+    try:        # a SQLite path that is no file: MLflow would make an empty store there
+        c = client(checked_store("--runs", uri, fix="give --runs the URI of an existing store"))
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
     if parent is None:
         found = [r for e in c.search_experiments() for r in c.search_runs(
                  [e.experiment_id], "tags.`ipb.role` = 'sweep'", max_results=1,
@@ -215,7 +221,11 @@ def sweep_split(uri: str, parent: str | None) -> dict:
             raise SystemExit(f"--runs {uri}: no sweep's parent run (tag ipb.role=sweep) there")
         run = max(found, key=lambda r: r.info.start_time)
     else:
-        run = c.get_run(parent)
+        try:
+            run = c.get_run(parent)
+        except MlflowException:
+            raise SystemExit(f"--parent {parent}: no such run in {uri}; leave --parent out for "
+                             "the newest sweep there") from None
     if not run.info.end_time:
         raise SystemExit(f"--runs: sweep {run.info.run_id} has not ended (status "
                          f"{run.info.status}); its wall time is not known yet")

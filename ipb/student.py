@@ -52,8 +52,10 @@ def load_student(model: str | os.PathLike, tracking_uri: str | None = None
     return _load_run(m.group(1).lower(), tracking_uri)
 
 
-def _store(what: str, uri: str | None) -> str:
-    """The tracking URI, checked: a server that answers, or a SQLite file that exists."""
+def checked_store(what: str, uri: str | None,
+                  fix: str = "give --tracking-uri or set MLFLOW_TRACKING_URI") -> str:
+    """The tracking URI, checked: a server that answers, or a SQLite file that exists (`fix`:
+    what the error tells the user to do)."""
     from ipb.preflight import check_tracking_uri
     from ipb.tracking import quiet_artifact_bars, tracking_uri
     quiet_artifact_bars()
@@ -63,13 +65,13 @@ def _store(what: str, uri: str | None) -> str:
         db = Path(uri[len("sqlite:///"):])
         if not db.is_file():     # MLflow would silently create an empty store here
             raise FileNotFoundError(f"{what}: no MLflow store {db} (tracking URI "
-                                    f"{uri}); give --tracking-uri or set MLFLOW_TRACKING_URI")
+                                    f"{uri}); {fix}")
     return uri
 
 
 def _load_model_uri(model: str, uri: str | None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The student.pt inside a logged or registered `colonies` model."""
-    uri = _store(f"MLflow model {model}", uri)
+    uri = checked_store(f"MLflow model {model}", uri)
     import mlflow.artifacts
 
     from ipb.tracking import global_uri
@@ -91,7 +93,7 @@ def _load_model_uri(model: str, uri: str | None) -> tuple[torch.nn.Module, dict[
 
 
 def _load_run(run_id: str, uri: str | None) -> tuple[torch.nn.Module, dict[str, Any]]:
-    uri = _store(f"MLflow run {run_id}", uri)
+    uri = checked_store(f"MLflow run {run_id}", uri)
     import mlflow.artifacts
     from mlflow.tracking import MlflowClient
     try:

@@ -102,5 +102,12 @@ def test_runs_splits_a_finished_sweep_by_row_type_and_bounds_what_a_faster_rest_
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"sweep {parent}: 4 finished trials") and "not trained" in out[1]
     assert not any(line.startswith("steps alone") for line in out)
+    client(f"sqlite:///{tmp_path}/empty.db")         # a store, with no sweep in it
     with pytest.raises(SystemExit, match="no sweep's parent run"):
         mod.sweep_split(f"sqlite:///{tmp_path}/empty.db", None)
+    # bad input: a store that is not there is named, and not made; a parent it does not hold
+    with pytest.raises(SystemExit, match="no MLflow store .*typo.db"):
+        mod.sweep_split(f"sqlite:///{tmp_path}/typo.db", None)
+    assert not (tmp_path / "typo.db").exists()
+    with pytest.raises(SystemExit, match="--parent nope: no such run"):
+        mod.sweep_split(uri, "nope")
